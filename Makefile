@@ -1,0 +1,37 @@
+# Two commands do all the set-up on a fresh machine: `make demo` and `make test`.
+# Each creates the virtual environment on first use (about 2 minutes; torch comes from local disk).
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+DATA ?= data
+SEED ?= 0
+PYTEST_ARGS ?=
+
+.PHONY: demo test test-fast lint bench clean venv
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --disable-pip-version-check -q -e '.[dev]'
+	touch $(STAMP)
+
+# The main job on the embedded defaults (local Ray, synthetic cohorts). It grows with each stage.
+demo: $(STAMP)
+	$(BIN)/gbmmet synth --preset demo --out $(DATA)/demo --seed $(SEED) --preview --overwrite
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m 'not slow' $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+
+bench: $(STAMP)
+	$(BIN)/python bench/synth.py
+
+clean:
+	rm -rf $(DATA) lake .pytest_cache

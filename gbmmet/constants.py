@@ -1,0 +1,98 @@
+"""Names shared by every part of the project: labels, splits, sites, sequences, columns.
+
+Import them from here; never spell them out again elsewhere.
+"""
+
+from __future__ import annotations
+
+# Diagnoses. GBM is the positive class throughout (as in the paper).
+GBM = "GBM"
+MET = "MET"
+LABELS = (GBM, MET)
+
+# Splits (design.md). ``external`` is a whole other site's cohort, never seen in training.
+TRAIN = "train"
+VAL = "val"
+TEST = "test"
+EXTERNAL = "external"
+SPLITS = (TRAIN, VAL, TEST, EXTERNAL)
+TEST_COHORTS = (TEST, EXTERNAL)  # cohorts that radiologists read
+
+# Tumour location.
+SUPRA = "supra"
+INFRA = "infra"
+LOCATIONS = (SUPRA, INFRA)
+
+# Sex.
+SEXES = ("M", "F")
+
+# Primary tumour of a metastasis (the paper's categories). Empty for GBM.
+PRIMARY_TUMORS = ("lung", "breast", "gi", "gu", "other")
+
+# Sites of the synthetic cohorts (scanner profiles live in gbmmet.synth.sites).
+SITE_INTERNAL = "siteA"
+SITE_EXTERNAL = "siteB"
+
+# MR sequences.
+T1C = "t1c"
+T2 = "t2"
+SEQUENCES = (T1C, T2)
+
+# Manifest columns (one row per patient). Paths are relative to the manifest's folder or absolute.
+COL_PATIENT_ID = "patient_id"
+COL_SITE = "site"
+COL_SPLIT = "split"
+COL_LABEL = "label"
+COL_AGE = "age"
+COL_SEX = "sex"
+COL_LOCATION = "location"
+COL_PRIMARY = "primary_tumor"
+COL_T1C_PATH = "t1c_path"
+COL_T2_PATH = "t2_path"
+COL_ROI_PATH = "roi_path"
+MANIFEST_COLUMNS = (
+    COL_PATIENT_ID,
+    COL_SITE,
+    COL_SPLIT,
+    COL_LABEL,
+    COL_AGE,
+    COL_SEX,
+    COL_LOCATION,
+    COL_PRIMARY,
+    COL_T1C_PATH,
+    COL_T2_PATH,
+    COL_ROI_PATH,
+)
+
+# Reader reads (one row per patient, reader and assisted flag).
+COL_READER_ID = "reader_id"
+COL_ASSISTED = "assisted"
+COL_CALL = "call"
+COL_CONFIDENCE = "confidence"
+READS_COLUMNS = (COL_READER_ID, COL_PATIENT_ID, COL_ASSISTED, COL_CALL, COL_CONFIDENCE)
+
+# Files a site hands over (synthetic cohorts use these names).
+MANIFEST_FILE = "manifest.csv"
+READS_FILE = "reads.csv"
+
+# Lake tables (design.md). Their Arrow schemas live in ``storage``.
+TABLE_PATIENTS = "patients"
+TABLE_SLICES = "slices"
+TABLE_PREPROCESS_RUNS = "preprocess_runs"
+TABLE_FEATURES = "features"
+TABLE_SLICE_PREDICTIONS = "slice_predictions"
+TABLE_PATIENT_PREDICTIONS = "patient_predictions"
+TABLE_READS = "reads"
+TABLE_METRICS = "metrics"
+TABLE_RUNS = "runs"
+TABLES = (
+    TABLE_PATIENTS,
+    TABLE_SLICES,
+    TABLE_PREPROCESS_RUNS,
+    TABLE_FEATURES,
+    TABLE_SLICE_PREDICTIONS,
+    TABLE_PATIENT_PREDICTIONS,
+    TABLE_READS,
+    TABLE_METRICS,
+    TABLE_RUNS,
+)

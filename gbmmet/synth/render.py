@@ -1,0 +1,298 @@
+"""Render one synthetic patient: CE-T1 and T2 in their native geometry, ROI, truth.
+
+The chain for one patient (each step's parameters are in ``TISSUE`` and ``sites``):
+
+1. anatomy: the template's tissue fractions (``anatomy``), with the lesion's parts drawn in
+   (``lesion``): lesion replaces tissue; oedema replaces grey / white matter.
+2. contrast: each compartment gets its relative intensity per sequence (``TISSUE``), jittered per
+   patient by 3 %; lesion parts get textured (heterogeneous enhancement, necrosis, oedema).
+3. pose: the patient's head in the scanner differs from the template by a random affine
+   (rotations sd 4 degrees, pitch sd 6, isotropic scale sd 4 %, 2 % per axis, shift sd 4 mm) and
+   a mild smooth deformation (a displacement field on a 12 mm grid, smoothed, sd 1.5 mm).
+4. acquisition, per sequence: slice-profile blur (Gaussian, FWHM = voxel size), sampling onto the
+   site's native grid (its voxel size, matrix, axis order and flips); CE-T1 additionally through
+   the rigid misalignment between the two sequences (the patient moved between them);
+   multiplicative bias field (a smooth quadratic log-field); Rician noise; the scanner's gain
+   (site scale times a per-patient factor, sd 10 %) and offset; stored as int16.
+5. ROI on the T2: a rectangle per axial slice where the mass is seen (>= 10 mm^2), around the mass
+   and its T2 hyperintensity, with jittered margins (2-8 mm) like a hand-drawn box.
+
+The truth kept (``--truth``): label maps of tissues and lesion parts on both native grids
+(``lesion.PART_NAMES``), the rigid transform that maps T2 physical points to CE-T1 physical points
+(what a registration with T2 fixed and CE-T1 moving should recover), and the lesion's parameters.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import SimpleITK as sitk
+from scipy import ndimage
+
+from gbmmet.constants import T1C, T2, TEST_COHORTS
+from gbmmet.synth import lesion as L
+from gbmmet.synth.anatomy import Anatomy, load_anatomy
+from gbmmet.synth.cohort import (
+    STREAM_ANATOMY,
+    STREAM_LESION,
+    STREAM_READERS,
+    STREAM_ROI,
+    STREAM_SCANNER,
+    PatientSpec,
+    Preset,
+    patient_rng,
+)
+from gbmmet.synth.readers import simulate_reads
+from gbmmet.synth.sites import Acquisition, SiteProfile, get_site, scaled
+
+#: Relative intensities per compartment: CE-T1 relative to white matter, T2 relative to CSF.
+#: CE-T1 (post-gadolinium 3D T1): WM > GM > CSF; enhancing tumour brighter than WM; necrosis and
+#: oedema dark. T2: CSF > GM > WM; oedema bright (its level is a lesion parameter); necrosis
+#: near fluid; enhancing tumour intermediate. Skull (cortical bone) dark on both; scalp (fat)
+#: bright on T1 and fairly bright on T2 (fast spin echo).
+TISSUE = {
+    T1C: {"csf": 0.25, "gm": 0.68, "wm": 1.0, "skull": 0.08, "scalp": 0.95, "edema": 0.60,
+          "necrosis": 0.30},
+    T2: {"csf": 1.0, "gm": 0.52, "wm": 0.38, "skull": 0.05, "scalp": 0.60, "enhancing": 0.55,
+         "necrosis": 0.90},
+}
+TISSUE_JITTER = 0.03
+ROI_MIN_AREA_MM2 = 10.0
+FOV_SUPERIOR_SHIFT_MM = 8.0
+
+_AXES = {"LR": (1.0, 0.0, 0.0), "AP": (0.0, 1.0, 0.0), "SI": (0.0, 0.0, 1.0)}
+
+
+@dataclass(frozen=True, eq=False)
+class SyntheticPatient:
+    spec: PatientSpec
+    lesion: L.LesionParams
+    t1c: sitk.Image
+    t2: sitk.Image
+    roi: sitk.Image
+    labels_t1c: sitk.Image
+    labels_t2: sitk.Image
+    t2_to_t1c: sitk.Euler3DTransform
+    reads: list[dict]
+    roi_slices: list[int]
+
+
+def native_grid(acq: Acquisition, center: np.ndarray) -> sitk.Image:
+    """An empty image with the acquisition's geometry, centred on ``center`` (LPS mm)."""
+    direction = np.array([np.multiply(_AXES[a], f) for a, f in zip(acq.axes, acq.flip, strict=True)]).T
+    extent = np.asarray(acq.spacing) * (np.asarray(acq.size) - 1) / 2.0
+    origin = np.asarray(center) - direction @ extent
+    img = sitk.Image([int(s) for s in acq.size], sitk.sitkUInt8)
+    img.SetSpacing([float(s) for s in acq.spacing])
+    img.SetDirection([float(d) for d in direction.ravel()])
+    img.SetOrigin([float(o) for o in origin])
+    return img
+
+
+def _rotation(angles_deg) -> np.ndarray:
+    ax, ay, az = np.deg2rad(angles_deg)
+    rx = np.array([[1, 0, 0], [0, math.cos(ax), -math.sin(ax)], [0, math.sin(ax), math.cos(ax)]])
+    ry = np.array([[math.cos(ay), 0, math.sin(ay)], [0, 1, 0], [-math.sin(ay), 0, math.cos(ay)]])
+    rz = np.array([[math.cos(az), -math.sin(az), 0], [math.sin(az), math.cos(az), 0], [0, 0, 1]])
+    return rz @ ry @ rx
+
+
+def _pose(rng: np.random.Generator, anatomy: Anatomy) -> tuple[sitk.Transform, np.ndarray]:
+    """template <- scanner transform for this patient, and the head centre in the scanner."""
+    center = np.asarray(anatomy.head_center)
+    angles = rng.normal(0.0, [6.0, 4.0, 4.0])  # pitch (about LR), roll, yaw
+    scale = rng.normal(1.0, 0.04) * rng.normal(1.0, 0.02, 3)
+    shift = rng.normal(0.0, 4.0, 3)
+    affine = sitk.AffineTransform(3)
+    affine.SetCenter(center.tolist())
+    affine.SetMatrix((_rotation(angles) @ np.diag(scale)).ravel().tolist())
+    affine.SetTranslation(shift.tolist())
+
+    # Mild smooth deformation: a coarse random displacement field, smoothed, sd 1.5 mm.
+    ref = anatomy.reference
+    coarse = 12.0
+    size = [int(math.ceil(n * s / coarse)) + 3 for n, s in zip(ref.GetSize(), ref.GetSpacing(), strict=True)]
+    comps = []
+    for _ in range(3):
+        noise = rng.normal(size=size[::-1])
+        noise = ndimage.gaussian_filter(noise, 1.0)
+        noise *= 1.5 / max(noise.std(), 1e-9)
+        comps.append(noise)
+    field = sitk.GetImageFromArray(np.stack(comps, axis=-1).astype(np.float64), isVector=True)
+    field.SetSpacing([coarse] * 3)
+    field.SetDirection(ref.GetDirection())
+    start = np.asarray(ref.GetOrigin()) - np.asarray(ref.GetDirection()).reshape(3, 3) @ np.full(3, coarse)
+    field.SetOrigin(start.tolist())
+    deform = sitk.DisplacementFieldTransform(field)
+    # The head centre in the scanner frame: where the affine sends the template's centre from.
+    inverse = affine.GetInverse()
+    head_scanner = np.asarray(inverse.TransformPoint(center.tolist()))
+    return sitk.CompositeTransform([deform, affine]), head_scanner
+
+
+def _misalignment(rng: np.random.Generator, profile: SiteProfile, center: np.ndarray) -> sitk.Euler3DTransform:
+    """T2 frame <- CE-T1 frame: the patient's motion between the two acquisitions."""
+    rot = np.clip(rng.normal(0.0, profile.misalign_rot_deg, 3), -2.5 * profile.misalign_rot_deg,
+                  2.5 * profile.misalign_rot_deg)
+    trans = np.clip(rng.normal(0.0, profile.misalign_trans_mm, 3), -2.5 * profile.misalign_trans_mm,
+                    2.5 * profile.misalign_trans_mm)
+    t = sitk.Euler3DTransform()
+    t.SetCenter(center.tolist())
+    t.SetRotation(*np.deg2rad(rot).tolist())
+    t.SetTranslation(trans.tolist())
+    return t
+
+
+def _bias_field(rng: np.random.Generator, shape_kji: tuple[int, int, int], strength: float) -> np.ndarray:
+    """A smooth multiplicative field: exp of a random quadratic in normalised coordinates."""
+    k, j, i = (np.linspace(-1.0, 1.0, n, dtype=np.float32) for n in shape_kji)
+    kk, jj, ii = k[:, None, None], j[None, :, None], i[None, None, :]
+    terms = [ii, jj, kk, ii * ii - 1 / 3, jj * jj - 1 / 3, kk * kk - 1 / 3, ii * jj, ii * kk, jj * kk]
+    coef = rng.normal(0.0, strength / 2.0, len(terms)).astype(np.float32)
+    log_field = sum(c * t for c, t in zip(coef, terms, strict=True))
+    return np.exp(log_field).astype(np.float32)
+
+
+def _intensity_and_labels(anatomy: Anatomy, parts: L.LesionParts, lesion: L.LesionParams,
+                          rng: np.random.Generator) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    jit = {seq: {k: v * (1.0 + rng.normal(0.0, TISSUE_JITTER)) for k, v in tab.items()}
+           for seq, tab in TISSUE.items()}
+    a = anatomy
+    images = {}
+    for seq in (T1C, T2):
+        t = jit[seq]
+        images[seq] = (a.csf * t["csf"] + a.gm * t["gm"] + a.wm * t["wm"]
+                       + a.skull * t["skull"] + a.scalp * t["scalp"]).astype(np.float32)
+    labels = a.labels.copy()
+
+    box = parts.box
+    gm, wm, csf = a.gm[box], a.wm[box], a.csf[box]
+    m = parts.enhancing + parts.necrosis
+    e = parts.edema
+    gm2, wm2, csf2 = gm * (1 - e) * (1 - m), wm * (1 - e) * (1 - m), csf * (1 - m)
+    ed = e * (gm + wm) * (1 - m)
+    tex = parts.texture
+    enh_t1 = lesion.enhancement * (1.0 + 0.06 * (1.0 + lesion.nodularity) * tex)
+    for seq in (T1C, T2):
+        t = jit[seq]
+        edema_level = t["edema"] if seq == T1C else lesion.edema_t2 * (1.0 + 0.04 * tex)
+        enh_level = enh_t1 if seq == T1C else t["enhancing"] * (1.0 + 0.05 * tex)
+        lesion_img = (csf2 * t["csf"] + gm2 * t["gm"] + wm2 * t["wm"] + ed * edema_level
+                      + parts.enhancing * enh_level + parts.necrosis * t["necrosis"] * (1.0 + 0.05 * tex))
+        # Lesions stay inside the intracranial space, so skull and scalp keep their values.
+        images[seq][box] = (lesion_img + a.skull[box] * t["skull"] + a.scalp[box] * t["scalp"]).astype(np.float32)
+    part_stack = np.stack([csf2, gm2, wm2, ed, parts.enhancing, parts.necrosis])
+    part_labels = np.array([L.LABEL_CSF, L.LABEL_GM, L.LABEL_WM, L.LABEL_EDEMA, L.LABEL_ENHANCING,
+                            L.LABEL_NECROSIS], np.uint8)[part_stack.argmax(0)]
+    inside = part_stack.sum(0) >= 0.5
+    labels[box] = np.where(inside, part_labels, labels[box])
+    return images, labels
+
+
+def _acquire(anatomy: Anatomy, image: np.ndarray, labels: np.ndarray, grid: sitk.Image,
+             transform: sitk.Transform, acq: Acquisition, rng: np.random.Generator
+             ) -> tuple[sitk.Image, sitk.Image]:
+    src = anatomy.image(image)
+    # Slice profile: a Gaussian with FWHM = voxel size along each template axis (the pose is
+    # within a few degrees of the scanner axes, so the axes nearly coincide).
+    axis_spacing = {a: s for a, s in zip(acq.axes, acq.spacing, strict=True)}
+    sigma = [max(axis_spacing[a] / 2.355, 0.5 * anatomy.spacing) for a in ("LR", "AP", "SI")]
+    src = sitk.SmoothingRecursiveGaussian(src, sigma)
+    out = sitk.Resample(src, grid, transform, sitk.sitkLinear, 0.0, sitk.sitkFloat32)
+    arr = sitk.GetArrayFromImage(out)
+    arr *= _bias_field(rng, arr.shape, acq.bias)
+    n1 = rng.normal(0.0, acq.noise, arr.shape).astype(np.float32)
+    n2 = rng.normal(0.0, acq.noise, arr.shape).astype(np.float32)
+    arr = np.sqrt((arr + n1) ** 2 + n2**2)
+    gain = acq.scale * math.exp(rng.normal(0.0, 0.1))
+    arr = np.clip(np.rint(arr * gain + acq.offset), -32768, 32767).astype(np.int16)
+    img = sitk.GetImageFromArray(arr)
+    img.CopyInformation(grid)
+    lab = sitk.Resample(anatomy.image(labels), grid, transform, sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
+    return img, lab
+
+
+def draw_roi(labels_t2: sitk.Image, rng: np.random.Generator) -> tuple[sitk.Image, list[int]]:
+    """Hand-drawn-like rectangles on each axial T2 slice where the mass is seen.
+
+    Returns the ROI mask (uint8, 1 inside) on the T2 grid and the slice indices (k) drawn on.
+    """
+    lab = sitk.GetArrayFromImage(labels_t2)  # (k, j, i)
+    sx, sy, _ = labels_t2.GetSpacing()
+    roi = np.zeros_like(lab, dtype=np.uint8)
+    mass = (lab == L.LABEL_ENHANCING) | (lab == L.LABEL_NECROSIS)
+    region = mass | (lab == L.LABEL_EDEMA)
+    margins = np.full(4, 4.0)
+    drawn = []
+    for k in range(lab.shape[0]):
+        if mass[k].sum() * sx * sy < ROI_MIN_AREA_MM2:
+            continue
+        rows, cols = np.nonzero(region[k])
+        # Correlated jitter: a hand keeps its habit from one slice to the next.
+        margins = np.clip(0.6 * margins + 0.4 * (2.0 + np.abs(rng.normal(0.0, 3.0, 4))), 2.0, 8.0)
+        j0 = max(0, rows.min() - int(round(margins[0] / sy)))
+        j1 = min(lab.shape[1], rows.max() + 1 + int(round(margins[1] / sy)))
+        i0 = max(0, cols.min() - int(round(margins[2] / sx)))
+        i1 = min(lab.shape[2], cols.max() + 1 + int(round(margins[3] / sx)))
+        roi[k, j0:j1, i0:i1] = 1
+        drawn.append(k)
+    img = sitk.GetImageFromArray(roi)
+    img.CopyInformation(labels_t2)
+    return img, drawn
+
+
+def patient_lesion(spec: PatientSpec, difficulty: float = 0.5, anatomy: Anatomy | None = None) -> L.LesionParams:
+    """The patient's lesion parameters; without ``anatomy`` the centre is left at (0, 0, 0)."""
+    rng = patient_rng(spec.seed, spec.site, spec.index, STREAM_LESION)
+    return L.sample_lesion_params(rng, spec.label, spec.location, anatomy, difficulty)
+
+
+def patient_reads(spec: PatientSpec, difficulty: float = 0.5, lesion: L.LesionParams | None = None) -> list[dict]:
+    """The readers' reads of a test-cohort patient (none for train / val); needs no images."""
+    if spec.split not in TEST_COHORTS:
+        return []
+    lesion = lesion if lesion is not None else patient_lesion(spec, difficulty)
+    rng = patient_rng(spec.seed, spec.site, spec.index, STREAM_READERS)
+    rows = simulate_reads(rng, spec.site, spec.label, lesion, difficulty)
+    return [{"patient_id": spec.patient_id, **row} for row in rows]
+
+
+def synthesize_patient(spec: PatientSpec, preset: Preset, difficulty: float = 0.5) -> SyntheticPatient:
+    """Draw one patient's images, ROI, truth and reads; deterministic in (seed, site, index)."""
+    anatomy = load_anatomy(preset.template_mm)
+    profile = get_site(spec.site)
+    seed, site, idx = spec.seed, spec.site, spec.index
+    lesion = patient_lesion(spec, difficulty, anatomy)
+    parts = L.rasterize_lesion(lesion, anatomy)
+    rng_anat = patient_rng(seed, site, idx, STREAM_ANATOMY)
+    images, labels = _intensity_and_labels(anatomy, parts, lesion, rng_anat)
+    template_from_scanner, head = _pose(rng_anat, anatomy)
+
+    rng_scan = patient_rng(seed, site, idx, STREAM_SCANNER)
+    t1_acq, t2_acq = scaled(profile.t1c, preset.voxel_factor), scaled(profile.t2, preset.voxel_factor)
+    # Fields of view centred a little above the head's centre (vertex to foramen magnum), as a
+    # technologist would place them, within a few mm.
+    fov = head + np.array([0.0, 0.0, FOV_SUPERIOR_SHIFT_MM])
+    t2_grid = native_grid(t2_acq, fov + rng_scan.normal(0.0, 3.0, 3))
+    t1_grid = native_grid(t1_acq, fov + rng_scan.normal(0.0, 3.0, 3))
+    motion = _misalignment(rng_scan, profile, head)  # T2 frame <- CE-T1 frame
+    t2_img, t2_lab = _acquire(anatomy, images[T2], labels, t2_grid, template_from_scanner, t2_acq, rng_scan)
+    t1_transform = sitk.CompositeTransform([template_from_scanner, motion])
+    t1_img, t1_lab = _acquire(anatomy, images[T1C], labels, t1_grid, t1_transform, t1_acq, rng_scan)
+
+    roi, drawn = draw_roi(t2_lab, patient_rng(seed, site, idx, STREAM_ROI))
+    reads = patient_reads(spec, difficulty, lesion)
+    return SyntheticPatient(
+        spec=spec,
+        lesion=lesion,
+        t1c=t1_img,
+        t2=t2_img,
+        roi=roi,
+        labels_t1c=t1_lab,
+        labels_t2=t2_lab,
+        t2_to_t1c=motion.GetInverse(),
+        reads=reads,
+        roi_slices=drawn,
+    )

@@ -1,0 +1,138 @@
+"""Starting Ray, and running many small tasks with a progress bar.
+
+Local runs start an embedded Ray on loopback (``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`` keeps every
+Ray service on 127.0.0.1; see ../shared/stack/NOTES.md). ``address`` (or ``RAY_ADDRESS``) connects
+to an existing cluster instead.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+
+def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
+    """Connect to ``address`` / ``RAY_ADDRESS``, or start a local Ray with ``num_cpus`` CPUs."""
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    if not address:
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+        # A local Ray on loopback needs no token (it would be written to ~/.ray).
+        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    import ray
+
+    if ray.is_initialized():
+        return
+    if address:
+        ray.init(address=address, log_to_driver=True)
+    else:
+        # "local" always starts a fresh cluster, even where a killed one left its marker file.
+        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=True)
+
+
+@dataclass
+class TaskOutcome:
+    key: str
+    ok: bool
+    value: Any = None
+    error: str = ""
+
+
+@dataclass
+class BatchReport:
+    outcomes: list[TaskOutcome] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def failed(self) -> list[TaskOutcome]:
+        return [o for o in self.outcomes if not o.ok]
+
+    @property
+    def ok(self) -> list[TaskOutcome]:
+        return [o for o in self.outcomes if o.ok]
+
+
+def _progress(description: str, total: int):
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    progress = Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("failed {task.fields[failed]}"),
+        TimeElapsedColumn(),
+        TextColumn("eta"),
+        TimeRemainingColumn(),
+        transient=False,
+    )
+    task = progress.add_task(description, total=total, failed=0)
+    return progress, task
+
+
+def run_batch(
+    items: Iterable[tuple[str, tuple]],
+    fn: Callable,
+    *,
+    description: str,
+    use_ray: bool,
+    num_cpus: float = 1,
+    max_retries: int = 2,
+    show_progress: bool = True,
+) -> BatchReport:
+    """Run ``fn(*args)`` for each (key, args): as Ray tasks, or in this process.
+
+    A failing item is recorded with its error and the batch goes on. Ray retries a task whose
+    worker died (``max_retries``); an exception raised by ``fn`` itself is not retried.
+    """
+    items = list(items)
+    report = BatchReport()
+    start = time.perf_counter()
+    progress, task = _progress(description, len(items))
+    failed = 0
+    with progress if show_progress else _Null():
+        if not use_ray:
+            for key, args in items:
+                try:
+                    report.outcomes.append(TaskOutcome(key, True, fn(*args)))
+                except Exception as exc:  # one bad item fails alone
+                    failed += 1
+                    report.outcomes.append(TaskOutcome(key, False, error=f"{type(exc).__name__}: {exc}"))
+                progress.update(task, advance=1, failed=failed)
+        else:
+            import ray
+
+            remote = ray.remote(num_cpus=num_cpus, max_retries=max_retries)(fn)
+            pending = {remote.remote(*args): key for key, args in items}
+            while pending:
+                done, _ = ray.wait(list(pending), num_returns=1, timeout=5.0)
+                for ref in done:
+                    key = pending.pop(ref)
+                    try:
+                        report.outcomes.append(TaskOutcome(key, True, ray.get(ref)))
+                    except Exception as exc:
+                        cause = getattr(exc, "cause", None) or exc
+                        failed += 1
+                        report.outcomes.append(
+                            TaskOutcome(key, False, error=f"{type(cause).__name__}: {cause}")
+                        )
+                    progress.update(task, advance=1, failed=failed)
+    report.seconds = time.perf_counter() - start
+    return report
+
+
+class _Null:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
