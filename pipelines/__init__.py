@@ -1,0 +1,1 @@
+"""Ray jobs and the ``gbmmet`` command. They wire ``gbmmet`` and ``storage`` to Ray."""

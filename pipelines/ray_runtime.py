@@ -33,6 +33,25 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
         ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=True)
 
 
+def match_threads_to_task() -> None:
+    """Inside a Ray task, let SimpleITK use only the CPUs Ray gave the task.
+
+    ITK otherwise starts a thread per core in every worker, so two workers on two cores fight
+    over them and parallel speed-up collapses. Outside Ray nothing changes.
+    """
+    import ray
+
+    if not ray.is_initialized():
+        return
+    try:
+        cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1.0)
+    except Exception:  # not inside a task (driver)
+        return
+    import SimpleITK as sitk
+
+    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(max(1, int(round(cpus))))
+
+
 @dataclass
 class TaskOutcome:
     key: str

@@ -94,6 +94,9 @@ def _validate(cfg: SynthConfig, overwrite: bool):
 def _synth_one(spec, preset, difficulty: float, site_dir: str, truth: bool) -> dict:
     from gbmmet.synth.render import synthesize_patient
     from gbmmet.synth.writer import write_patient
+    from pipelines.ray_runtime import match_threads_to_task
+
+    match_threads_to_task()
 
     return write_patient(synthesize_patient(spec, preset, difficulty), Path(site_dir), truth=truth)
 
@@ -126,6 +129,9 @@ def run_synth(
     out.mkdir(parents=True, exist_ok=True)
     (out / COHORT_FILE).write_text(json.dumps(cfg.record(), indent=1, sort_keys=True))
 
+    # Temporary folders of patients a killed run was writing: never seen as patients, removed.
+    for stale in out.glob("*/*/.*.tmp"):
+        shutil.rmtree(stale, ignore_errors=True)
     todo, reused = [], 0
     for spec in specs:
         site_dir = out / spec.site

@@ -1,0 +1,6 @@
+"""Synthetic multi-site cohorts of GBM and solitary metastasis (``gbmmet synth``).
+
+Modules: ``anatomy`` (template), ``lesion`` (class distributions), ``sites`` (scanner profiles),
+``cohort`` (presets, demographics), ``render`` (images), ``readers`` (simulated radiologists),
+``writer`` (files), ``preview`` (montage), ``features`` (hand-made features for calibration).
+"""

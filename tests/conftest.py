@@ -1,0 +1,54 @@
+"""Shared fixtures: a seeded generator, a small real local Ray, a tiny synthetic cohort.
+
+Ray stays on loopback (RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0, ../shared/stack/NOTES.md) with its
+temporary files in a short folder of this run, no usage stats and no token file.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+_RAY_TMP = tempfile.mkdtemp(prefix="gbmray", dir="/tmp")
+os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
+os.environ["RAY_AUTH_MODE"] = "disabled"
+os.environ["RAY_TMPDIR"] = _RAY_TMP
+os.environ.pop("RAY_ADDRESS", None)
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    return np.random.default_rng(1234)
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """A real local Ray with 2 CPUs for the whole session."""
+    import ray
+
+    from pipelines.ray_runtime import init_ray
+
+    init_ray(num_cpus=2)
+    yield ray
+    ray.shutdown()
+    shutil.rmtree(_RAY_TMP, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def tiny_cohort(tmp_path_factory) -> Path:
+    """The ``tiny`` preset with truth, written in this process (no Ray), seed 0."""
+    from pipelines.synth import SynthConfig, run_synth
+
+    out = tmp_path_factory.mktemp("tiny") / "cohort"
+    result = run_synth(SynthConfig(preset="tiny", out=out, seed=0, truth=True), workers=0,
+                       show_progress=False)
+    assert not result.failed
+    return out
