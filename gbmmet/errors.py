@@ -17,3 +17,57 @@ class OutputExistsError(GbmmetError, FileExistsError):
 
 class TemplateError(GbmmetError, FileNotFoundError):
     """The bundled brain template cannot be found (nilearn missing or incomplete)."""
+
+
+class ManifestError(GbmmetError, ValueError):
+    """The manifest is unusable; the message lists every offending row. Nothing ran."""
+
+
+class PatientError(GbmmetError):
+    """One patient cannot be processed. ``kind`` is a stable short name recorded in the lake.
+
+    The message names the patient and, where one is at fault, the file.
+    """
+
+    kind = "error"
+
+    def __init__(self, message: str, *, patient_id: str | None = None, path: str | None = None):
+        super().__init__(message)
+        self.patient_id = patient_id
+        self.path = path
+
+
+class MissingFileError(PatientError, FileNotFoundError):
+    kind = "missing_file"
+
+
+class ImageFileError(PatientError):
+    """An image file or DICOM folder cannot be read (corrupt, not an image, mixed series)."""
+
+    kind = "unreadable_image"
+
+
+class MixedSeriesError(ImageFileError):
+    kind = "mixed_dicom_series"
+
+
+class ImageContentError(PatientError):
+    """An image is readable but unusable: wrong dimension, NaN / inf voxels, empty."""
+
+    kind = "bad_image"
+
+
+class RoiError(PatientError):
+    """The ROI is empty, or lies outside the image."""
+
+    kind = "bad_roi"
+
+
+class RegistrationError(PatientError):
+    """CE-T1 and T2 cannot be registered (e.g. they do not overlap)."""
+
+    kind = "registration_failed"
+
+
+class NormalizationError(PatientError):
+    kind = "normalization_failed"

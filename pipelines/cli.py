@@ -76,6 +76,51 @@ def synth(
 
 
 @app.command()
+@_user_errors
+def preprocess(
+    manifest: Annotated[list[Path], typer.Option("--manifest", help="A site's manifest.csv (repeat for several sites).")],
+    lake: Annotated[str, typer.Option(help="Lake folder or URI (s3://...).")] = "lake",
+    address: Annotated[str | None, typer.Option(help="Ray cluster address (default: RAY_ADDRESS, else a local Ray).")] = None,
+    workers: Annotated[int | None, typer.Option(help="CPUs of the local Ray (default: all); 0 runs in this process.")] = None,
+    keep_going: Annotated[bool, typer.Option("--keep-going", help="Missing files fail only their own patient instead of stopping the run.")] = False,
+    n4: Annotated[str, typer.Option(help="N4 backend: sitk (default) or ants.")] = "sitk",
+) -> None:
+    """Preprocess site cohorts into the lake: N4, 1 mm, CE-T1 onto T2, WhiteStripe, ROI slices."""
+    from dataclasses import replace
+
+    from gbmmet.preprocess.params import N4Params, PreprocessParams
+    from pipelines.preprocess import run_preprocess
+
+    params = PreprocessParams(n4=replace(N4Params(), backend=n4))
+    s = run_preprocess(manifest, lake, params=params, address=address, workers=workers, keep_going=keep_going)
+    typer.echo(
+        f"preprocess: {len(s.ok)} ok, {len(s.skipped)} skipped (already in the lake), {len(s.failed)} failed; "
+        f"{s.slices_written} slices written; {s.seconds_per_patient:.1f} s per patient; {s.wall_seconds:.0f} s in all"
+    )
+    for pid, reason in sorted(s.failed.items()):
+        typer.secho(f"  failed {pid}: {reason}", err=True, fg="red")
+    typer.echo(f"  lake: {s.lake}" + (f"  catalog: {s.catalog}" if s.catalog else ""))
+    if s.failed:
+        raise typer.Exit(1)
+
+
+@app.command()
+@_user_errors
+def query(
+    sql: Annotated[str, typer.Argument(help="SQL over the lake's views (patients, slices, preprocess_runs, ...).")],
+    lake: Annotated[str, typer.Option(help="Lake folder.")] = "lake",
+    param: Annotated[list[str] | None, typer.Option("--param", "-p", help="A value for the next ? in the SQL (repeatable).")] = None,
+    format: Annotated[str, typer.Option("--format", help="table (default), csv or parquet.")] = "table",
+    out: Annotated[Path | None, typer.Option(help="File to write csv / parquet to (default: stdout for csv).")] = None,
+    limit: Annotated[int, typer.Option(help="Rows shown in table format.")] = 50,
+) -> None:
+    """Query the lake with DuckDB; values go in as parameters (-p), never pasted into the SQL."""
+    from pipelines.query import run_query
+
+    run_query(sql, lake, params=param or [], fmt=format, out=out, limit=limit)
+
+
+@app.command()
 def version() -> None:
     """Print gbmmet's version."""
     from gbmmet import __version__

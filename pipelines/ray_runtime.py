@@ -89,6 +89,7 @@ def _progress(description: str, total: int):
         BarColumn(),
         MofNCompleteColumn(),
         TextColumn("failed {task.fields[failed]}"),
+        TextColumn("left {task.remaining:.0f}"),
         TimeElapsedColumn(),
         TextColumn("eta"),
         TimeRemainingColumn(),
@@ -107,11 +108,13 @@ def run_batch(
     num_cpus: float = 1,
     max_retries: int = 2,
     show_progress: bool = True,
+    names: dict[str, str] | None = None,
 ) -> BatchReport:
     """Run ``fn(*args)`` for each (key, args): as Ray tasks, or in this process.
 
     A failing item is recorded with its error and the batch goes on. Ray retries a task whose
-    worker died (``max_retries``); an exception raised by ``fn`` itself is not retried.
+    worker died (``max_retries``); an exception raised by ``fn`` itself is not retried. ``names``
+    gives Ray task names (shown in the worker's process title), e.g. pseudonyms rather than raw ids.
     """
     items = list(items)
     report = BatchReport()
@@ -131,7 +134,11 @@ def run_batch(
             import ray
 
             remote = ray.remote(num_cpus=num_cpus, max_retries=max_retries)(fn)
-            pending = {remote.remote(*args): key for key, args in items}
+            names = names or {}
+            pending = {}
+            for key, args in items:
+                opts = {"name": names[key]} if key in names else {}
+                pending[remote.options(**opts).remote(*args)] = key
             while pending:
                 done, _ = ray.wait(list(pending), num_returns=1, timeout=5.0)
                 for ref in done:

@@ -1,0 +1,64 @@
+"""``gbmmet query``: SQL over the lake's DuckDB catalog, printed or saved."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from gbmmet.errors import ConfigError
+
+FORMATS = ("table", "csv", "parquet")
+
+
+def run_query(sql: str, lake_root: str, *, params: list[str], fmt: str = "table", out: Path | None = None,
+              limit: int = 50) -> None:
+    import duckdb
+
+    from storage import catalog
+    from storage.lake import Lake
+
+    if fmt not in FORMATS:
+        raise ConfigError(f"The 'format' parameter must be one of {FORMATS}. Got {fmt!r} instead.")
+    if fmt == "parquet" and out is None:
+        raise ConfigError("--format parquet needs --out FILE")
+    lake = Lake(lake_root)
+    if lake.local_root is not None and not lake.local_root.is_dir():
+        raise ConfigError(f"no lake at {lake_root}: run `gbmmet preprocess --lake {lake_root}` first")
+    try:
+        table = catalog.query(lake, sql, params)
+    except duckdb.Error as exc:
+        raise ConfigError(f"query failed: {exc}") from None
+    if fmt == "table":
+        from rich.console import Console
+        from rich.table import Table
+
+        view = Table(show_lines=False)
+        for name in table.column_names:
+            view.add_column(name)
+        for row in table.slice(0, limit).to_pylist():
+            view.add_row(*[_show(v) for v in row.values()])
+        console = Console()
+        console.print(view)
+        if table.num_rows > limit:
+            console.print(f"({table.num_rows} rows, {limit} shown; --limit to see more, --format csv for all)")
+    elif fmt == "csv":
+        import pyarrow.csv as pacsv
+
+        table = table.select([n for n, t in zip(table.column_names, table.schema.types, strict=True)
+                              if str(t) not in ("binary", "large_binary")])
+        if out is None:
+            pacsv.write_csv(table, sys.stdout.buffer)
+        else:
+            pacsv.write_csv(table, str(out))
+    else:
+        import pyarrow.parquet as pq
+
+        pq.write_table(table, str(out))
+
+
+def _show(value) -> str:
+    if isinstance(value, bytes | bytearray):
+        return f"<{len(value)} bytes>"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return "" if value is None else str(value)

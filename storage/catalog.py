@@ -1,0 +1,96 @@
+"""The DuckDB catalog: ``catalog.duckdb`` at the lake root with one view per table, which plain
+``duckdb lake/catalog.duckdb`` opens.
+
+Each view reads the table's Parquet files with ``read_parquet(..., hive_partitioning = true)``;
+a table without files yet is an empty view with the table's columns, so queries never fail for a
+missing table. Views hold the lake's absolute path, so the catalog is rebuilt (``refresh``)
+whenever a job writes, and by ``gbmmet query`` itself: moving a lake folder is harmless.
+
+SQL values always travel as parameters (``?``). The only text built here is the views' DDL, from
+the lake's own path (quoted) and the fixed table names: DuckDB does not take parameters in DDL.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import duckdb
+import pyarrow as pa
+
+from storage.lake import Lake
+from storage.schemas import PARTITIONS, SCHEMAS
+
+CATALOG_FILE = "catalog.duckdb"
+
+_DUCK_TYPES = {
+    pa.string(): "VARCHAR",
+    pa.int8(): "TINYINT",
+    pa.int16(): "SMALLINT",
+    pa.int32(): "INTEGER",
+    pa.int64(): "BIGINT",
+    pa.float32(): "FLOAT",
+    pa.float64(): "DOUBLE",
+    pa.binary(): "BLOB",
+    pa.bool_(): "BOOLEAN",
+}
+
+
+def _duck_type(t: pa.DataType) -> str:
+    if pa.types.is_timestamp(t):
+        return "TIMESTAMPTZ" if t.tz else "TIMESTAMP"
+    if pa.types.is_list(t) or pa.types.is_fixed_size_list(t):
+        return _duck_type(t.value_type) + "[]"
+    return _DUCK_TYPES[t]
+
+
+def _quote(s: str) -> str:
+    return "'" + s.replace("'", "''") + "'"
+
+
+def view_sql(lake: Lake, name: str) -> str:
+    """The CREATE VIEW statement of one table."""
+    schema = SCHEMAS[name]
+    parts = PARTITIONS.get(name, ())
+    if lake.files(name):
+        glob = lake.path(name, *(["*"] * len(parts)), "*.parquet")
+        hive = "true" if parts else "false"
+        return (f'CREATE OR REPLACE VIEW "{name}" AS SELECT * FROM read_parquet({_quote(glob)}, '
+                f"hive_partitioning = {hive}, union_by_name = true)")
+    cols = [f'CAST(NULL AS {_duck_type(f.type)}) AS "{f.name}"' for f in schema]
+    cols += [f'CAST(NULL AS VARCHAR) AS "{c}"' for c in parts]
+    return f'CREATE OR REPLACE VIEW "{name}" AS SELECT {", ".join(cols)} WHERE false'
+
+
+def refresh(lake: Lake) -> Path:
+    """(Re)build the catalog of a local lake atomically; return its path."""
+    if lake.local_root is None:
+        raise NotImplementedError("a DuckDB catalog file is written for local lakes; for object "
+                                  "storage query through `gbmmet query --lake URI`")
+    lake.ensure()
+    final = lake.local_root / CATALOG_FILE
+    tmp = lake.local_root / f".{CATALOG_FILE}.{os.getpid()}.tmp"
+    tmp.unlink(missing_ok=True)
+    con = duckdb.connect(str(tmp))
+    try:
+        for name in SCHEMAS:
+            con.execute(view_sql(lake, name))
+    finally:
+        con.close()
+    os.replace(tmp, final)
+    return final
+
+
+def connect(lake: Lake, *, refresh_first: bool = True) -> duckdb.DuckDBPyConnection:
+    """A read-only connection to the lake's catalog (rebuilt first by default)."""
+    path = refresh(lake) if refresh_first else lake.local_root / CATALOG_FILE
+    return duckdb.connect(str(path), read_only=True)
+
+
+def query(lake: Lake, sql: str, params: list | tuple | None = None) -> pa.Table:
+    """Run ``sql`` with ``?`` parameters against the lake; return an Arrow table."""
+    con = connect(lake)
+    try:
+        return con.sql(sql, params=list(params or [])).to_arrow_table()
+    finally:
+        con.close()

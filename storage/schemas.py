@@ -1,0 +1,88 @@
+"""Arrow schemas of every lake table (design.md). One place; writers and the catalog use them.
+
+``slices`` stores each ROI slice as raw bytes: ``channels x height x width`` uint8 in C order
+(channel, row, column), the channels and the fixed WhiteStripe-to-uint8 mapping named in the
+schema's metadata and in ``preprocess_runs.params``. Hive partitions: ``slices`` by site and
+split (those two columns come from the folder names, not the files).
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+from gbmmet import constants as C
+
+PATIENTS = pa.schema([
+    pa.field(C.COL_PATIENT_ID, pa.string(), nullable=False),  # pseudonymised
+    pa.field(C.COL_SITE, pa.string(), nullable=False),
+    pa.field(C.COL_SPLIT, pa.string(), nullable=False),
+    pa.field(C.COL_LABEL, pa.string(), nullable=False),
+    pa.field(C.COL_AGE, pa.int16()),
+    pa.field(C.COL_SEX, pa.string()),
+    pa.field(C.COL_LOCATION, pa.string()),
+    pa.field(C.COL_PRIMARY, pa.string()),
+    pa.field("n_slices", pa.int32()),
+    pa.field("input_hash", pa.string()),
+    pa.field("params_hash", pa.string()),
+    pa.field("preprocessed_at", pa.timestamp("us", tz="UTC")),
+])
+
+SLICE_METADATA = {
+    b"image_dtype": b"uint8",
+    b"image_layout": b"channels x height x width, C order (channel, row, column); rows anterior->posterior, columns patient right->left",
+}
+
+SLICES = pa.schema([
+    pa.field(C.COL_PATIENT_ID, pa.string(), nullable=False),
+    pa.field(C.COL_LABEL, pa.string(), nullable=False),
+    pa.field("slice_index", pa.int32(), nullable=False),  # along the LPS-oriented T2's slice axis
+    pa.field("z_mm", pa.float32()),  # superior-inferior position of the slice (LPS z)
+    pa.field("roi_i_min", pa.int32()),
+    pa.field("roi_i_max", pa.int32()),
+    pa.field("roi_j_min", pa.int32()),
+    pa.field("roi_j_max", pa.int32()),
+    pa.field("crop_mm", pa.float32()),  # side of the square crop
+    pa.field("channels", pa.int8()),
+    pa.field("height", pa.int16()),
+    pa.field("width", pa.int16()),
+    pa.field("image", pa.binary(), nullable=False),
+    pa.field("params_hash", pa.string()),
+], metadata=SLICE_METADATA)
+
+PREPROCESS_RUNS = pa.schema([
+    pa.field(C.COL_PATIENT_ID, pa.string(), nullable=False),
+    pa.field(C.COL_SITE, pa.string()),
+    pa.field("attempt_id", pa.string(), nullable=False),
+    pa.field("started_at", pa.timestamp("us", tz="UTC")),
+    pa.field("status", pa.string(), nullable=False),  # ok / failed
+    pa.field("error_kind", pa.string()),
+    pa.field("error_message", pa.string()),
+    pa.field("read_s", pa.float32()),
+    pa.field("n4_s", pa.float32()),
+    pa.field("resample_s", pa.float32()),
+    pa.field("register_s", pa.float32()),
+    pa.field("whitestripe_s", pa.float32()),
+    pa.field("slices_s", pa.float32()),
+    pa.field("total_s", pa.float32()),
+    pa.field("registration_metric", pa.float64()),
+    pa.field("ws_t1c_mean", pa.float64()),
+    pa.field("ws_t1c_sd", pa.float64()),
+    pa.field("ws_t2_mean", pa.float64()),
+    pa.field("ws_t2_sd", pa.float64()),
+    pa.field("n_slices", pa.int32()),
+    pa.field("params_hash", pa.string()),
+    pa.field("input_hash", pa.string()),
+    pa.field("params", pa.string()),  # JSON of the full preprocessing parameters
+    pa.field("versions", pa.string()),  # JSON: gbmmet, SimpleITK, numpy, ...
+])
+
+SCHEMAS: dict[str, pa.Schema] = {
+    C.TABLE_PATIENTS: PATIENTS,
+    C.TABLE_SLICES: SLICES,
+    C.TABLE_PREPROCESS_RUNS: PREPROCESS_RUNS,
+}
+
+#: Hive partition columns per table (folder levels, in order).
+PARTITIONS: dict[str, tuple[str, ...]] = {
+    C.TABLE_SLICES: (C.COL_SITE, C.COL_SPLIT),
+}
