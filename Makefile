@@ -18,8 +18,12 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 # The main job on the embedded defaults (local Ray, synthetic cohorts). It grows with each stage.
+LAKE ?= lake
+
 demo: $(STAMP)
-	$(BIN)/gbmmet synth --preset demo --out $(DATA)/demo --seed $(SEED) --preview --overwrite
+	$(BIN)/gbmmet synth --preset demo --out $(DATA)/demo --seed $(SEED) --preview
+	$(BIN)/gbmmet preprocess --manifest $(DATA)/demo/siteA/manifest.csv --manifest $(DATA)/demo/siteB/manifest.csv --lake $(LAKE)
+	$(BIN)/gbmmet query "select site, split, label, count(distinct patient_id) as patients, count(*) as slices from slices group by all order by all" --lake $(LAKE)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
@@ -32,6 +36,7 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/synth.py
+	$(BIN)/python bench/preprocess.py
 
 clean:
-	rm -rf $(DATA) lake .pytest_cache
+	rm -rf $(DATA) $(LAKE) .pytest_cache

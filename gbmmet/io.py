@@ -58,7 +58,25 @@ def _first_line(exc: Exception) -> str:
     return (useful or lines or ["unknown error"])[-1][:300]
 
 
-def read_native(path: str | Path, *, patient_id: str | None = None, role: str = "image") -> sitk.Image:
+def _nifti_non_finite(path: Path) -> int:
+    """NaN / inf voxels of a float NIfTI file, counted with nibabel.
+
+    ITK's NIfTI reader silently turns NaN and inf into 0, so checking the array SimpleITK returns
+    would pass a damaged file; nibabel reads the stored values. Integer files cannot hold NaN.
+    """
+    import nibabel as nib
+
+    try:
+        img = nib.load(str(path))
+    except Exception:  # noqa: BLE001 - SimpleITK already read it; nothing more to learn here
+        return 0
+    if not np.issubdtype(img.get_data_dtype(), np.floating):
+        return 0
+    return int(np.count_nonzero(~np.isfinite(np.asanyarray(img.dataobj))))
+
+
+def read_native(path: str | Path, *, patient_id: str | None = None, role: str = "image",
+                allow_constant: bool = False) -> sitk.Image:
     """Read a 3D image as stored (no reorientation), float32, checked.
 
     Raises:
@@ -89,10 +107,12 @@ def read_native(path: str | Path, *, patient_id: str | None = None, role: str = 
     img = sitk.Cast(img, sitk.sitkFloat32)
     arr = sitk.GetArrayViewFromImage(img)
     bad = int(np.count_nonzero(~np.isfinite(arr)))
+    if not bad and path.name.lower().endswith((".nii", ".nii.gz")):
+        bad = _nifti_non_finite(path)
     if bad:
         raise ImageContentError(f"{who} {path} has {bad} NaN or infinite voxels",
                                 patient_id=patient_id, path=str(path))
-    if float(arr.max()) <= float(arr.min()):
+    if not allow_constant and float(arr.max()) <= float(arr.min()):
         raise ImageContentError(f"{who} {path} is constant ({float(arr.min())})", patient_id=patient_id,
                                 path=str(path))
     return img
@@ -152,7 +172,7 @@ def read_roi(path: str | Path, t2_native: sitk.Image, *, patient_id: str | None 
             raise MissingFileError(f"{who} file not found: {path}", patient_id=patient_id, path=str(path))
         mask = _boxes_to_mask(path, t2_native, who, patient_id)
     else:
-        roi = read_native(path, patient_id=patient_id, role="ROI")
+        roi = read_native(path, patient_id=patient_id, role="ROI", allow_constant=True)
         binary = sitk.Cast(sitk.NotEqual(roi, 0.0), sitk.sitkUInt8)
         if not sitk.GetArrayViewFromImage(binary).any():
             raise RoiError(f"{who} {path} is empty (no non-zero voxel)", patient_id=patient_id, path=str(path))

@@ -71,11 +71,17 @@ def register_rigid(fixed: sitk.Image, moving: sitk.Image, *, shrink=(4, 2), smoo
     reg.SetSmoothingSigmasPerLevel([float(s) for s in smoothing_mm])
     reg.SmoothingSigmasAreSpecifiedInPhysicalUnitsOn()
     reg.SetInitialTransform(initial, inPlace=False)
+    # The pyramid's internal filters follow ITK's global thread count, not the method's: pin it
+    # too, so the sums run in the same order whatever the machine.
+    saved = sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()
+    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(int(threads))
     try:
         out = reg.Execute(fixed, moving)
     except RuntimeError as exc:
         raise RegistrationError(f"{who}registration of CE-T1 onto T2 failed: {str(exc).splitlines()[-1][:200]}",
                                 patient_id=patient_id) from None
+    finally:
+        sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(saved)
     composite = sitk.CompositeTransform(out)
     euler = sitk.Euler3DTransform(composite.GetNthTransform(0)) if composite.GetNumberOfTransforms() == 1 \
         else _flatten(composite)

@@ -81,8 +81,8 @@ def test_help_imports_no_heavy_library():
         "heavy = [m for m in ('ray', 'torch', 'SimpleITK', 'numpy', 'scipy') if m in sys.modules]\n"
         "print(','.join(heavy))\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, encoding="utf-8", check=True)
     assert out.stdout.strip() == ""
-    help_out = subprocess.run([sys.executable, "-m", "pipelines.cli", "--help"], capture_output=True,
+    help_out = subprocess.run([sys.executable, "-m", "pipelines.cli", "--help"], capture_output=True, encoding="utf-8",
                               text=True, check=True)
     assert "synth" in help_out.stdout

@@ -1,0 +1,251 @@
+"""``gbmmet preprocess`` on a real local Ray into a real lake: tables, catalog, pseudonyms,
+re-runs, orientation, and each kind of bad input failing alone."""
+
+from __future__ import annotations
+
+import csv
+import shutil
+from pathlib import Path
+
+import duckdb
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import SimpleITK as sitk
+
+from gbmmet import constants as C
+from gbmmet.preprocess.params import PreprocessParams
+from gbmmet.preprocess.patient import preprocess_patient
+from pipelines.cli import main
+from pipelines.preprocess import ID_MAP_FILE, run_preprocess
+from storage import catalog
+from storage.lake import Lake
+from tests.conftest import tiny_manifests
+from tests.preprocess.dicom_util import volume, write_series
+
+HEADER = list(C.MANIFEST_COLUMNS)
+
+
+def _manifest_rows(manifest: Path) -> list[dict]:
+    with manifest.open() as fh:
+        return list(csv.DictReader(fh))
+
+
+def test_lake_tables_agree_and_the_catalog_opens_in_plain_duckdb(tiny_lake):
+    lake_dir, summary, cohort = tiny_lake
+    n_patients = sum(len(_manifest_rows(m)) for m in tiny_manifests(cohort))
+    assert len(summary.ok) == n_patients and summary.slices_written > n_patients
+    con = duckdb.connect(str(lake_dir / "catalog.duckdb"), read_only=True)
+    try:
+        assert con.execute("select count(*) from patients").fetchone()[0] == n_patients
+        assert con.execute("select count(*) from slices").fetchone()[0] == summary.slices_written
+        per_patient = con.execute(
+            "select p.patient_id, p.n_slices, count(s.slice_index) from patients p "
+            "join slices s using (patient_id) group by all").fetchall()
+        assert all(n == m for _, n, m in per_patient) and len(per_patient) == n_patients
+        sizes = {r[0] for r in con.execute("select distinct octet_length(image) from slices").fetchall()}
+        assert sizes == {3 * 224 * 224}
+        by_site = dict(con.execute("select site, count(distinct patient_id) from slices group by site").fetchall())
+        assert by_site == {"siteA": 16, "siteB": 4}
+        runs = con.execute("select status, count(*) from preprocess_runs group by status").fetchall()
+        assert runs == [("ok", n_patients)]
+        qc = con.execute("select min(registration_metric), max(total_s), min(ws_t2_sd) from preprocess_runs").fetchone()
+        assert qc[0] < -0.5 and qc[1] > 0 and qc[2] > 0
+        # slices carry the label of their patient, and the split of their partition
+        mismatch = con.execute("select count(*) from slices s join patients p using (patient_id) "
+                               "where s.label <> p.label or s.split <> p.split or s.site <> p.site").fetchone()[0]
+        assert mismatch == 0
+    finally:
+        con.close()
+    assert pq.read_schema(next((lake_dir / "slices").rglob("*.parquet"))).metadata[b"image_dtype"] == b"uint8"
+
+
+def test_slices_are_the_roi_on_the_t2_slices(tiny_lake):
+    lake_dir, _, cohort = tiny_lake
+    lake = Lake(lake_dir)
+    t = catalog.query(lake, "select slice_index, image from slices where patient_id = ? order by slice_index",
+                      [_pseudonyms(cohort)["A0001"]])
+    roi = sitk.GetArrayFromImage(sitk.ReadImage(str(cohort / "siteA/images/A0001/roi.nii.gz")))
+    assert t.column("slice_index").to_pylist() == [int(k) for k in np.nonzero(roi.any(axis=(1, 2)))[0]]
+    img = np.frombuffer(t.column("image")[0].as_py(), np.uint8).reshape(3, 224, 224)
+    assert np.array_equal(img[1], img[2])  # CE-T1, T2, T2
+    assert img[0].std() > 5 and img[1].std() > 5  # not blank
+
+
+def _pseudonyms(cohort: Path) -> dict[str, str]:
+    out = {}
+    for m in tiny_manifests(cohort):
+        with (m.parent / ID_MAP_FILE).open() as fh:
+            out.update({r["patient_id"]: r["pseudonym"] for r in csv.DictReader(fh)})
+    return out
+
+
+def test_no_raw_patient_id_enters_the_lake(tiny_lake):
+    lake_dir, _, cohort = tiny_lake
+    raw = {r["patient_id"] for m in tiny_manifests(cohort) for r in _manifest_rows(m)}
+    pseudo = _pseudonyms(cohort)
+    assert set(pseudo) == raw and len(set(pseudo.values())) == len(raw)
+    lake = Lake(lake_dir)
+    for table in (C.TABLE_PATIENTS, C.TABLE_SLICES, C.TABLE_PREPROCESS_RUNS):
+        t = lake.read(table)
+        text = " ".join(str(v) for col in t.column_names if col != "image" for v in t.column(col).to_pylist())
+        assert not [r for r in raw if r in text], table
+        assert set(t.column(C.COL_PATIENT_ID).to_pylist()) <= set(pseudo.values())
+    # the key lives beside the tables, hidden from every reader
+    assert (lake_dir / ".gbmmet" / "pseudonym.key").stat().st_mode & 0o077 == 0
+
+
+def test_rerun_skips_and_a_changed_parameter_reprocesses(tiny_lake, tmp_path, fast_params):
+    lake_dir, _, cohort = tiny_lake
+    again = run_preprocess(tiny_manifests(cohort), lake_dir, params=fast_params, show_progress=False, workers=0)
+    assert not again.ok and len(again.skipped) == 20 and not again.failed
+    # a small lake of two patients: change a parameter, both are redone, old rows replaced
+    site = tmp_path / "site"
+    shutil.copytree(cohort / "siteB", site)
+    rows = _manifest_rows(site / C.MANIFEST_FILE)[:2]
+    with (site / C.MANIFEST_FILE).open("w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=HEADER)
+        w.writeheader()
+        w.writerows(rows)
+    lake2 = tmp_path / "lake2"
+    first = run_preprocess([site / C.MANIFEST_FILE], lake2, params=fast_params, show_progress=False, workers=0)
+    changed = PreprocessParams(iso_mm=2.0, slices=type(fast_params.slices)(size=64))
+    second = run_preprocess([site / C.MANIFEST_FILE], lake2, params=changed, show_progress=False, workers=0)
+    assert len(first.ok) == 2 and len(second.ok) == 2 and not second.skipped
+    t = Lake(lake2).read(C.TABLE_SLICES, columns=["height", "params_hash"])
+    assert set(t.column("height").to_pylist()) == {64}
+    assert set(t.column("params_hash").to_pylist()) == {changed.hash()}
+
+
+def test_flipped_and_permuted_inputs_give_the_same_slices(tiny_cohort, tmp_path, fast_params):
+    src = tiny_cohort / "siteB/images/B0001"
+    ref = preprocess_patient(str(src / "t1c.nii.gz"), str(src / "t2.nii.gz"), str(src / "roi.nii.gz"), fast_params)
+    for name, op in (("flip", lambda im: sitk.Flip(im, [True, True, False])),
+                     ("permute", lambda im: sitk.PermuteAxes(im, [1, 0, 2]))):
+        folder = tmp_path / name
+        folder.mkdir()
+        for f in ("t1c", "t2", "roi"):
+            sitk.WriteImage(op(sitk.ReadImage(str(src / f"{f}.nii.gz"))), str(folder / f"{f}.nii.gz"))
+        out = preprocess_patient(str(folder / "t1c.nii.gz"), str(folder / "t2.nii.gz"), str(folder / "roi.nii.gz"),
+                                 fast_params)
+        assert [b.slice_index for b in out.boxes] == [b.slice_index for b in ref.boxes]
+        diff = np.abs(out.images.astype(int) - ref.images.astype(int))
+        assert diff.mean() < 0.5 and np.percentile(diff, 99) <= 2, name
+
+
+def _bad_cohort(tiny_cohort: Path, root: Path, rng) -> Path:
+    """A site with two good patients and one patient per kind of bad input."""
+    site = root / "bad-site"
+    shutil.copytree(tiny_cohort / "siteB" / "images", site / "images")
+    good = _manifest_rows(tiny_cohort / "siteB" / C.MANIFEST_FILE)[:2]
+    src = site / "images" / good[0]["patient_id"]
+    rows = [dict(r, site="siteX") for r in good]
+
+    def add(pid, **paths):
+        folder = site / "bad" / pid
+        folder.mkdir(parents=True)
+        files = {}
+        for role in ("t1c", "t2", "roi"):
+            made = paths.get(role)
+            files[role] = made(folder) if made else str(src / f"{role}.nii.gz")
+        rows.append(dict(good[0], patient_id=pid, site="siteX", t1c_path=str(files["t1c"]),
+                         t2_path=str(files["t2"]), roi_path=str(files["roi"])))
+
+    def write(name, img):
+        return lambda folder: (sitk.WriteImage(img, str(folder / name)), folder / name)[1]
+
+    def raw(name, data: bytes):
+        return lambda folder: ((folder / name).write_bytes(data), folder / name)[1]
+
+    t2 = sitk.ReadImage(str(src / "t2.nii.gz"))
+    empty = sitk.Image(t2.GetSize(), sitk.sitkUInt8)
+    empty.CopyInformation(t2)
+    outside = sitk.Cast(sitk.ReadImage(str(src / "roi.nii.gz")), sitk.sitkUInt8)
+    outside.SetOrigin([o + 800.0 for o in outside.GetOrigin()])
+    far_t1 = sitk.ReadImage(str(src / "t1c.nii.gz"))
+    far_t1.SetOrigin([o + 400.0 for o in far_t1.GetOrigin()])
+
+    def nan_t2(folder):
+        import nibabel as nib
+
+        img = nib.load(str(src / "t2.nii.gz"))
+        arr = np.asanyarray(img.dataobj).astype(np.float32)
+        arr[5, 5, 5] = np.nan
+        nib.save(nib.Nifti1Image(arr, img.affine), str(folder / "t2.nii.gz"))
+        return folder / "t2.nii.gz"
+
+    def mixed(folder):
+        write_series(volume(rng), folder / "dcm", "1.2.826.0.1.3680043.2.1125.31", prefix="A")
+        write_series(volume(rng), folder / "dcm", "1.2.826.0.1.3680043.2.1125.32", prefix="B")
+        return folder / "dcm"
+
+    add("BAD-corrupt", t1c=raw("t1c.nii.gz", b"\x1f\x8b\x08\x00" + bytes(range(200)) * 3))
+    add("BAD-emptyroi", roi=write("roi.nii.gz", empty))
+    add("BAD-roioutside", roi=write("roi.nii.gz", outside))
+    add("BAD-nooverlap", t1c=write("t1c.nii.gz", far_t1))
+    add("BAD-nan", t2=nan_t2)
+    add("BAD-2d", t1c=write("t1c.nii.gz", sitk.ReadImage(str(src / "t1c.nii.gz"))[:, :, 5]))
+    add("BAD-4d", t1c=write("t1c.nii.gz", sitk.JoinSeries([sitk.ReadImage(str(src / "t1c.nii.gz"))] * 2)))
+    add("BAD-mixeddicom", t2=mixed)
+    add("BAD-missing", t2=lambda folder: folder / "never-written.nii.gz")
+    with (site / C.MANIFEST_FILE).open("w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=HEADER)
+        w.writeheader()
+        w.writerows(rows)
+    return site / C.MANIFEST_FILE
+
+
+EXPECTED_KIND = {
+    "BAD-corrupt": "unreadable_image",
+    "BAD-emptyroi": "bad_roi",
+    "BAD-roioutside": "bad_roi",
+    "BAD-nooverlap": "registration_failed",
+    "BAD-nan": "bad_image",
+    "BAD-2d": "bad_image",
+    "BAD-4d": "bad_image",
+    "BAD-mixeddicom": "mixed_dicom_series",
+    "BAD-missing": "missing_file",
+}
+
+
+def test_each_bad_input_fails_alone_with_a_recorded_reason(tiny_cohort, tmp_path, ray_local, fast_params, rng):
+    manifest = _bad_cohort(tiny_cohort, tmp_path, rng)
+    lake_dir = tmp_path / "lake"
+    # without --keep-going the missing file stops everything before work
+    with pytest.raises(Exception, match="BAD-missing"):
+        run_preprocess([manifest], lake_dir, params=fast_params, show_progress=False)
+    summary = run_preprocess([manifest], lake_dir, params=fast_params, keep_going=True, show_progress=False)
+    assert len(summary.ok) == 2
+    assert set(summary.failed) == set(EXPECTED_KIND)
+    for pid, kind in EXPECTED_KIND.items():
+        assert summary.failed[pid].startswith(kind), (pid, summary.failed[pid])
+        assert pid in summary.failed[pid]  # the console message names the patient
+    pseudo = {r["patient_id"]: r["pseudonym"] for r in csv.DictReader((manifest.parent / ID_MAP_FILE).open())}
+    runs = Lake(lake_dir).read(C.TABLE_PREPROCESS_RUNS).to_pylist()
+    recorded = {r[C.COL_PATIENT_ID]: r for r in runs if r["status"] == "failed"}
+    for pid, kind in EXPECTED_KIND.items():
+        row = recorded[pseudo[pid]]
+        assert row["error_kind"] == kind
+        assert pid not in row["error_message"] and pseudo[pid] in row["error_message"]
+    assert len([r for r in runs if r["status"] == "ok"]) == 2
+
+
+def test_cli_summary_and_exit_code(tiny_cohort, tmp_path, capsys, fast_params):
+    site = tmp_path / "site"
+    shutil.copytree(tiny_cohort / "siteB", site)
+    rows = _manifest_rows(site / C.MANIFEST_FILE)[:1]
+    rows.append(dict(rows[0], patient_id="Z9", roi_path=rows[0]["t2_path"].replace("t2", "missing")))
+    with (site / C.MANIFEST_FILE).open("w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=HEADER)
+        w.writeheader()
+        w.writerows(rows)
+    code = main(["preprocess", "--manifest", str(site / C.MANIFEST_FILE), "--lake", str(tmp_path / "lake"),
+                 "--workers", "0", "--keep-going"])
+    captured = capsys.readouterr()
+    assert code == 1
+    assert "1 ok, 0 skipped" in captured.out and "1 failed" in captured.out
+    assert "failed Z9: missing_file" in captured.err
+    code = main(["query", "select status, error_kind from preprocess_runs order by status", "--lake",
+                 str(tmp_path / "lake"), "--format", "csv"])
+    assert code == 0
+    assert '"failed","missing_file"' in capsys.readouterr().out
