@@ -14,20 +14,14 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import os
 import shutil
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+from _common import ROOT, save, use_ray_tmpdir
 
 PAPER_PATIENTS = 741
 
@@ -73,8 +67,7 @@ def main(argv=None) -> int:
     parser.add_argument("--patients", type=int, default=10)
     args = parser.parse_args(argv)
     tmp = Path(tempfile.mkdtemp(prefix="bench-pre-"))
-    os.environ.setdefault("RAY_TMPDIR", str(tmp / "ray"))
-    (tmp / "ray").mkdir(exist_ok=True)
+    use_ray_tmpdir(tmp)
     try:
         import ray
         import SimpleITK as sitk
@@ -142,9 +135,7 @@ def main(argv=None) -> int:
         print(f"{len(rows)} patients: 1 worker {wall[1]:.1f} s, 2 workers {wall[2]:.1f} s, speed-up {speedup:.2f}x "
               "(Ray start-up included)")
         print(f"paper preset ({PAPER_PATIENTS} patients) on this machine, 2 workers: about {paper_s / 60:.0f} min")
-        out = ROOT / "bench" / "out"
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "preprocess.json").write_text(json.dumps(result, indent=1))
+        save("preprocess", result)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return 0

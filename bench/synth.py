@@ -9,19 +9,12 @@ Prints a table and writes bench/out/synth.json.
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import shutil
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+from _common import save, use_ray_tmpdir
 
 
 def per_patient(preset_name: str, n: int, folder: Path) -> tuple[float, float]:
@@ -72,8 +65,7 @@ def main(argv=None) -> int:
     parser.add_argument("--patients", type=int, default=10, help="demo patients for the Ray speed-up")
     args = parser.parse_args(argv)
     tmp = Path(tempfile.mkdtemp(prefix="bench-synth-"))
-    os.environ.setdefault("RAY_TMPDIR", str(tmp / "ray"))
-    (tmp / "ray").mkdir(exist_ok=True)
+    use_ray_tmpdir(tmp)
     try:
         from gbmmet.synth.cohort import get_preset
 
@@ -97,9 +89,7 @@ def main(argv=None) -> int:
                   f"{r['template_load_s']:16.2f} {est:33.0f}s")
         print(f"\nRay, {args.patients} demo patients: 1 worker {one:.1f} s, 2 workers {two:.1f} s, "
               f"speed-up {one / two:.2f}x (template load per worker included)")
-        out = ROOT / "bench" / "out"
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "synth.json").write_text(json.dumps(result, indent=1))
+        save("synth", result)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return 0

@@ -29,13 +29,13 @@ class Lake:
 
     def __init__(self, root: str | os.PathLike = "lake"):
         root = str(root)
-        if "://" in root:
+        if "://" in root and not root.startswith("file://"):
             self.fs, self.base = pafs.FileSystem.from_uri(root)
             self.uri = root.rstrip("/")
             self.local_root: Path | None = None
         else:
             self.fs = pafs.LocalFileSystem()
-            self.local_root = Path(root).expanduser().resolve()
+            self.local_root = Path(root.removeprefix("file://")).expanduser().resolve()
             self.base = self.local_root.as_posix()
             self.uri = self.base
         self.base = self.base.rstrip("/")
