@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml
 LAKE ?= lake
 
 demo: $(STAMP)
-	$(BIN)/gbmmet synth --preset demo --out $(DATA)/demo --seed $(SEED) --preview
+	$(BIN)/gbmmet synth --preset demo --out $(DATA)/demo --seed $(SEED) --preview --overwrite
 	$(BIN)/gbmmet preprocess --manifest $(DATA)/demo/siteA/manifest.csv --manifest $(DATA)/demo/siteB/manifest.csv --lake $(LAKE)
 	$(BIN)/gbmmet query "select site, split, label, count(distinct patient_id) as patients, count(*) as slices from slices group by all order by all" --lake $(LAKE)
 

@@ -95,7 +95,9 @@ def preprocess(
     s = run_preprocess(manifest, lake, params=params, address=address, workers=workers, keep_going=keep_going)
     typer.echo(
         f"preprocess: {len(s.ok)} ok, {len(s.skipped)} skipped (already in the lake), {len(s.failed)} failed; "
-        f"{s.slices_written} slices written; {s.seconds_per_patient:.1f} s per patient; {s.wall_seconds:.0f} s in all"
+        f"{s.slices_written} slices written; "
+        + (f"{s.seconds_per_patient:.1f} s per patient; " if s.ok else "")
+        + f"{s.wall_seconds:.0f} s in all"
     )
     for pid, reason in sorted(s.failed.items()):
         typer.secho(f"  failed {pid}: {reason}", err=True, fg="red")

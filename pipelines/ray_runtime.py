@@ -121,7 +121,7 @@ def run_batch(
     start = time.perf_counter()
     progress, task = _progress(description, len(items))
     failed = 0
-    with progress if show_progress else _Null():
+    with progress if show_progress and items else _Null():
         if not use_ray:
             for key, args in items:
                 try:

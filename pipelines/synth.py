@@ -6,10 +6,11 @@ Output folder (``--out``)::
     <site>/manifest.csv, <site>/reads.csv, <site>/images/..., <site>/truth/... (see writer)
     preview.png                 with --preview
 
-Re-running with the same preset, seed, difficulty and version into the same folder writes only
-the patients that are missing (an interrupted run picks up where it stopped). A folder made with
-other settings is refused unless ``--overwrite``; ``--overwrite`` only ever deletes a folder that
-gbmmet synth made (it has ``cohort.json``), never an arbitrary non-empty folder.
+Re-running with the same preset, seed, difficulty and generator version into the same folder
+writes only the patients that are missing (an interrupted run picks up where it stopped). A folder
+made with other settings is refused unless ``--overwrite``, which replaces it; ``--overwrite``
+only ever deletes a folder that gbmmet synth made (it has ``cohort.json``), never an arbitrary
+non-empty folder.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from pathlib import Path
 from gbmmet import __version__
 from gbmmet import constants as C
 from gbmmet.errors import ConfigError, OutputExistsError
+from gbmmet.synth import GENERATOR_VERSION
 
 COHORT_FILE = "cohort.json"
 PREVIEW_FILE = "preview.png"
@@ -40,7 +42,8 @@ class SynthConfig:
             "preset": self.preset,
             "seed": self.seed,
             "difficulty": self.difficulty,
-            "generator_version": __version__,
+            "generator_version": GENERATOR_VERSION,
+            "gbmmet_version": __version__,
         }
 
 
@@ -71,8 +74,8 @@ def _validate(cfg: SynthConfig, overwrite: bool):
     if out.is_dir() and any(out.iterdir()):
         marker = out / COHORT_FILE
         previous = json.loads(marker.read_text()) if marker.is_file() else None
-        if previous == cfg.record() and not overwrite:
-            resume = True
+        if previous == cfg.record():
+            resume = True  # same settings: pick up where it stopped, even with --overwrite
         elif overwrite and previous is not None:
             shutil.rmtree(out)
         elif overwrite:

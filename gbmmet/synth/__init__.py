@@ -4,3 +4,7 @@ Modules: ``anatomy`` (template), ``lesion`` (class distributions), ``sites`` (sc
 ``cohort`` (presets, demographics), ``render`` (images), ``readers`` (simulated radiologists),
 ``writer`` (files), ``preview`` (montage), ``features`` (hand-made features for calibration).
 """
+
+#: Bumped whenever the generator draws different images for the same settings; recorded in
+#: ``cohort.json``, so an older cohort folder is regenerated rather than mixed with new patients.
+GENERATOR_VERSION = "2"

@@ -20,7 +20,7 @@ Parameter table (reference, difficulty 0.5), and why:
 | rim thickness, mm | lognormal, median 4.0, sd(log) 0.45 | median 2.6, sd(log) 0.45 | thick nodular vs thin smooth rim, 10/11 vs 2/7 uneven; AUC about 0.75 alone |
 | rim nodularity | N(0.55, 0.2) | N(0.2, 0.15) | uneven thickness, irregular inner margin in GBM |
 | solid (no necrosis) | 5% | 30%, always below 12 mm | MET often without necrosis (median necrotic area 0) |
-| septa across the necrosis | Poisson(1.5) | 10% have one | GBM multilocular with septa (11/11), MET unilocular |
+| septa across the necrosis (wavy, partial) | 70 %, 1 + Poisson(0.5) | 10 % have one | GBM multilocular with septa (11/11), MET unilocular; kept below 100 % so one cue never decides |
 | T2-hyperintensity / mass diameter | N(1.6, 0.4), 1.05-3.5 | N(2.15, 0.5), 1.1-4.5 | ratio cut-off 2.35, accuracy only 68%; MET oedema larger than the tumour in about half |
 | peritumoral T2 signal (CSF = 1) | N(0.83, 0.08) | N(0.76, 0.08) | higher in infiltrated GBM oedema; AUC about 0.73 alone |
 | oedema spreads into grey matter | 0.6 | 0.1 | cortical involvement in GBM; vasogenic oedema spares the cortex |
@@ -72,7 +72,7 @@ REFERENCE = {
     "edema_ratio": ((1.6, 0.4), (2.15, 0.5)),  # normal
     "edema_t2": ((0.83, 0.08), (0.76, 0.08)),  # normal, CSF = 1
     "p_solid": (0.05, 0.30),
-    "p_septa": (0.95, 0.10),  # probability of any septum
+    "p_septa": (0.70, 0.10),  # probability of any septum
     "p_deep_wm": (0.64, 0.30),  # supratentorial lesions centred in deep white matter
     "gm_spread": (0.6, 0.1),  # oedema allowed into grey matter (weight)
 }
@@ -285,21 +285,22 @@ def rasterize_lesion(params: LesionParams, anatomy: Anatomy) -> LesionParts:
     thickness = np.clip(thickness, 0.8, None)
     inner = outer - thickness
     mass = r < outer
+    rng = np.random.default_rng(params.texture_seed)
+    texture = smooth_field(rng, shape, 2.5 / sp)
+    fingers = smooth_field(rng, shape, 5.0 / sp)
     if params.solid:
         necrosis = np.zeros_like(mass)
     else:
         necrosis = r < inner
         for n in params.septa_normals:
-            septum = np.abs(v @ np.asarray(n, np.float32)) < 0.9
+            # Septa are wavy and partial, not flat planes across the whole cavity.
+            septum = (np.abs(v @ np.asarray(n, np.float32) + 3.0 * texture) < 0.8) & (fingers > -0.5)
             necrosis &= ~septum
     brain = anatomy.intracranial[box]
     mass &= brain
     necrosis &= mass
     enhancing = mass & ~necrosis
 
-    rng = np.random.default_rng(params.texture_seed)
-    texture = smooth_field(rng, shape, 2.5 / sp)
-    fingers = smooth_field(rng, shape, 5.0 / sp)
     dist = ndimage.distance_transform_edt(~mass, sampling=sp) if mass.any() else np.full(shape, np.inf)
     gm, wm, csf = anatomy.gm[box], anatomy.wm[box], anatomy.csf[box]
     # Oedema follows white matter (finger-like); infiltrative GBM oedema also crosses cortex.
