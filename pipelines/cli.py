@@ -108,6 +108,31 @@ def preprocess(
 
 @app.command()
 @_user_errors
+def features(
+    lake: Annotated[str, typer.Option(help="Lake folder or URI.")] = "lake",
+    backbone: Annotated[str, typer.Option(help="auto (ResNet-50 if its weights are here, else EfficientNet-Lite0), resnet50-imagenet, efficientnet-lite0-imagenet, resnet18-random (tests).")] = "auto",
+    weights: Annotated[str | None, typer.Option(help="ResNet-50 (or Lite0) weight file; checked, sha256 recorded.")] = None,
+    address: Annotated[str | None, typer.Option(help="Ray cluster address (default: RAY_ADDRESS, else a local Ray).")] = None,
+    workers: Annotated[int | None, typer.Option(help="CPUs of the local Ray (default: all); 0 runs in this process.")] = None,
+    gpus: Annotated[float, typer.Option(help="GPUs per task (0 on CPU machines).")] = 0.0,
+    batch_size: Annotated[int, typer.Option(help="Slices per forward pass.")] = 64,
+) -> None:
+    """Compute frozen-backbone features of every slice once, cached in the lake."""
+    from pipelines.features import run_features
+
+    s = run_features(lake, backbone=backbone, weights=weights, address=address, workers=workers, gpus=gpus,
+                     batch_size=batch_size)
+    typer.echo(f"backbone {s.backbone_id}: {s.reason}")
+    typer.echo(f"features: {len(s.computed)} patients computed ({s.slices} slices, "
+               f"{s.slices_per_second:.1f} slices/s), {len(s.skipped)} skipped, {len(s.failed)} failed")
+    for pid, err in sorted(s.failed.items()):
+        typer.secho(f"  failed {pid}: {err}", err=True, fg="red")
+    if s.failed:
+        raise typer.Exit(1)
+
+
+@app.command()
+@_user_errors
 def query(
     sql: Annotated[str, typer.Argument(help="SQL over the lake's views (patients, slices, preprocess_runs, ...).")],
     lake: Annotated[str, typer.Option(help="Lake folder.")] = "lake",

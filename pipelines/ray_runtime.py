@@ -106,6 +106,7 @@ def run_batch(
     description: str,
     use_ray: bool,
     num_cpus: float = 1,
+    num_gpus: float = 0,
     max_retries: int = 2,
     show_progress: bool = True,
     names: dict[str, str] | None = None,
@@ -133,7 +134,7 @@ def run_batch(
         else:
             import ray
 
-            remote = ray.remote(num_cpus=num_cpus, max_retries=max_retries)(fn)
+            remote = ray.remote(num_cpus=num_cpus, num_gpus=num_gpus, max_retries=max_retries)(fn)
             names = names or {}
             pending = {}
             for key, args in items:

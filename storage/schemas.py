@@ -76,13 +76,26 @@ PREPROCESS_RUNS = pa.schema([
     pa.field("versions", pa.string()),  # JSON: gbmmet, SimpleITK, numpy, ...
 ])
 
+FEATURES = pa.schema([
+    pa.field(C.COL_PATIENT_ID, pa.string(), nullable=False),
+    pa.field(C.COL_SITE, pa.string(), nullable=False),
+    pa.field(C.COL_SPLIT, pa.string(), nullable=False),
+    pa.field(C.COL_LABEL, pa.string(), nullable=False),
+    pa.field("slice_index", pa.int32(), nullable=False),
+    pa.field("weights_sha256", pa.string(), nullable=False),
+    pa.field("params_hash", pa.string(), nullable=False),  # preprocessing parameters of the slice
+    pa.field("vector", pa.list_(pa.float32()), nullable=False),
+])
+
 SCHEMAS: dict[str, pa.Schema] = {
     C.TABLE_PATIENTS: PATIENTS,
     C.TABLE_SLICES: SLICES,
     C.TABLE_PREPROCESS_RUNS: PREPROCESS_RUNS,
+    C.TABLE_FEATURES: FEATURES,
 }
 
 #: Hive partition columns per table (folder levels, in order).
 PARTITIONS: dict[str, tuple[str, ...]] = {
     C.TABLE_SLICES: (C.COL_SITE, C.COL_SPLIT),
+    C.TABLE_FEATURES: ("backbone",),  # the backbone id: name@weights-sha256 prefix
 }
