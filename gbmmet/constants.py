@@ -85,6 +85,8 @@ TABLE_PATIENT_PREDICTIONS = "patient_predictions"
 TABLE_READS = "reads"
 TABLE_METRICS = "metrics"
 TABLE_RUNS = "runs"
+TABLE_FOLDS = "folds"  # fold of every training patient, per run
+TABLE_TRAIN_HISTORY = "train_history"  # per-epoch losses and accuracies, per run and fold
 TABLES = (
     TABLE_PATIENTS,
     TABLE_SLICES,
@@ -95,4 +97,6 @@ TABLES = (
     TABLE_READS,
     TABLE_METRICS,
     TABLE_RUNS,
+    TABLE_FOLDS,
+    TABLE_TRAIN_HISTORY,
 )

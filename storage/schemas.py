@@ -87,11 +87,60 @@ FEATURES = pa.schema([
     pa.field("vector", pa.list_(pa.float32()), nullable=False),
 ])
 
+FOLDS = pa.schema([
+    pa.field("run_id", pa.string(), nullable=False),
+    pa.field(C.COL_PATIENT_ID, pa.string(), nullable=False),
+    pa.field("fold", pa.int8(), nullable=False),
+])
+
+TRAIN_HISTORY = pa.schema([
+    pa.field("run_id", pa.string(), nullable=False),
+    pa.field("fold", pa.int8(), nullable=False),
+    pa.field("epoch", pa.int32(), nullable=False),
+    pa.field("train_loss", pa.float64()),
+    pa.field("train_acc", pa.float64()),
+    pa.field("val_loss", pa.float64()),  # on the fold's held-out patients
+    pa.field("val_acc", pa.float64()),
+])
+
+SLICE_PREDICTIONS = pa.schema([
+    pa.field("run_id", pa.string(), nullable=False),
+    pa.field(C.COL_PATIENT_ID, pa.string(), nullable=False),
+    pa.field(C.COL_SITE, pa.string()),
+    pa.field(C.COL_SPLIT, pa.string()),
+    pa.field("slice_index", pa.int32(), nullable=False),
+    pa.field("model", pa.string(), nullable=False),  # fold0..fold4, or an ensemble name
+    pa.field("fold", pa.int8()),
+    pa.field("prob_gbm", pa.float32(), nullable=False),
+    pa.field("vote", pa.string()),
+])
+
+RUNS = pa.schema([
+    pa.field("run_id", pa.string(), nullable=False),
+    pa.field("kind", pa.string(), nullable=False),
+    pa.field("mode", pa.string()),
+    pa.field("backbone_id", pa.string()),
+    pa.field("weights_sha256", pa.string()),
+    pa.field("config", pa.string()),  # JSON: enough to repeat the run
+    pa.field("seeds", pa.string()),
+    pa.field("versions", pa.string()),
+    pa.field("git_commit", pa.string()),
+    pa.field("started_at", pa.timestamp("us", tz="UTC")),
+    pa.field("finished_at", pa.timestamp("us", tz="UTC")),
+    pa.field("fold_checkpoints", pa.string()),  # JSON: fold -> checkpoint path / URI
+    pa.field("seconds", pa.float64()),
+    pa.field("status", pa.string()),
+])
+
 SCHEMAS: dict[str, pa.Schema] = {
     C.TABLE_PATIENTS: PATIENTS,
     C.TABLE_SLICES: SLICES,
     C.TABLE_PREPROCESS_RUNS: PREPROCESS_RUNS,
     C.TABLE_FEATURES: FEATURES,
+    C.TABLE_FOLDS: FOLDS,
+    C.TABLE_TRAIN_HISTORY: TRAIN_HISTORY,
+    C.TABLE_SLICE_PREDICTIONS: SLICE_PREDICTIONS,
+    C.TABLE_RUNS: RUNS,
 }
 
 #: Hive partition columns per table (folder levels, in order).
