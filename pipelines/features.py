@@ -77,20 +77,13 @@ def features_one(lake_root: str, slice_file: str, site: str, split: str, name: s
 
     import pyarrow as pa
     import pyarrow.parquet as pq
+    import torch  # noqa: F401 - imported first so the thread limit below applies to it
 
+    from pipelines.ray_runtime import match_threads_to_task
     from storage.codec import decode_images
     from storage.lake import Lake
 
-    try:
-        import ray
-
-        cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1.0) if ray.is_initialized() else 0
-        if cpus:
-            import torch
-
-            torch.set_num_threads(max(1, int(cpus)))
-    except Exception:  # noqa: BLE001 - outside a task
-        pass
+    match_threads_to_task()
     lake = Lake(lake_root)
     t0 = time.perf_counter()
     table = pq.read_table(slice_file, filesystem=lake.fs)

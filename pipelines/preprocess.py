@@ -92,6 +92,24 @@ def _scrub(message: str, entry: PatientEntry, pseudo: str) -> str:
     return message.replace(entry.patient_id, pseudo)
 
 
+def _new_attempt() -> str:
+    """A sortable, unique attempt id: UTC time and a random suffix."""
+    return f"{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
+
+
+def _write_run(lake, row: dict) -> None:
+    """One ``preprocess_runs`` row as its own file (attempts never overwrite each other)."""
+    import pyarrow as pa
+
+    lake.write(C.TABLE_PREPROCESS_RUNS, pa.Table.from_pylist([row]),
+               f"{row[C.COL_PATIENT_ID]}-{row['attempt_id']}.parquet")
+
+
+def _record_failure(lake, job: PatientJob, kind: str, message: str) -> None:
+    """A failed attempt recorded by the driver (the patient never ran, or its task died)."""
+    _write_run(lake, _run_row(job, _new_attempt(), dt.datetime.now(dt.UTC), "failed", kind, message))
+
+
 def _run_row(job: PatientJob, attempt: str, started: dt.datetime, status: str, kind: str = "",
              message: str = "", out=None, total: float = float("nan")) -> dict:
     sec = out.seconds if out is not None else {}
@@ -130,7 +148,7 @@ def preprocess_one(job: PatientJob) -> dict:
     match_threads_to_task()
     lake = Lake(job.lake_root)
     e = job.entry
-    attempt = f"{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
+    attempt = _new_attempt()
     started = dt.datetime.now(dt.UTC)
     t0 = time.perf_counter()
     try:
@@ -138,8 +156,7 @@ def preprocess_one(job: PatientJob) -> dict:
     except Exception as exc:  # noqa: BLE001 - recorded, the batch goes on
         kind = exc.kind if isinstance(exc, PatientError) else "internal_error"
         message = str(exc) if isinstance(exc, PatientError) else f"{type(exc).__name__}: {exc}"
-        row = _run_row(job, attempt, started, "failed", kind, message, total=time.perf_counter() - t0)
-        lake.write(C.TABLE_PREPROCESS_RUNS, pa.Table.from_pylist([row]), f"{job.pseudo_id}-{attempt}.parquet")
+        _write_run(lake, _run_row(job, attempt, started, "failed", kind, message, total=time.perf_counter() - t0))
         return {"status": "failed", "kind": kind, "message": message, "n_slices": 0}
 
     n = len(out.boxes)
@@ -158,23 +175,11 @@ def preprocess_one(job: PatientJob) -> dict:
     })
     lake.write(C.TABLE_SLICES, slices, f"{job.pseudo_id}.parquet", {C.COL_SITE: e.site, C.COL_SPLIT: e.split})
     total = time.perf_counter() - t0
-    row = _run_row(job, attempt, started, "ok", out=out, total=total)
-    lake.write(C.TABLE_PREPROCESS_RUNS, pa.Table.from_pylist([row]), f"{job.pseudo_id}-{attempt}.parquet")
+    _write_run(lake, _run_row(job, attempt, started, "ok", out=out, total=total))
     patient = {C.COL_PATIENT_ID: job.pseudo_id, **e.clinical(), "n_slices": n, "input_hash": job.input_hash,
                "params_hash": job.params_hash, "preprocessed_at": dt.datetime.now(dt.UTC)}
     lake.write(C.TABLE_PATIENTS, pa.Table.from_pylist([patient]), f"{job.pseudo_id}.parquet")
     return {"status": "ok", "n_slices": n, "seconds": total}
-
-
-def _record_missing(lake, jobs_by_id: dict[str, PatientJob], missing: dict[str, str]) -> None:
-    import pyarrow as pa
-
-    now = dt.datetime.now(dt.UTC)
-    rows = [_run_row(jobs_by_id[pid], f"{now:%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}", now, "failed",
-                     "missing_file", msg) for pid, msg in missing.items()]
-    for row in rows:
-        lake.write(C.TABLE_PREPROCESS_RUNS, pa.Table.from_pylist([row]),
-                   f"{row[C.COL_PATIENT_ID]}-{row['attempt_id']}.parquet")
 
 
 def _write_id_maps(entries: list[PatientEntry], pseudo: dict[str, str]) -> None:
@@ -257,10 +262,9 @@ def run_preprocess(
             lake.delete(C.TABLE_SLICES, f"{job.pseudo_id}.parquet",
                         {C.COL_SITE: old[C.COL_SITE], C.COL_SPLIT: old[C.COL_SPLIT]})
         todo.append((e.patient_id, (job,)))
-    if missing:
-        _record_missing(lake, jobs, missing)
-        for pid, msg in missing.items():
-            summary.failed[pid] = f"missing_file: {msg}"
+    for pid, msg in missing.items():
+        _record_failure(lake, jobs[pid], "missing_file", msg)
+        summary.failed[pid] = f"missing_file: {msg}"
 
     use_ray = workers != 0 and bool(todo)
     if use_ray:
@@ -271,13 +275,7 @@ def run_preprocess(
     for o in report.outcomes:
         if not o.ok:  # the task itself died for good (retries spent): record it from here
             summary.failed[o.key] = f"worker_failed: {o.error}"
-            now = dt.datetime.now(dt.UTC)
-            row = _run_row(jobs[o.key], f"{now:%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}", now, "failed",
-                           "worker_failed", o.error)
-            import pyarrow as pa
-
-            lake.write(C.TABLE_PREPROCESS_RUNS, pa.Table.from_pylist([row]),
-                       f"{row[C.COL_PATIENT_ID]}-{row['attempt_id']}.parquet")
+            _record_failure(lake, jobs[o.key], "worker_failed", o.error)
         elif o.value["status"] == "ok":
             summary.ok.append(o.key)
             summary.slices_written += o.value["n_slices"]

@@ -34,11 +34,14 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
 
 
 def match_threads_to_task() -> None:
-    """Inside a Ray task, let SimpleITK use only the CPUs Ray gave the task.
+    """Inside a Ray task, let SimpleITK and torch use only the CPUs Ray gave the task.
 
-    ITK otherwise starts a thread per core in every worker, so two workers on two cores fight
-    over them and parallel speed-up collapses. Outside Ray nothing changes.
+    Both otherwise start a thread per core in every worker, so two workers on two cores fight
+    over them and parallel speed-up collapses. Outside Ray nothing changes. torch is limited only
+    where it is already imported (this never imports it).
     """
+    import sys
+
     import ray
 
     if not ray.is_initialized():
@@ -47,9 +50,12 @@ def match_threads_to_task() -> None:
         cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1.0)
     except Exception:  # not inside a task (driver)
         return
+    threads = max(1, int(round(cpus)))
     import SimpleITK as sitk
 
-    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(max(1, int(round(cpus))))
+    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(threads)
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(threads)
 
 
 @dataclass
