@@ -24,6 +24,9 @@ demo: $(STAMP)
 	$(BIN)/gbmmet synth --preset demo --out $(DATA)/demo --seed $(SEED) --preview --overwrite
 	$(BIN)/gbmmet preprocess --manifest $(DATA)/demo/siteA/manifest.csv --manifest $(DATA)/demo/siteB/manifest.csv --lake $(LAKE)
 	$(BIN)/gbmmet query "select site, split, label, count(distinct patient_id) as patients, count(*) as slices from slices group by all order by all" --lake $(LAKE)
+	$(BIN)/gbmmet features --lake $(LAKE)
+	$(BIN)/gbmmet train --lake $(LAKE) --run demo
+	$(BIN)/gbmmet query "select fold, count(*) as epochs, round(last(val_acc order by epoch), 3) as held_out_acc from train_history where run_id = ? group by fold order by fold" -p demo --lake $(LAKE)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
@@ -37,6 +40,7 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/synth.py
 	$(BIN)/python bench/preprocess.py
+	$(BIN)/python bench/train.py
 
 clean:
 	rm -rf $(DATA) $(LAKE) .pytest_cache

@@ -23,6 +23,11 @@ class ManifestError(GbmmetError, ValueError):
     """The manifest is unusable; the message lists every offending row. Nothing ran."""
 
 
+class RunFailed(GbmmetError, RuntimeError):
+    """A job failed after its retries (e.g. a training fold); what finished is kept, and
+    re-running the same command resumes. The command exits with code 1."""
+
+
 class PatientError(GbmmetError):
     """One patient cannot be processed. ``kind`` is a stable short name recorded in the lake.
 

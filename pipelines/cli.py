@@ -31,10 +31,13 @@ def _user_errors(fn):
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        from gbmmet.errors import GbmmetError
+        from gbmmet.errors import GbmmetError, RunFailed
 
         try:
             return fn(*args, **kwargs)
+        except RunFailed as exc:
+            typer.secho(f"error: {exc}", err=True, fg="red")
+            raise typer.Exit(1) from None
         except GbmmetError as exc:
             typer.secho(f"error: {exc}", err=True, fg="red")
             raise typer.Exit(EXIT_USAGE) from None
@@ -129,6 +132,41 @@ def features(
         typer.secho(f"  failed {pid}: {err}", err=True, fg="red")
     if s.failed:
         raise typer.Exit(1)
+
+
+@app.command()
+@_user_errors
+def train(
+    run: Annotated[str, typer.Option(help="Run name: a folder under <lake>/runs and the key of the run's rows in the lake.")],
+    lake: Annotated[str, typer.Option(help="Lake folder or URI.")] = "lake",
+    folds: Annotated[int, typer.Option(help="Cross-validation folds over the training split (by patient).")] = 5,
+    epochs: Annotated[int, typer.Option(help="Epochs per fold (the paper: 100).")] = 100,
+    workers: Annotated[int, typer.Option(help="Ray Train workers per fold (DDP when > 1).")] = 1,
+    cpus_per_worker: Annotated[float, typer.Option(help="CPUs per worker (torch threads).")] = 1.0,
+    gpus_per_worker: Annotated[float, typer.Option(help="GPUs per worker (0 on CPU machines).")] = 0.0,
+    mode: Annotated[str, typer.Option(help="frozen (the paper: head on cached features) or finetune (last backbone stage too, from the slices, augmented).")] = "frozen",
+    backbone: Annotated[str | None, typer.Option(help="frozen: which cached features (id or name; default: the lake's). finetune: auto, resnet50-imagenet, efficientnet-lite0-imagenet, resnet18-random.")] = None,
+    weights: Annotated[str | None, typer.Option(help="finetune: backbone weight file.")] = None,
+    hidden: Annotated[int, typer.Option(help="Width of the head's hidden layer.")] = 256,
+    class_weights: Annotated[bool, typer.Option("--class-weights", help="Weight the loss against the 2:1 GBM:MET imbalance.")] = False,
+    checkpoint_every: Annotated[int, typer.Option(help="Epochs between checkpoints (and at the end).")] = 10,
+    seed: Annotated[int, typer.Option(help="Seed of folds, head initialisation, shuffles and dropout.")] = 0,
+    max_failures: Annotated[int, typer.Option(help="Worker failures a fold survives (resuming from its checkpoint).")] = 2,
+    storage_path: Annotated[str | None, typer.Option(help="Ray Train storage (default <lake>/runs; any URI).")] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a run of this name trained with other settings.")] = False,
+    address: Annotated[str | None, typer.Option(help="Ray cluster address (default: RAY_ADDRESS, else a local Ray).")] = None,
+) -> None:
+    """Train the 5-fold ensemble with Ray Train, one TorchTrainer per fold."""
+    from gbmmet.model.train import HeadConfig
+    from pipelines.train import run_train
+
+    head = HeadConfig(hidden=hidden, epochs=epochs, class_weights=class_weights, seed=seed,
+                      checkpoint_every=checkpoint_every)
+    s = run_train(lake, run, folds=folds, epochs=epochs, workers=workers, cpus_per_worker=cpus_per_worker,
+                  gpus_per_worker=gpus_per_worker, mode=mode, backbone=backbone, weights=weights, head=head,
+                  max_failures=max_failures, storage_path=storage_path, overwrite=overwrite, address=address,
+                  echo=typer.echo)
+    typer.echo(f"run {s.run_id}: {s.folds} folds, {s.seconds:.0f} s; checkpoints under {s.storage}")
 
 
 @app.command()

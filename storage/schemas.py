@@ -101,6 +101,7 @@ TRAIN_HISTORY = pa.schema([
     pa.field("train_acc", pa.float64()),
     pa.field("val_loss", pa.float64()),  # on the fold's held-out patients
     pa.field("val_acc", pa.float64()),
+    pa.field("attempt", pa.int16()),  # 0 unless a worker failed and the fold resumed from a checkpoint
 ])
 
 SLICE_PREDICTIONS = pa.schema([
@@ -120,6 +121,7 @@ RUNS = pa.schema([
     pa.field("kind", pa.string(), nullable=False),
     pa.field("mode", pa.string()),
     pa.field("backbone_id", pa.string()),
+    pa.field("backbone_reason", pa.string()),  # why this backbone (auto says which and why)
     pa.field("weights_sha256", pa.string()),
     pa.field("config", pa.string()),  # JSON: enough to repeat the run
     pa.field("seeds", pa.string()),
@@ -129,6 +131,7 @@ RUNS = pa.schema([
     pa.field("finished_at", pa.timestamp("us", tz="UTC")),
     pa.field("fold_checkpoints", pa.string()),  # JSON: fold -> checkpoint path / URI
     pa.field("seconds", pa.float64()),
+    pa.field("timings", pa.string()),  # JSON: seconds per fold, data loading, in all
     pa.field("status", pa.string()),
 ])
 

@@ -97,8 +97,8 @@ def to_network_input(images, info: BackboneInfo):
     if x.dtype != torch.uint8:
         raise TypeError(f"images must be uint8 slices from the lake, not {x.dtype}")
     x = x.to(torch.float32) / 255.0
-    mean = torch.tensor(info.mean, dtype=torch.float32).view(1, 3, 1, 1)
-    std = torch.tensor(info.std, dtype=torch.float32).view(1, 3, 1, 1)
+    mean = torch.tensor(info.mean, dtype=torch.float32, device=x.device).view(1, 3, 1, 1)
+    std = torch.tensor(info.std, dtype=torch.float32, device=x.device).view(1, 3, 1, 1)
     return (x - mean) / std
 
 

@@ -4,7 +4,9 @@
   (StratifiedGroupKFold on slices grouped by patient), seeded.
 - ``HeadConfig``: the paper's head training (Adam 1e-3, batch 64, 100 epochs, cross-entropy,
   dropout 0.5; class weights optional, since the training set is 2:1 GBM:MET).
-- ``train_epoch`` / ``evaluate``: one epoch over cached features; deterministic for a seed.
+- ``epoch_order`` / ``epoch_seed`` / ``train_epoch`` / ``evaluate``: one epoch, its shuffle and
+  its dropout drawn from (seed, fold, epoch) alone, so a run repeats, and a run resumed from a
+  checkpoint ends with the same weights as one never interrupted.
 """
 
 from __future__ import annotations
@@ -82,16 +84,39 @@ def loss_fn(cfg: HeadConfig, y_train: np.ndarray) -> nn.Module:
     return nn.CrossEntropyLoss(weight=torch.tensor(weights, dtype=torch.float32))
 
 
+def epoch_seed(seed: int, fold: int, epoch: int, rank: int = 0) -> int:
+    """The seed of one epoch of one fold (and one DDP rank): a resumed run redraws the same."""
+    return (seed * 1_000_003 + fold * 10_007 + epoch * 101 + rank) % (2**63 - 1)
+
+
+def epoch_order(n: int, seed: int, fold: int, epoch: int, rank: int = 0, world: int = 1) -> torch.Tensor:
+    """This rank's rows for one epoch: one shared shuffle, cut into ``world`` equal parts.
+
+    Every rank gets the same number of rows (the last ``n % world`` of the shuffle sit out this
+    epoch), so every rank runs the same number of steps, which DDP needs.
+    """
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(epoch_seed(seed, fold, epoch)))
+    if world == 1:
+        return order
+    per = n // world
+    return order[rank * per:(rank + 1) * per]
+
+
 def train_epoch(model: nn.Module, opt, criterion, X: torch.Tensor, y: torch.Tensor, batch_size: int,
-                generator: torch.Generator) -> tuple[float, float]:
-    """One shuffled pass; returns mean loss and accuracy."""
+                order: torch.Tensor, transform=None) -> tuple[float, float]:
+    """One pass over ``X[order]`` in batches; returns mean loss and accuracy.
+
+    ``transform`` maps a batch of ``X`` to the model's input (augmentation in fine-tune mode).
+    Dropout draws from torch's global generator: seed it per epoch (``epoch_seed``) for runs
+    that repeat and resume exactly.
+    """
     model.train()
-    order = torch.randperm(len(X), generator=generator)
     total, correct, n = 0.0, 0, 0
-    for start in range(0, len(X), batch_size):
+    for start in range(0, len(order), batch_size):
         idx = order[start:start + batch_size]
+        xb = X[idx] if transform is None else transform(X[idx])
         opt.zero_grad()
-        logits = model(X[idx])
+        logits = model(xb)
         loss = criterion(logits, y[idx])
         loss.backward()
         opt.step()
@@ -102,11 +127,13 @@ def train_epoch(model: nn.Module, opt, criterion, X: torch.Tensor, y: torch.Tens
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, criterion, X: torch.Tensor, y: torch.Tensor) -> tuple[float, float, np.ndarray]:
-    """Loss, accuracy and P(GBM) per row, in eval mode."""
+def evaluate(model: nn.Module, criterion, X: torch.Tensor, y: torch.Tensor,
+             batch_size: int = 4096) -> tuple[float, float, np.ndarray]:
+    """Loss, accuracy and P(GBM) per row, in eval mode (batched: images need it)."""
     model.eval()
     if len(X) == 0:
         return float("nan"), float("nan"), np.zeros(0, np.float32)
-    logits = model(X)
+    logits = torch.cat([model(X[i:i + batch_size]) for i in range(0, len(X), batch_size)]).cpu()
+    y = y.cpu()
     prob = torch.softmax(logits, 1)[:, CLASS_INDEX["GBM"]].numpy().astype(np.float32)
-    return float(criterion(logits, y)), float((logits.argmax(1) == y).float().mean()), prob
+    return float(criterion.cpu()(logits, y)), float((logits.argmax(1) == y).float().mean()), prob

@@ -11,6 +11,8 @@ from gbmmet.model.train import (
     HeadConfig,
     assign_folds,
     encode_labels,
+    epoch_order,
+    epoch_seed,
     evaluate,
     loss_fn,
     make_head,
@@ -50,8 +52,10 @@ def _train(X, y, cfg):
     model = make_head(X.shape[1], cfg)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     crit = loss_fn(cfg, y.numpy())
-    gen = torch.Generator().manual_seed(cfg.seed)
-    losses = [train_epoch(model, opt, crit, X, y, cfg.batch_size, gen)[0] for _ in range(cfg.epochs)]
+    losses = []
+    for epoch in range(cfg.epochs):
+        torch.manual_seed(epoch_seed(cfg.seed, 0, epoch))
+        losses.append(train_epoch(model, opt, crit, X, y, cfg.batch_size, epoch_order(len(X), cfg.seed, 0, epoch))[0])
     return model, losses
 
 
@@ -74,3 +78,13 @@ def test_head_learns_separable_features_and_is_deterministic(rng):
 def test_bad_head_parameters_are_refused():
     with pytest.raises(ValueError, match="'epochs' parameter must be >= 1"):
         HeadConfig(epochs=0).check()
+
+
+def test_epoch_order_gives_every_rank_the_same_number_of_rows():
+    parts = [epoch_order(103, 0, 1, 7, rank, 4) for rank in range(4)]
+    assert {len(p) for p in parts} == {25}
+    joined = torch.cat(parts)
+    assert len(set(joined.tolist())) == 100  # disjoint; 3 rows sit out this epoch
+    whole = epoch_order(103, 0, 1, 7)
+    assert torch.equal(whole[:100], joined) and sorted(whole.tolist()) == list(range(103))
+    assert not torch.equal(epoch_order(103, 0, 1, 8), whole)

@@ -1,0 +1,542 @@
+"""``gbmmet train``: the 5-fold ensemble, one Ray Train ``TorchTrainer`` per fold.
+
+- Folds: by patient over the training split, stratified by label (``gbmmet.model.train``); the
+  fold of every patient is stored (``folds`` table). Val / test / external never enter.
+- Modes: ``frozen`` (the paper; default) trains the head on the cached backbone features of the
+  ``features`` table. ``finetune`` also trains the backbone's last stage (ResNet layer4; the
+  Lite0 analogue) from the slices themselves, with light augmentation
+  (``gbmmet.model.finetune``); the path where several GPUs pay off.
+- Each fold: ``TorchTrainer(train_func_per_worker, ScalingConfig, RunConfig(storage_path=
+  <lake>/runs/<run> or any URI, FailureConfig(max_failures)))``. DDP across the fold's workers
+  when there are several (gloo on CPU, NCCL on GPU). Every epoch is reported (train loss and
+  accuracy, held-out fold loss and accuracy); a checkpoint every ``checkpoint_every`` epochs and
+  at the end. A restarted worker resumes from the last checkpoint and trains to the same number
+  of epochs; shuffles and dropout are drawn from (seed, fold, epoch), so the resumed fold ends
+  with the same weights as one never interrupted.
+- Folds run concurrently when the cluster has room for several (CPUs, or a GPU each), one after
+  another otherwise: the number at a time is computed from the free resources and printed.
+- Stored: per-epoch history (``train_history``), out-of-fold predictions of every training slice
+  (``slice_predictions``, model ``fold<k>``; the leakage-free cutoff of evaluation uses them), the
+  run record (``runs``: config, versions, git commit, seeds, backbone and why, weights hash,
+  timings, checkpoint of each fold).
+- Re-running a finished run with the same settings reuses it; an interrupted run resumes (finished
+  folds are kept, a fold in progress restarts from its checkpoint); other settings under the same
+  name are refused unless ``overwrite``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import posixpath
+import subprocess
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from gbmmet import __version__
+from gbmmet import constants as C
+from gbmmet.model.train import HeadConfig
+
+STATE_FILE = "state.pt"
+CONFIG_FILE = "train_config.json"
+DONE_FILE = "done.json"
+MODES = ("frozen", "finetune")
+
+
+@dataclass
+class TrainSummary:
+    run_id: str
+    mode: str
+    backbone_id: str
+    backbone_reason: str
+    folds: int
+    parallel: int  # folds at a time
+    storage: str
+    reused: bool = False
+    fold_checkpoints: dict[int, str] = field(default_factory=dict)
+    final: dict[int, dict] = field(default_factory=dict)  # fold -> last epoch's metrics
+    fold_seconds: dict[int, float] = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+# ---------------------------------------------------------------------------------------------
+# the Ray Train worker
+# ---------------------------------------------------------------------------------------------
+def _quiet_worker_logs() -> None:
+    """Ray Train logs every report and checkpoint at INFO from each worker (lines per epoch);
+    keep its warnings and errors."""
+    import logging
+
+    try:
+        from ray.train.v2._internal.execution import context as _ctx
+        from ray.train.v2._internal.execution import storage as _storage
+
+        for name in (_ctx.__file__, _storage.__name__, "ray.train.torch.config"):
+            logging.getLogger(name).setLevel(logging.WARNING)
+    except Exception:  # noqa: BLE001 - another Ray version: only noisier
+        pass
+
+
+def train_func_per_worker(config: dict) -> None:
+    """Train one fold on one Ray Train worker (DDP with the fold's other workers)."""
+    import numpy as np
+    import ray
+    import ray.train
+    import ray.train.torch
+    import torch
+    from ray.train import Checkpoint
+
+    from gbmmet.model.train import (
+        HeadConfig,
+        epoch_order,
+        epoch_seed,
+        evaluate,
+        loss_fn,
+        make_head,
+        train_epoch,
+    )
+
+    _quiet_worker_logs()
+    cfg = HeadConfig(**config["head"])
+    fold, mode = config["fold"], config["mode"]
+    data = ray.get(config["data"])
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    torch.set_num_threads(max(1, int(config.get("threads", 1))))
+    device = ray.train.torch.get_device() if config.get("use_gpu") else torch.device("cpu")
+
+    # copies: arrays from the object store are read-only
+    X_tr, y_tr = torch.tensor(data["X_train"]), torch.tensor(data["y_train"])
+    X_va, y_va = torch.tensor(data["X_val"]), torch.tensor(data["y_val"])
+    if mode == "frozen":
+        model = make_head(X_tr.shape[1], cfg)
+        params = [{"params": model.parameters(), "lr": cfg.lr}]
+        transform = None
+    else:
+        from gbmmet.model.backbones import load_backbone
+        from gbmmet.model.finetune import FinetuneNet, augment
+        from gbmmet.model.head import Head
+
+        backbone, info = load_backbone(config["backbone_name"], config.get("weights"))
+        if info.id != config["backbone_id"]:
+            raise RuntimeError(f"worker loaded backbone {info.id}, the run uses {config['backbone_id']}")
+        torch.manual_seed(cfg.seed)
+        model = FinetuneNet(backbone, info, Head(info.feature_dim, cfg.hidden, cfg.dropout), config["stages"])
+        tail = [p for p in model.backbone.parameters() if p.requires_grad]
+        params = [{"params": model.head.parameters(), "lr": cfg.lr},
+                  {"params": tail, "lr": cfg.lr * config["tail_lr_factor"]}]
+        aug = {"gen": None}
+
+        def transform(xb):
+            return augment(xb, aug["gen"]).to(device)
+
+    criterion = loss_fn(cfg, data["y_train"]).to(device)
+    model = model.to(device)
+    opt = torch.optim.Adam(params)
+    start, history, attempt = 0, [], 0
+    ckpt = ray.train.get_checkpoint()
+    if ckpt is not None:
+        with ckpt.as_directory() as d:
+            state = torch.load(os.path.join(d, STATE_FILE), map_location=device, weights_only=False)
+        if mode == "frozen":
+            model.load_state_dict(state["model"])
+        else:
+            model.load_trainable_state(state["model"])
+        opt.load_state_dict(state["opt"])
+        history, start, attempt = state["history"], state["epoch"] + 1, state["attempt"] + 1
+    core = model
+    if world > 1:
+        model = ray.train.torch.prepare_model(model, move_to_device=False)
+    y_tr, y_va = y_tr.to(device), y_va.to(device)
+    if mode == "frozen":
+        X_tr, X_va = X_tr.to(device), X_va.to(device)
+    progress = config.get("progress")
+    for epoch in range(start, cfg.epochs):
+        torch.manual_seed(epoch_seed(cfg.seed, fold, epoch, rank))  # dropout
+        if mode != "frozen":
+            aug["gen"] = torch.Generator().manual_seed(epoch_seed(cfg.seed, fold, epoch, rank) + 1)
+        order = epoch_order(len(X_tr), cfg.seed, fold, epoch, rank, world)
+        tr_loss, tr_acc = train_epoch(model, opt, criterion, X_tr, y_tr, cfg.batch_size, order, transform)
+        last = epoch == cfg.epochs - 1
+        row = {"epoch": epoch, "train_loss": tr_loss, "train_acc": tr_acc, "attempt": attempt}
+        if rank == 0:
+            xv = X_va if mode == "frozen" else X_va.to(device)
+            va_loss, va_acc, prob = evaluate(core, criterion, xv, y_va, 4096 if mode == "frozen" else 64)
+            row.update(val_loss=va_loss, val_acc=va_acc)
+            history.append(row)
+            if progress is not None:
+                progress.put_nowait((fold, epoch))
+        if (epoch + 1) % cfg.checkpoint_every == 0 or last:
+            with tempfile.TemporaryDirectory() as d:
+                checkpoint = None
+                if rank == 0:
+                    weights = core.state_dict() if mode == "frozen" else core.trainable_state()
+                    state = {"model": weights, "opt": opt.state_dict(), "epoch": epoch, "history": history,
+                             "attempt": attempt}
+                    if last:  # the held-out fold's P(GBM): the out-of-fold predictions
+                        state["oof_prob"] = np.asarray(prob, np.float32)
+                    torch.save(state, os.path.join(d, STATE_FILE))
+                    checkpoint = Checkpoint.from_directory(d)
+                ray.train.report(row, checkpoint=checkpoint)
+        else:
+            ray.train.report(row)
+
+
+# ---------------------------------------------------------------------------------------------
+# the driver
+# ---------------------------------------------------------------------------------------------
+def _git_commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                             cwd=Path(__file__).resolve().parent)
+        return out.stdout.strip() if out.returncode == 0 else ""
+    except Exception:  # noqa: BLE001 - not a git checkout
+        return ""
+
+
+def _pick_feature_backbone(lake, wanted: str | None) -> str:
+    """The features' backbone id: ``wanted`` (an id, or a name matching ``name@...``), else the only
+    one in the lake (the most rows where there are several, said by the caller)."""
+    import pyarrow.compute as pc
+
+    from gbmmet.errors import ConfigError
+
+    data = lake.dataset(C.TABLE_FEATURES)
+    if data is None:
+        raise ConfigError(f"no features in the lake at {lake.uri}: run `gbmmet features --lake {lake.uri}` first")
+    counts = {c["values"]: c["counts"] for c in
+              pc.value_counts(data.to_table(columns=["backbone"]).column("backbone")).to_pylist()}
+    if wanted and wanted != "auto":
+        match = [b for b in counts if b == wanted or b.split("@")[0] == wanted]
+        if not match:
+            raise ConfigError(f"no features for backbone {wanted!r} in {lake.uri}; the lake has {sorted(counts)}")
+        return max(match, key=counts.get)
+    return max(counts, key=counts.get)
+
+
+def load_feature_matrix(lake, backbone_id: str, split: str | None = None):
+    """Features of one backbone as (metadata table, float32 matrix), sorted by patient and slice."""
+    import numpy as np
+    import pyarrow.compute as pc
+
+    expr = pc.field("backbone") == backbone_id
+    if split is not None:
+        expr = expr & (pc.field(C.COL_SPLIT) == split)
+    t = lake.read(C.TABLE_FEATURES, filter=expr).sort_by([(C.COL_PATIENT_ID, "ascending"), ("slice_index", "ascending")])
+    if t.num_rows == 0:
+        return t.drop_columns(["vector"]), np.zeros((0, 0), np.float32)
+    X = np.stack(t.column("vector").to_numpy(zero_copy_only=False)).astype(np.float32)
+    return t.drop_columns(["vector"]), X
+
+
+def load_slice_images(lake, split: str | None = None):
+    """Slices as (metadata table, uint8 images (N, 3, H, W)), sorted by patient and slice."""
+    import pyarrow.compute as pc
+
+    from storage.codec import decode_images
+
+    expr = pc.field(C.COL_SPLIT) == split if split is not None else None
+    t = lake.read(C.TABLE_SLICES, filter=expr).sort_by([(C.COL_PATIENT_ID, "ascending"), ("slice_index", "ascending")])
+    return t.drop_columns(["image"]), decode_images(t)
+
+
+def _plan_parallel(folds: int, workers: int, cpus_per_worker: float, gpus_per_worker: float) -> tuple[int, str]:
+    """How many folds fit at once in the cluster's free resources, and why (printed)."""
+    import ray
+
+    free = ray.available_resources()
+    need = {"CPU": workers * cpus_per_worker, "GPU": workers * gpus_per_worker}
+    fits = min(int(free.get(r, 0.0) // n) for r, n in need.items() if n > 0)
+    have = ", ".join(f"{free.get(r, 0.0):g} {r}" for r in need if need[r] > 0)
+    each = ", ".join(f"{n:g} {r}" for r, n in need.items() if n > 0)
+    return min(folds, fits), f"the cluster has {have} free and a fold takes {each}"
+
+
+class _Store:
+    """The run's folder under the storage path (local or any pyarrow URI): config and done files."""
+
+    def __init__(self, root: str):
+        import pyarrow.fs as pafs
+
+        if "://" in root and not root.startswith("file://"):
+            self.fs, self.base = pafs.FileSystem.from_uri(root)
+        else:
+            self.fs, self.base = pafs.LocalFileSystem(), str(Path(root.removeprefix("file://")).resolve())
+        self.root = root
+
+    def read_json(self, *parts):
+        import pyarrow.fs as pafs
+
+        path = posixpath.join(self.base, *parts)
+        if self.fs.get_file_info(path).type != pafs.FileType.File:
+            return None
+        with self.fs.open_input_stream(path) as fh:
+            return json.loads(fh.read().decode())
+
+    def write_json(self, obj, *parts) -> None:
+        path = posixpath.join(self.base, *parts)
+        self.fs.create_dir(posixpath.dirname(path), recursive=True)
+        with self.fs.open_output_stream(path) as fh:
+            fh.write(json.dumps(obj, sort_keys=True, indent=1).encode())
+
+    def remove(self) -> None:
+        import pyarrow.fs as pafs
+
+        if self.fs.get_file_info(self.base).type == pafs.FileType.Directory:
+            self.fs.delete_dir(self.base)
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def _run_files(run: str) -> dict[str, str]:
+    return {C.TABLE_FOLDS: f"{run}.parquet", C.TABLE_TRAIN_HISTORY: f"{run}.parquet",
+            C.TABLE_SLICE_PREDICTIONS: f"{run}-oof.parquet", C.TABLE_RUNS: f"{run}.parquet"}
+
+
+def run_train(lake_root: str, run: str, *, folds: int = 5, epochs: int = 100, workers: int = 1,
+              cpus_per_worker: float = 1.0, gpus_per_worker: float = 0.0, mode: str = "frozen",
+              backbone: str | None = None, weights: str | None = None, head: HeadConfig | None = None,
+              stages: int = 1, tail_lr_factor: float = 0.1, address: str | None = None, max_failures: int = 2,
+              storage_path: str | None = None, overwrite: bool = False, show_progress: bool = True,
+              echo=print) -> TrainSummary:
+    """Train the fold models of run ``run`` on the lake (see the module docstring).
+
+    Raises:
+        ConfigError: bad option, no features / slices, too few patients per class for the folds,
+            a run of that name with other settings, a cluster without room for one fold.
+    """
+    import numpy as np
+    import pyarrow as pa
+    import ray
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from gbmmet.errors import ConfigError
+    from gbmmet.model.train import assign_folds, encode_labels
+    from pipelines.ray_runtime import init_ray
+    from storage import catalog
+    from storage.lake import Lake
+
+    if not run or "/" in run or run.startswith("."):
+        raise ConfigError(f"bad run name {run!r}: use letters, digits, '-' or '_'")
+    if mode not in MODES:
+        raise ConfigError(f"--mode must be one of {MODES}. Got {mode!r} instead.")
+    for name, value in (("workers", workers), ("folds", folds)):
+        if value < 1:
+            raise ConfigError(f"The '{name}' parameter must be >= 1. Got {value!r} instead.")
+    if cpus_per_worker <= 0 or gpus_per_worker < 0:
+        raise ConfigError("cpus_per_worker must be > 0 and gpus_per_worker >= 0")
+    head = head or HeadConfig(epochs=epochs)
+    try:
+        head.check()
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+
+    t_start = time.perf_counter()
+    started = dt.datetime.now(dt.UTC)
+    lake = Lake(lake_root)
+    if mode == "frozen":
+        backbone_id = _pick_feature_backbone(lake, backbone)
+        meta, X = load_feature_matrix(lake, backbone_id, C.TRAIN)
+        reason = f"cached features of {backbone_id} (gbmmet features)"
+        backbone_name = backbone_id.split("@")[0]
+    else:
+        from gbmmet.model.backbones import load_backbone
+
+        _, info = load_backbone(backbone or "auto", weights)  # missing weights fail here, before Ray
+        backbone_id, reason, backbone_name = info.id, info.reason, info.name
+        meta, X = load_slice_images(lake, C.TRAIN)
+    if meta.num_rows == 0:
+        raise ConfigError(f"no training-split {'features' if mode == 'frozen' else 'slices'} in {lake.uri}"
+                          + (f" for backbone {backbone_id}" if mode == "frozen" else ""))
+    pids = np.array(meta.column(C.COL_PATIENT_ID).to_pylist())
+    labels = meta.column(C.COL_LABEL).to_pylist()
+    try:
+        fold_of = assign_folds(pids, labels, folds, head.seed)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    y = encode_labels(labels)
+    slice_fold = np.array([fold_of[p] for p in pids])
+    data_seconds = time.perf_counter() - t_start
+
+    storage = storage_path or (str(lake.local_root / "runs") if lake.local_root else f"{lake.uri}/runs")
+    store = _Store(posixpath.join(storage, run) if "://" in storage else str(Path(storage) / run))
+    settings = {"mode": mode, "folds": folds, "workers": workers, "backbone_id": backbone_id,
+                "head": head.to_dict(), "stages": stages if mode == "finetune" else None,
+                "tail_lr_factor": tail_lr_factor if mode == "finetune" else None,
+                "train_patients": int(len(fold_of)), "train_slices": int(len(pids))}
+    previous = store.read_json(CONFIG_FILE)
+    recorded = lake.read(C.TABLE_RUNS, filter=None)
+    recorded = [r for r in recorded.to_pylist() if r["run_id"] == run]
+    if (previous is not None or recorded) and overwrite:
+        store.remove()
+        for table, filename in _run_files(run).items():
+            lake.delete(table, filename)
+        previous, recorded = None, []
+    if previous is not None and previous != settings:
+        was, now = _flat(previous), _flat(settings)
+        changed = [f"{k}: {was.get(k)} -> {now.get(k)}" for k in sorted(set(was) | set(now)) if was.get(k) != now.get(k)]
+        raise ConfigError(f"run {run!r} exists in {store.root} with other settings ({'; '.join(changed)}); "
+                          "choose another --run or pass --overwrite")
+    if recorded and recorded[-1]["status"] == "ok" and previous == settings:
+        rec = recorded[-1]
+        echo(f"train {run}: already trained with these settings ({rec['finished_at']:%Y-%m-%d %H:%M}); reusing it")
+        return TrainSummary(run, mode, backbone_id, rec["backbone_reason"] or "", folds, 0, store.root, reused=True,
+                            fold_checkpoints={int(k): v for k, v in json.loads(rec["fold_checkpoints"]).items()},
+                            seconds=rec["seconds"] or 0.0)
+    store.write_json(settings, CONFIG_FILE)
+
+    init_ray(address=address)
+    todo = [k for k in range(folds) if store.read_json(f"fold{k}", DONE_FILE) is None]
+    parallel, why = _plan_parallel(len(todo) or 1, workers, cpus_per_worker, gpus_per_worker)
+    if parallel < 1:
+        raise ConfigError(f"no room for one fold: {why}")
+    echo(f"train {run}: {mode} mode, backbone {backbone_id} ({reason}); {folds} folds over "
+         f"{len(fold_of)} patients / {len(pids)} slices; {workers} worker(s) per fold"
+         + (" (DDP)" if workers > 1 else ""))
+    if len(todo) < folds:
+        echo(f"  resuming: folds {sorted(set(range(folds)) - set(todo))} already finished")
+    echo(f"  folds: {parallel} at a time ({why})")
+
+    summary = TrainSummary(run, mode, backbone_id, reason, folds, parallel, store.root)
+    from ray.util.queue import Queue
+
+    progress_q = Queue(actor_options={"num_cpus": 0})
+
+    def fit_fold(k: int):
+        held = slice_fold == k
+        data = ray.put({"X_train": X[~held], "y_train": y[~held], "X_val": X[held], "y_val": y[held]})
+        trainer = TorchTrainer(
+            train_func_per_worker,
+            train_loop_config={"head": head.to_dict(), "data": data, "fold": k, "mode": mode,
+                               "threads": max(1, int(cpus_per_worker)), "use_gpu": gpus_per_worker > 0,
+                               "backbone_name": backbone_name, "backbone_id": backbone_id, "weights": weights,
+                               "stages": stages, "tail_lr_factor": tail_lr_factor, "progress": progress_q},
+            scaling_config=ScalingConfig(
+                num_workers=workers, use_gpu=gpus_per_worker > 0,
+                resources_per_worker={"CPU": cpus_per_worker, **({"GPU": gpus_per_worker} if gpus_per_worker else {})}),
+            run_config=RunConfig(name=f"fold{k}", storage_path=store.root,
+                                 failure_config=FailureConfig(max_failures=max_failures),
+                                 checkpoint_config=CheckpointConfig(num_to_keep=2)),
+        )
+        t0 = time.perf_counter()
+        result = trainer.fit()
+        if result.checkpoint is None:
+            raise RuntimeError(f"fold {k} of run {run} ended without a checkpoint")
+        store.write_json({"checkpoint": result.checkpoint.path, "metrics": result.metrics,
+                          "seconds": time.perf_counter() - t0}, f"fold{k}", DONE_FILE)
+        return k
+
+    _fit_all(todo, fit_fold, parallel, progress_q, folds, head.epochs, show_progress, echo)
+    progress_q.shutdown()
+
+    import torch
+    from ray.train import Checkpoint
+
+    history_rows, oof_rows = [], []
+    for k in range(folds):
+        done = store.read_json(f"fold{k}", DONE_FILE)
+        summary.fold_checkpoints[k] = done["checkpoint"]
+        summary.final[k] = done["metrics"]
+        summary.fold_seconds[k] = done["seconds"]
+        m = done["metrics"]
+        echo(f"  fold {k}: train loss {m['train_loss']:.3f} acc {m['train_acc']:.3f}; held-out loss "
+             f"{m.get('val_loss', float('nan')):.3f} acc {m.get('val_acc', float('nan')):.3f} ({done['seconds']:.0f} s)")
+        with Checkpoint(done["checkpoint"]).as_directory() as d:
+            state = torch.load(os.path.join(d, STATE_FILE), map_location="cpu", weights_only=False)
+        for row in state["history"]:
+            history_rows.append({"run_id": run, "fold": k, **{c: row.get(c) for c in
+                                 ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "attempt")}})
+        held = slice_fold == k
+        prob = state["oof_prob"]
+        sub = meta.filter(pa.array(held))
+        for i, r in enumerate(sub.to_pylist()):
+            oof_rows.append({"run_id": run, C.COL_PATIENT_ID: r[C.COL_PATIENT_ID], C.COL_SITE: r[C.COL_SITE],
+                             C.COL_SPLIT: r[C.COL_SPLIT], "slice_index": r["slice_index"], "model": f"fold{k}",
+                             "fold": k, "prob_gbm": float(prob[i]), "vote": C.GBM if prob[i] >= 0.5 else C.MET})
+    summary.seconds = time.perf_counter() - t_start
+    files = _run_files(run)
+    lake.write(C.TABLE_FOLDS, pa.Table.from_pylist(
+        [{"run_id": run, C.COL_PATIENT_ID: p, "fold": f} for p, f in sorted(fold_of.items())]), files[C.TABLE_FOLDS])
+    lake.write(C.TABLE_TRAIN_HISTORY, pa.Table.from_pylist(history_rows), files[C.TABLE_TRAIN_HISTORY])
+    lake.write(C.TABLE_SLICE_PREDICTIONS, pa.Table.from_pylist(oof_rows), files[C.TABLE_SLICE_PREDICTIONS])
+    record = {
+        "run_id": run, "kind": "train", "mode": mode, "backbone_id": backbone_id, "backbone_reason": reason,
+        "weights_sha256": backbone_id.split("@")[-1] if mode == "finetune" else
+        str(meta.column("weights_sha256")[0]),
+        "config": json.dumps({**settings, "cpus_per_worker": cpus_per_worker, "gpus_per_worker": gpus_per_worker,
+                              "max_failures": max_failures, "storage": store.root, "weights_file": weights},
+                             sort_keys=True),
+        "seeds": json.dumps({"folds": head.seed, "head_init": head.seed,
+                             "epoch": "gbmmet.model.train.epoch_seed(seed, fold, epoch, rank)"}),
+        "versions": json.dumps({"gbmmet": __version__, "torch": torch.__version__, "ray": ray.__version__,
+                                "numpy": np.__version__, "python": ".".join(map(str, __import__("sys").version_info[:3]))}),
+        "git_commit": _git_commit(), "started_at": started, "finished_at": dt.datetime.now(dt.UTC),
+        "fold_checkpoints": json.dumps({str(k): v for k, v in summary.fold_checkpoints.items()}),
+        "seconds": summary.seconds,
+        "timings": json.dumps({"load_data_s": round(data_seconds, 3),
+                               "fold_s": {str(k): round(v, 3) for k, v in summary.fold_seconds.items()},
+                               "total_s": round(summary.seconds, 3), "folds_at_a_time": parallel}),
+        "status": "ok",
+    }
+    lake.write(C.TABLE_RUNS, pa.Table.from_pylist([record]), files[C.TABLE_RUNS])
+    if lake.local_root is not None:
+        catalog.refresh(lake)
+    return summary
+
+
+def _fit_all(todo, fit_fold, parallel, progress_q, folds, epochs, show_progress, echo) -> None:
+    """Run ``fit_fold`` for each fold in ``todo``, ``parallel`` at a time, with a progress bar of
+    epochs (fed by the workers through a Ray queue)."""
+    from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+
+    from pipelines.ray_runtime import _progress
+
+    progress, task = _progress("train (fold epochs)", len(todo) * epochs)
+    seen: set[tuple[int, int]] = set()
+    lock = threading.Lock()
+    errors = {}
+    with (progress if show_progress and todo else _NullCtx()), ThreadPoolExecutor(max_workers=parallel) as pool:
+        futures = {pool.submit(fit_fold, k): k for k in todo}
+        pending = set(futures)
+        while pending:
+            done, pending = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
+            for item in progress_q.get_nowait_batch(progress_q.qsize()) if progress_q.qsize() else []:
+                with lock:
+                    seen.add(item)
+            progress.update(task, completed=len(seen))
+            for fut in done:
+                k = futures[fut]
+                try:
+                    fut.result()
+                    progress.update(task, completed=len(seen | {(k, e) for e in range(epochs)}))
+                    seen |= {(k, e) for e in range(epochs)}
+                except Exception as exc:  # noqa: BLE001 - reported for all folds at the end
+                    errors[k] = exc
+    if errors:
+        from gbmmet.errors import RunFailed
+
+        first = min(errors)
+        raise RunFailed(f"training failed in fold(s) {sorted(errors)} (after retries); "
+                          f"fold {first}: {type(errors[first]).__name__}: {errors[first]}; "
+                          "finished folds are kept: re-run the same command to resume") from errors[first]
+
+
+class _NullCtx:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False

@@ -1,0 +1,185 @@
+"""``gbmmet train`` on a real local Ray and a real lake: folds, history, out-of-fold predictions,
+the run record, re-runs, a killed worker resuming from its checkpoint, and fine-tune mode with DDP."""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import shutil
+import signal
+import threading
+import time
+
+import numpy as np
+import pyarrow.compute as pc
+import pytest
+import torch
+
+from gbmmet import constants as C
+from gbmmet.errors import ConfigError
+from gbmmet.model.backbones import RANDOM18
+from gbmmet.model.train import HeadConfig
+from pipelines.cli import main
+from pipelines.features import run_features
+from pipelines.train import DONE_FILE, STATE_FILE, run_train
+from storage import catalog
+from storage.lake import Lake
+
+
+@pytest.fixture(scope="module")
+def feature_lake(tiny_lake, tmp_path_factory, ray_local):
+    """A copy of the tiny lake with ResNet-18 (random) features."""
+    src, _, _ = tiny_lake
+    lake_dir = tmp_path_factory.mktemp("train") / "lake"
+    shutil.copytree(src, lake_dir, ignore=shutil.ignore_patterns("runs"))
+    s = run_features(str(lake_dir), backbone=RANDOM18, show_progress=False)
+    assert not s.failed
+    return lake_dir
+
+
+def _final_state(summary, fold):
+    with open(os.path.join(summary.fold_checkpoints[fold], STATE_FILE), "rb") as fh:
+        return torch.load(fh, map_location="cpu", weights_only=False)
+
+
+def test_five_folds_by_patient_history_oof_and_run_record(feature_lake, ray_local):
+    lines = []
+    s = run_train(str(feature_lake), "five", folds=5, head=HeadConfig(hidden=16, epochs=3, checkpoint_every=2),
+                  show_progress=False, echo=lines.append)
+    lake = Lake(feature_lake)
+    assert any("folds: 2 at a time (the cluster has 2 CPU free and a fold takes 1 CPU)" in ln for ln in lines), lines
+
+    patients = lake.read(C.TABLE_PATIENTS).to_pylist()
+    split_of = {p[C.COL_PATIENT_ID]: p[C.COL_SPLIT] for p in patients}
+    label_of = {p[C.COL_PATIENT_ID]: p[C.COL_LABEL] for p in patients}
+    folds = lake.read(C.TABLE_FOLDS, filter=pc.field("run_id") == "five").to_pylist()
+    fold_of = {r[C.COL_PATIENT_ID]: r["fold"] for r in folds}
+    assert len(fold_of) == len(folds)  # no patient in two folds
+    assert set(fold_of) == {p for p, sp in split_of.items() if sp == C.TRAIN}  # all training, nothing else
+    for k in range(5):  # 5 GBM + 5 MET: one of each per fold
+        assert sorted(label_of[p] for p, f in fold_of.items() if f == k) == [C.GBM, C.MET]
+
+    hist = lake.read(C.TABLE_TRAIN_HISTORY, filter=pc.field("run_id") == "five").to_pylist()
+    assert sorted((r["fold"], r["epoch"]) for r in hist) == [(k, e) for k in range(5) for e in range(3)]
+    assert all(0 <= r["val_acc"] <= 1 and r["train_loss"] > 0 and r["attempt"] == 0 for r in hist)
+
+    # out-of-fold: every training slice once, predicted by the model of its patient's fold
+    oof = lake.read(C.TABLE_SLICE_PREDICTIONS, filter=pc.field("run_id") == "five").to_pylist()
+    train_slices = lake.read(C.TABLE_SLICES, columns=[C.COL_PATIENT_ID, "slice_index"],
+                             filter=pc.field(C.COL_SPLIT) == C.TRAIN).to_pylist()
+    assert sorted((r[C.COL_PATIENT_ID], r["slice_index"]) for r in oof) == sorted(
+        (r[C.COL_PATIENT_ID], r["slice_index"]) for r in train_slices)
+    assert all(r["model"] == f"fold{fold_of[r[C.COL_PATIENT_ID]]}" and 0 <= r["prob_gbm"] <= 1 for r in oof)
+
+    rec = lake.read(C.TABLE_RUNS, filter=pc.field("run_id") == "five").to_pylist()
+    assert len(rec) == 1 and rec[0]["status"] == "ok" and rec[0]["mode"] == "frozen"
+    rec = rec[0]
+    assert rec["backbone_id"] == s.backbone_id and rec["backbone_id"].startswith(RANDOM18 + "@")
+    assert s.backbone_id.split("@")[1] == rec["weights_sha256"][:12]
+    assert len(rec["git_commit"]) in (0, 40)
+    assert json.loads(rec["config"])["head"]["epochs"] == 3
+    assert set(json.loads(rec["versions"])) >= {"gbmmet", "torch", "ray"}
+    assert set(json.loads(rec["timings"])["fold_s"]) == {"0", "1", "2", "3", "4"}
+    assert all(os.path.isfile(os.path.join(p, STATE_FILE)) for p in json.loads(rec["fold_checkpoints"]).values())
+    # the catalog sees it
+    n = catalog.query(lake, "select count(*) from train_history where run_id = ?", ["five"]).column(0)[0].as_py()
+    assert n == 15
+
+    # same settings: reused, nothing trained; other settings: refused
+    again = run_train(str(feature_lake), "five", folds=5, head=HeadConfig(hidden=16, epochs=3, checkpoint_every=2),
+                      show_progress=False, echo=lines.append)
+    assert again.reused and again.fold_checkpoints == s.fold_checkpoints
+    with pytest.raises(ConfigError, match=r"run 'five' exists .* other settings \(head.epochs: 3 -> 4\)"):
+        run_train(str(feature_lake), "five", folds=5, head=HeadConfig(hidden=16, epochs=4, checkpoint_every=2),
+                  show_progress=False, echo=lines.append)
+
+
+def _kill_train_workers_after_checkpoint(run_dir: str, deadline: float, killed: list) -> None:
+    """Once every started fold of the run has two checkpoints, SIGKILL its Ray Train workers (once).
+
+    Two, because a checkpoint's folder appears before the controller has registered its report;
+    the second is written only after the first was registered (reports are consumed in order).
+    """
+    import psutil
+
+    while time.monotonic() < deadline:
+        folds = glob.glob(os.path.join(run_dir, "fold*"))
+        if folds and all(len(glob.glob(os.path.join(f, "checkpoint_*"))) >= 2 for f in folds):
+            for proc in psutil.process_iter(["pid", "cmdline"]):
+                if "RayTrainWorker" in " ".join(proc.info["cmdline"] or []):
+                    os.kill(proc.info["pid"], signal.SIGKILL)
+                    killed.append(proc.info["pid"])
+            if killed:
+                return
+        time.sleep(0.02)
+
+
+def test_same_seed_same_weights_and_a_killed_worker_resumes_from_its_checkpoint(feature_lake, ray_local):
+    head = HeadConfig(hidden=16, epochs=60, checkpoint_every=5, seed=7)
+    a = run_train(str(feature_lake), "seed-a", folds=2, head=head, show_progress=False, echo=lambda *_: None)
+
+    killed: list[int] = []
+    watcher = threading.Thread(target=_kill_train_workers_after_checkpoint,
+                               args=(str(feature_lake / "runs" / "seed-b"), time.monotonic() + 120, killed),
+                               daemon=True)
+    watcher.start()
+    b = run_train(str(feature_lake), "seed-b", folds=2, head=head, show_progress=False, echo=lambda *_: None)
+    watcher.join(timeout=5)
+    assert killed, "no training worker was killed"
+
+    lake = Lake(feature_lake)
+    hist = lake.read(C.TABLE_TRAIN_HISTORY, filter=pc.field("run_id") == "seed-b").to_pylist()
+    assert sorted((r["fold"], r["epoch"]) for r in hist) == [(k, e) for k in range(2) for e in range(60)]
+    assert max(r["attempt"] for r in hist) >= 1  # a fold resumed from its checkpoint ...
+    for k in range(2):  # ... and ended exactly where the uninterrupted run did
+        sa, sb = _final_state(a, k), _final_state(b, k)
+        assert sa["epoch"] == sb["epoch"] == 59
+        for key, ta in sa["model"].items():
+            assert torch.equal(ta, sb["model"][key]), key
+        np.testing.assert_array_equal(sa["oof_prob"], sb["oof_prob"])
+    fa = lake.read(C.TABLE_FOLDS, filter=pc.field("run_id") == "seed-a").drop_columns(["run_id"])
+    fb = lake.read(C.TABLE_FOLDS, filter=pc.field("run_id") == "seed-b").drop_columns(["run_id"])
+    assert fa.sort_by(C.COL_PATIENT_ID).equals(fb.sort_by(C.COL_PATIENT_ID))
+
+
+def test_interrupted_run_keeps_finished_folds(feature_lake, ray_local):
+    head = HeadConfig(hidden=8, epochs=2, checkpoint_every=1)
+    first = run_train(str(feature_lake), "resume", folds=2, head=head, show_progress=False, echo=lambda *_: None)
+    run_dir = feature_lake / "runs" / "resume"
+    # as if the driver died after fold 0: fold 1's completion and the run record are gone
+    (run_dir / "fold1" / DONE_FILE).unlink()
+    Lake(feature_lake).delete(C.TABLE_RUNS, "resume.parquet")
+    lines: list[str] = []
+    second = run_train(str(feature_lake), "resume", folds=2, head=head, show_progress=False, echo=lines.append)
+    assert any("resuming: folds [0] already finished" in ln for ln in lines), lines
+    assert second.fold_checkpoints[0] == first.fold_checkpoints[0]
+    assert not second.reused
+
+
+def test_finetune_mode_trains_the_last_stage_with_ddp(feature_lake, ray_local):
+    lines: list[str] = []
+    s = run_train(str(feature_lake), "ft", folds=2, mode="finetune", backbone=RANDOM18, workers=2,
+                  head=HeadConfig(hidden=8, epochs=1, batch_size=16), show_progress=False, echo=lines.append)
+    assert any("2 worker(s) per fold (DDP)" in ln for ln in lines)
+    assert any("folds: 1 at a time" in ln for ln in lines)  # 2 CPUs, a fold takes 2
+    state = _final_state(s, 0)
+    tail = state["model"]["tail"]
+    assert tail and all(k.startswith("layer4.") for k in tail)
+    assert set(state["model"]["head"]) == {"net.0.weight", "net.0.bias", "net.3.weight", "net.3.bias"}
+    lake = Lake(feature_lake)
+    oof = lake.read(C.TABLE_SLICE_PREDICTIONS, filter=pc.field("run_id") == "ft")
+    n_train = lake.read(C.TABLE_SLICES, columns=["slice_index"], filter=pc.field(C.COL_SPLIT) == C.TRAIN).num_rows
+    assert oof.num_rows == n_train
+    rec = lake.read(C.TABLE_RUNS, filter=pc.field("run_id") == "ft").to_pylist()[0]
+    assert rec["mode"] == "finetune" and "random weights" in rec["backbone_reason"]
+
+
+def test_cli_train_errors_are_clear(feature_lake, tmp_path, capsys):
+    assert main(["train", "--lake", str(feature_lake), "--run", "x", "--mode", "bogus"]) == 2
+    assert "--mode must be one of ('frozen', 'finetune')" in capsys.readouterr().err
+    empty = tmp_path / "empty"
+    assert main(["train", "--lake", str(empty), "--run", "x"]) == 2
+    assert "no features in the lake" in capsys.readouterr().err
+    assert main(["train", "--lake", str(feature_lake), "--run", "x", "--backbone", "resnet50-imagenet"]) == 2
+    assert "no features for backbone 'resnet50-imagenet'" in capsys.readouterr().err
