@@ -87,6 +87,7 @@ TABLE_METRICS = "metrics"
 TABLE_RUNS = "runs"
 TABLE_FOLDS = "folds"  # fold of every training patient, per run
 TABLE_TRAIN_HISTORY = "train_history"  # per-epoch losses and accuracies, per run and fold
+TABLE_COMPARISONS = "comparisons"  # paired tests: DeLong, McNemar
 TABLES = (
     TABLE_PATIENTS,
     TABLE_SLICES,
@@ -99,4 +100,5 @@ TABLES = (
     TABLE_RUNS,
     TABLE_FOLDS,
     TABLE_TRAIN_HISTORY,
+    TABLE_COMPARISONS,
 )

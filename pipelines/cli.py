@@ -171,6 +171,64 @@ def train(
 
 @app.command()
 @_user_errors
+def evaluate(
+    lake: Annotated[str, typer.Option(help="Lake folder or URI.")] = "lake",
+    run: Annotated[str | None, typer.Option(help="Training run (default: the lake's latest).")] = None,
+    resamples: Annotated[int, typer.Option(help="Resamples per confidence interval (the paper: 1000).")] = 1000,
+    seed: Annotated[int, typer.Option(help="Seed of the resampling.")] = 0,
+    ci: Annotated[str, typer.Option(help="CI shown in the printed table: paper_subsample90, bootstrap_bca or bootstrap_percentile (AUC: DeLong).")] = "paper_subsample90",
+    address: Annotated[str | None, typer.Option(help="Ray cluster address (default: RAY_ADDRESS, else a local Ray).")] = None,
+) -> None:
+    """Score val / test / external with the fold ensemble; predictive index, cutoffs, metrics with
+    CIs, readers and paired tests, into the lake; print the paper's table."""
+    from pipelines.evaluate import run_evaluate
+
+    s = run_evaluate(lake, run, n_resamples=resamples, seed=seed, address=address, echo=typer.echo)
+    typer.echo(f"evaluate {s.run_id}: {s.patients} patients, {s.slices} slices scored; cutoffs "
+               + ", ".join(f"{k} {v:.3f}" for k, v in s.cutoffs.items())
+               + f"; {s.metrics_rows} metric rows, {s.comparisons_rows} comparisons; {s.seconds:.0f} s")
+    _print_paper_table(lake, s.run_id, ci)
+
+
+def _print_paper_table(lake: str, run: str, ci: str) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from pipelines.evaluate import CUT_PAPER, PAPER_METRICS, paper_table
+
+    rows = paper_table(lake, run, ci, CUT_PAPER)
+    table = Table(title=f"run {run}: model (cutoff: Youden on the internal test, the paper's way) and readers; "
+                        f"95% CI: {ci}, AUC DeLong")
+    for col in ("cohort", "rater", "n", *PAPER_METRICS):
+        table.add_column(col, justify="left" if col in ("cohort", "rater") else "right")
+    for r in rows:
+        cells = []
+        for m in PAPER_METRICS:
+            v = r.get(m)
+            cells.append("" if v is None else f"{v[0]:.3f} ({v[1]:.3f}-{v[2]:.3f})" if v[1] is not None else f"{v[0]:.3f}")
+        table.add_row(r["cohort"], r["rater"], str(r["n"]), *cells)
+    Console(width=200).print(table)
+
+
+readers_app = typer.Typer(help="Radiologists' reads.", no_args_is_help=True)
+app.add_typer(readers_app, name="readers")
+
+
+@readers_app.command("import")
+@_user_errors
+def readers_import(
+    reads: Annotated[Path, typer.Argument(help="CSV: reader_id, patient_id, assisted, call[, confidence].")],
+    lake: Annotated[str, typer.Option(help="Lake folder or URI.")] = "lake",
+) -> None:
+    """Import reader reads (validated; with any problem nothing is written)."""
+    from pipelines.readers import import_reads
+
+    s = import_reads(reads, lake)
+    typer.echo(f"readers: {s.rows} reads by {', '.join(s.readers)} imported into {lake} ({s.file})")
+
+
+@app.command()
+@_user_errors
 def query(
     sql: Annotated[str, typer.Argument(help="SQL over the lake's views (patients, slices, preprocess_runs, ...).")],
     lake: Annotated[str, typer.Option(help="Lake folder.")] = "lake",

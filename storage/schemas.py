@@ -135,6 +135,67 @@ RUNS = pa.schema([
     pa.field("status", pa.string()),
 ])
 
+PATIENT_PREDICTIONS = pa.schema([
+    pa.field("run_id", pa.string(), nullable=False),
+    pa.field(C.COL_PATIENT_ID, pa.string(), nullable=False),
+    pa.field(C.COL_SITE, pa.string()),
+    pa.field(C.COL_SPLIT, pa.string()),
+    pa.field(C.COL_LABEL, pa.string()),
+    pa.field("n_slices", pa.int32()),
+    pa.field("predictive_index", pa.float64()),  # share of slices the ensemble (majority vote) calls GBM
+    pa.field("soft_index", pa.float64()),  # mean over slices of the folds' mean P(GBM)
+    pa.field("cutoff_kind", pa.string(), nullable=False),  # paper_youden_internal_test / oof_youden_train
+    pa.field("cutoff", pa.float64()),
+    pa.field(C.COL_CALL, pa.string()),  # GBM where predictive_index >= cutoff
+])
+
+READS = pa.schema([
+    pa.field(C.COL_READER_ID, pa.string(), nullable=False),
+    pa.field(C.COL_PATIENT_ID, pa.string(), nullable=False),  # pseudonymised
+    pa.field(C.COL_ASSISTED, pa.bool_(), nullable=False),
+    pa.field(C.COL_CALL, pa.string(), nullable=False),  # GBM / MET
+    pa.field(C.COL_CONFIDENCE, pa.int16()),  # 1 (guess) .. 5 (certain), optional
+])
+
+METRICS = pa.schema([
+    pa.field("run_id", pa.string(), nullable=False),
+    pa.field("cohort", pa.string(), nullable=False),  # val / test / external (/ train: out-of-fold)
+    pa.field("subgroup", pa.string(), nullable=False),  # all, location=supra, primary=lung, ...
+    pa.field("rater", pa.string(), nullable=False),  # model, or a reader id
+    pa.field(C.COL_ASSISTED, pa.bool_()),  # readers: with the model's result; null for the model
+    pa.field("cutoff_kind", pa.string()),  # the model's cutoff; null for readers
+    pa.field("metric", pa.string(), nullable=False),
+    pa.field("value", pa.float64()),
+    pa.field("ci_low", pa.float64()),
+    pa.field("ci_high", pa.float64()),
+    pa.field("ci_method", pa.string()),  # paper_subsample90, bootstrap_bca, bootstrap_percentile, delong
+    pa.field("n", pa.int32()),  # patients
+    pa.field("n_gbm", pa.int32()),
+    pa.field("n_resamples", pa.int32()),
+    pa.field("n_degenerate", pa.int32()),  # resamples left out: one class, or the metric undefined
+    pa.field("tp", pa.int32()),
+    pa.field("fp", pa.int32()),
+    pa.field("tn", pa.int32()),
+    pa.field("fn", pa.int32()),
+])
+
+COMPARISONS = pa.schema([
+    pa.field("run_id", pa.string(), nullable=False),
+    pa.field("cohort", pa.string(), nullable=False),
+    pa.field("test", pa.string(), nullable=False),  # delong_auc / mcnemar_correct
+    pa.field("a", pa.string(), nullable=False),  # e.g. model, reader1, reader1+assisted
+    pa.field("b", pa.string(), nullable=False),
+    pa.field("n", pa.int32()),
+    pa.field("estimate_a", pa.float64()),  # AUC (DeLong) or accuracy (McNemar)
+    pa.field("estimate_b", pa.float64()),
+    pa.field("diff", pa.float64()),
+    pa.field("ci_low", pa.float64()),  # 95 % CI of the difference (DeLong)
+    pa.field("ci_high", pa.float64()),
+    pa.field("statistic", pa.float64()),  # z (DeLong) or chi-square / exact count (McNemar)
+    pa.field("p", pa.float64()),
+    pa.field("note", pa.string()),
+])
+
 SCHEMAS: dict[str, pa.Schema] = {
     C.TABLE_PATIENTS: PATIENTS,
     C.TABLE_SLICES: SLICES,
@@ -144,6 +205,10 @@ SCHEMAS: dict[str, pa.Schema] = {
     C.TABLE_TRAIN_HISTORY: TRAIN_HISTORY,
     C.TABLE_SLICE_PREDICTIONS: SLICE_PREDICTIONS,
     C.TABLE_RUNS: RUNS,
+    C.TABLE_PATIENT_PREDICTIONS: PATIENT_PREDICTIONS,
+    C.TABLE_READS: READS,
+    C.TABLE_METRICS: METRICS,
+    C.TABLE_COMPARISONS: COMPARISONS,
 }
 
 #: Hive partition columns per table (folder levels, in order).
