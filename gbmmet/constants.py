@@ -88,6 +88,7 @@ TABLE_RUNS = "runs"
 TABLE_FOLDS = "folds"  # fold of every training patient, per run
 TABLE_TRAIN_HISTORY = "train_history"  # per-epoch losses and accuracies, per run and fold
 TABLE_COMPARISONS = "comparisons"  # paired tests: DeLong, McNemar
+TABLE_CAMS = "cams"  # Grad-CAM of the ensemble per test / external slice
 TABLES = (
     TABLE_PATIENTS,
     TABLE_SLICES,
@@ -101,4 +102,5 @@ TABLES = (
     TABLE_FOLDS,
     TABLE_TRAIN_HISTORY,
     TABLE_COMPARISONS,
+    TABLE_CAMS,
 )

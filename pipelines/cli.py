@@ -177,13 +177,16 @@ def evaluate(
     resamples: Annotated[int, typer.Option(help="Resamples per confidence interval (the paper: 1000).")] = 1000,
     seed: Annotated[int, typer.Option(help="Seed of the resampling.")] = 0,
     ci: Annotated[str, typer.Option(help="CI shown in the printed table: paper_subsample90, bootstrap_bca or bootstrap_percentile (AUC: DeLong).")] = "paper_subsample90",
+    force: Annotated[bool, typer.Option("--force", help="Evaluate again even where an evaluation of the same inputs exists.")] = False,
+    cams: Annotated[bool, typer.Option("--cams/--no-cams", help="Grad-CAM of every test and external slice into the lake.")] = True,
     address: Annotated[str | None, typer.Option(help="Ray cluster address (default: RAY_ADDRESS, else a local Ray).")] = None,
 ) -> None:
     """Score val / test / external with the fold ensemble; predictive index, cutoffs, metrics with
     CIs, readers and paired tests, into the lake; print the paper's table."""
     from pipelines.evaluate import run_evaluate
 
-    s = run_evaluate(lake, run, n_resamples=resamples, seed=seed, address=address, echo=typer.echo)
+    s = run_evaluate(lake, run, n_resamples=resamples, seed=seed, address=address, force=force, cams=cams,
+                     echo=typer.echo)
     typer.echo(f"evaluate {s.run_id}: {s.patients} patients, {s.slices} slices scored; cutoffs "
                + ", ".join(f"{k} {v:.3f}" for k, v in s.cutoffs.items())
                + f"; {s.metrics_rows} metric rows, {s.comparisons_rows} comparisons; {s.seconds:.0f} s")
@@ -208,6 +211,70 @@ def _print_paper_table(lake: str, run: str, ci: str) -> None:
             cells.append("" if v is None else f"{v[0]:.3f} ({v[1]:.3f}-{v[2]:.3f})" if v[1] is not None else f"{v[0]:.3f}")
         table.add_row(r["cohort"], r["rater"], str(r["n"]), *cells)
     Console(width=200).print(table)
+
+
+@app.command("run")
+@_user_errors
+def run_cmd(
+    preset: Annotated[str, typer.Option(help="Synthetic cohorts: demo (default), tiny, or paper.")] = "demo",
+    lake: Annotated[str, typer.Option(help="Lake folder or URI.")] = "lake",
+    data: Annotated[Path | None, typer.Option(help="Where the cohorts are written (default data/<preset>).")] = None,
+    epochs: Annotated[int, typer.Option(help="Epochs per fold (the paper: 100).")] = 100,
+    seed: Annotated[int, typer.Option(help="Seed of cohorts, folds and training.")] = 0,
+    backbone: Annotated[str, typer.Option(help="auto, resnet50-imagenet or efficientnet-lite0-imagenet.")] = "auto",
+    weights: Annotated[str | None, typer.Option(help="Backbone weight file.")] = None,
+    resamples: Annotated[int, typer.Option(help="Resamples per confidence interval.")] = 1000,
+    ci: Annotated[str, typer.Option(help="CI in the printed table: paper_subsample90, bootstrap_bca, bootstrap_percentile.")] = "paper_subsample90",
+    address: Annotated[str | None, typer.Option(help="Ray cluster address (default: RAY_ADDRESS, else a local Ray).")] = None,
+    workers: Annotated[int | None, typer.Option(help="CPUs of the local Ray (default: all).")] = None,
+) -> None:
+    """The main job: synth -> preprocess -> features -> train -> readers -> evaluate, then the
+    paper's table. Re-running reuses what is done."""
+    from pipelines.run import run_all
+
+    s = run_all(preset, lake=lake, data=data, epochs=epochs, seed=seed, backbone=backbone, weights=weights,
+                resamples=resamples, address=address, workers=workers, echo=typer.echo)
+    typer.echo("")
+    _print_paper_table(lake, s.run_id, ci)
+    typer.echo("time per stage: " + ", ".join(f"{k} {v:.0f} s" for k, v in s.seconds.items())
+               + f"; {sum(s.seconds.values()):.0f} s in all")
+    typer.echo(f"lake: {s.lake}  (gbmmet query --lake {s.lake} \"select * from metrics limit 5\")")
+
+
+@app.command()
+@_user_errors
+def predict(
+    t1c: Annotated[Path, typer.Option("--t1c", help="Contrast-enhanced T1 (NIfTI or a DICOM series folder).")],
+    t2: Annotated[Path, typer.Option("--t2", help="T2 (NIfTI or a DICOM series folder).")],
+    roi: Annotated[Path, typer.Option("--roi", help="ROI mask on the T2 grid (any non-zero voxel is ROI).")],
+    lake: Annotated[str, typer.Option(help="Lake with the trained (and evaluated) run.")] = "lake",
+    run: Annotated[str | None, typer.Option(help="Training run (default: the lake's latest).")] = None,
+    out: Annotated[Path, typer.Option(help="Folder for the class activation map PNGs.")] = Path("predict-out"),
+    cam: Annotated[bool, typer.Option("--cam/--no-cam", help="Write Grad-CAM overlays.")] = True,
+) -> None:
+    """Score one new patient with a run's ensemble: predictive index, call, per-slice probabilities."""
+    from pipelines.predict import run_predict
+
+    p = run_predict(str(t1c), str(t2), str(roi), lake_root=lake, run=run, out=out, cam=cam)
+    typer.echo(f"run {p.run_id} ({p.backbone_id}), {p.slice_probs.shape[0]} fold models, {p.n_slices} ROI slices")
+    typer.echo(f"predictive index (share of slices the ensemble calls GBM): {p.predictive_index:.3f}; "
+               f"mean P(GBM) {p.soft_index:.3f}")
+    if not p.cutoffs:
+        typer.echo("  no evaluation of this run yet (gbmmet evaluate): no cutoff to call at")
+    for kind, cut in p.cutoffs.items():
+        typer.echo(f"  call at the {kind} cutoff {cut:.3f}: {p.calls[kind]}")
+    typer.echo("slice  " + "  ".join(f"fold{k}" for k in range(p.slice_probs.shape[0])) + "  vote")
+    for i, s in enumerate(p.slice_index):
+        probs = p.slice_probs[:, i]
+        share = float((probs >= 0.5).mean())
+        vote = C_GBM if share > 0.5 or (share == 0.5 and probs.mean() >= 0.5) else C_MET
+        typer.echo(f"{s:5d}  " + "  ".join(f"{v:5.3f}" for v in probs) + f"  {vote}")
+    if p.overlays:
+        typer.echo(f"class activation maps: {len(p.overlays)} PNGs in {out}")
+    typer.echo("time: " + ", ".join(f"{k} {v:.1f} s" for k, v in p.seconds.items()))
+
+
+C_GBM, C_MET = "GBM", "MET"
 
 
 readers_app = typer.Typer(help="Radiologists' reads.", no_args_is_help=True)

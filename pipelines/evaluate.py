@@ -19,14 +19,18 @@ both cutoffs; metrics with confidence intervals; readers and paired comparisons.
    ways (``paper_subsample90``, ``bootstrap_bca``, ``bootstrap_percentile``) and DeLong's for AUC.
    Readers' AUC comes from the calls signed by confidence (MET 5 .. GBM 5) where given, else
    from the binary calls.
-5. ``comparisons``: DeLong model vs each reader (unassisted and assisted) on the same patients;
+5. ``cams``: the ensemble's Grad-CAM (mean of the folds' maps, ``gbmmet.model.cam``) of every
+   internal test and external slice, as 112 x 112 uint8 maps; Ray tasks of 64 slices.
+6. ``comparisons``: DeLong model vs each reader (unassisted and assisted) on the same patients;
    McNemar (statsmodels; exact where fewer than 25 discordant pairs) on correct / incorrect,
    each reader assisted vs unassisted.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import json
+import os
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -149,10 +153,71 @@ def _ci_rows(base: dict, y, call, score, n_resamples: int, seed: int) -> list[di
     return rows
 
 
+def _fingerprint(lake, rec: dict, n_resamples: int, seed: int) -> str:
+    """What an evaluation depends on: the training run, the reads, the eval slices, the settings."""
+    import hashlib
+
+    reads = sorted(tuple(str(v) for v in r.values()) for r in lake.read(C.TABLE_READS).to_pylist())
+    slices = sorted(lake.read(C.TABLE_PATIENTS, columns=[C.COL_PATIENT_ID, "params_hash", "n_slices"]).to_pylist(),
+                    key=lambda r: r[C.COL_PATIENT_ID])
+    blob = json.dumps([rec["run_id"], str(rec["finished_at"]), rec["fold_checkpoints"], reads, slices,
+                       n_resamples, seed], default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+CAM_SPLITS = (C.TEST, C.EXTERNAL)
+CAM_SIZE = 112
+
+
+def cam_chunk(paths: list[str], mode: str, head: dict, backbone_name: str, backbone_id: str, weights,
+              stages: int, images) -> np.ndarray:
+    """Ray task: the ensemble's Grad-CAM of a chunk of slices, (N, 112, 112) uint8."""
+    import torch
+    import torch.nn.functional as F
+
+    from gbmmet.model.backbones import load_backbone
+    from gbmmet.model.cam import grad_cam
+    from gbmmet.model.train import HeadConfig, make_head
+    from pipelines.ray_runtime import match_threads_to_task
+
+    match_threads_to_task()
+    cfg = HeadConfig(**head)
+    backbone, info = load_backbone(backbone_name, weights)
+    models = []
+    for path in paths:
+        with open(path, "rb") as fh:
+            state = torch.load(fh, map_location="cpu", weights_only=False)
+        if mode == "frozen":
+            h = make_head(info.feature_dim, cfg)
+            h.load_state_dict(state["model"])
+            models.append((backbone, h))
+        else:
+            from gbmmet.model.finetune import FinetuneNet
+            from gbmmet.model.head import Head
+
+            bb, _ = load_backbone(backbone_name, weights)
+            net = FinetuneNet(bb, info, Head(info.feature_dim, cfg.hidden, cfg.dropout), stages)
+            net.load_trainable_state(state["model"])
+            models.append((net.backbone, net.head))
+    maps = torch.from_numpy(grad_cam(models, info, images))[:, None]
+    small = F.interpolate(maps, size=(CAM_SIZE, CAM_SIZE), mode="bilinear", align_corners=False)[:, 0]
+    return (small.clamp(0, 1) * 255).round().to(torch.uint8).numpy()
+
+
+def _group_rows(rater_jobs, n_resamples: int) -> list[dict]:
+    """Ray task: the metrics rows of one cohort / subgroup, every rater in it."""
+    rows = []
+    for base, y, call, score, seed in rater_jobs:
+        rows += _ci_rows(base, y, call, score, n_resamples, seed)
+    return rows
+
+
 def run_evaluate(lake_root: str, run: str | None = None, *, n_resamples: int = 1000, seed: int = 0,
                  address: str | None = None, workers: int | None = None, show_progress: bool = True,
-                 echo=print) -> EvaluateSummary:
+                 force: bool = False, cams: bool = True, echo=print) -> EvaluateSummary:
     """Evaluate train run ``run`` (default: the lake's latest) and write the evaluation tables.
+
+    An evaluation of the same run, reads, slices and settings is reused unless ``force``.
 
     Raises:
         ConfigError: no such run, no slices / features to score, no internal test patients.
@@ -182,6 +247,14 @@ def run_evaluate(lake_root: str, run: str | None = None, *, n_resamples: int = 1
     config = json.loads(rec["config"])
     mode, backbone_id = rec["mode"], rec["backbone_id"]
     checkpoints = {int(k): v for k, v in json.loads(rec["fold_checkpoints"]).items()}
+    fingerprint = _fingerprint(lake, rec, n_resamples, seed) + ("-cams" if cams else "")
+    done = [r for r in lake.read(C.TABLE_RUNS).to_pylist() if r["run_id"] == run and r["kind"] == "evaluate"]
+    if done and not force and json.loads(done[-1]["config"]).get("fingerprint") == fingerprint:
+        t = json.loads(done[-1]["timings"])
+        echo(f"evaluate {run}: already evaluated with these inputs and settings; reusing it")
+        return EvaluateSummary(run, t["cutoffs"], t["patients"], t["slices"], t["metrics_rows"],
+                               t["comparisons_rows"], t["readers"], 0.0)
+    started = dt.datetime.now(dt.UTC)
 
     # 1. data to score
     parts = []
@@ -196,8 +269,6 @@ def run_evaluate(lake_root: str, run: str | None = None, *, n_resamples: int = 1
                              for m, _ in parts])
     X = np.concatenate([x for _, x in parts])
     init_ray(address=address, num_cpus=workers)
-    import os
-
     import ray
 
     ref = ray.put(X)
@@ -289,34 +360,63 @@ def run_evaluate(lake_root: str, run: str | None = None, *, n_resamples: int = 1
                 if label == "primary":  # primary tumour: the METs of that primary, beside all GBMs
                     sub = [p for p in ps if pat[p]["label"] == C.GBM or info.get(p, {}).get(col) == v]
                 groups.append((cohort, f"{label}={v}", sub))
-    from pipelines.ray_runtime import _progress
+    jobs = []  # one Ray task per group: (base, y, call, score, seed) for each rater in it
+    for gi, (cohort, subgroup, ps) in enumerate(groups):
+        y = np.array([pat[p]["label"] == C.GBM for p in ps], int)
+        score = np.array([pat[p]["index"] for p in ps])
+        rater_jobs = []
+        for kind, cut in cutoffs.items():
+            base = {"run_id": run, "cohort": cohort, "subgroup": subgroup, "rater": "model",
+                    C.COL_ASSISTED: None, "cutoff_kind": kind}
+            rater_jobs.append((base, y, (score >= cut).astype(int), score, seed + gi))
+        in_group = set(ps)
+        for reader in readers:
+            for assisted in (False, True):
+                got = {r[C.COL_PATIENT_ID]: r for r in reads if r[C.COL_READER_ID] == reader
+                       and r[C.COL_ASSISTED] == assisted and r[C.COL_PATIENT_ID] in in_group}
+                if not got:
+                    continue
+                rp = sorted(got)
+                calls = [got[p][C.COL_CALL] for p in rp]
+                base = {"run_id": run, "cohort": cohort, "subgroup": subgroup, "rater": reader,
+                        C.COL_ASSISTED: assisted, "cutoff_kind": None}
+                rater_jobs.append((base, np.array([pat[p]["label"] == C.GBM for p in rp], int),
+                                   np.array([c == C.GBM for c in calls], int),
+                                   _signed_confidence(calls, [got[p][C.COL_CONFIDENCE] for p in rp]), seed + gi))
+        jobs.append((f"{cohort}/{subgroup}", (rater_jobs, n_resamples)))
+    report = run_batch(jobs, _group_rows, description="evaluate (metrics and CIs)", use_ray=True,
+                       show_progress=show_progress)
+    if report.failed:
+        raise RunFailed("metrics failed: " + "; ".join(f"{o.key}: {o.error}" for o in report.failed))
+    for o in sorted(report.outcomes, key=lambda o: o.key):
+        mrows += o.value
 
-    progress, task = _progress("evaluate (metrics and CIs)", len(groups))
-    with progress if show_progress else _Null():
-        for gi, (cohort, subgroup, ps) in enumerate(groups):
-            y = np.array([pat[p]["label"] == C.GBM for p in ps], int)
-            score = np.array([pat[p]["index"] for p in ps])
-            for kind, cut in cutoffs.items():
-                base = {"run_id": run, "cohort": cohort, "subgroup": subgroup, "rater": "model",
-                        C.COL_ASSISTED: None, "cutoff_kind": kind}
-                mrows += _ci_rows(base, y, (score >= cut).astype(int), score, n_resamples, seed + gi)
-            for reader in readers:
-                for assisted in (False, True):
-                    got = {r[C.COL_PATIENT_ID]: r for r in reads if r[C.COL_READER_ID] == reader
-                           and r[C.COL_ASSISTED] == assisted and r[C.COL_PATIENT_ID] in set(ps)}
-                    if not got:
-                        continue
-                    rp = sorted(got)
-                    yr = np.array([pat[p]["label"] == C.GBM for p in rp], int)
-                    calls = [got[p][C.COL_CALL] for p in rp]
-                    rs = _signed_confidence(calls, [got[p][C.COL_CONFIDENCE] for p in rp])
-                    base = {"run_id": run, "cohort": cohort, "subgroup": subgroup, "rater": reader,
-                            C.COL_ASSISTED: assisted, "cutoff_kind": None}
-                    rc = np.array([c == C.GBM for c in calls], int)
-                    mrows += _ci_rows(base, yr, rc, rs, n_resamples, seed + gi)
-            progress.update(task, advance=1)
+    # 5. class activation maps of the test and external slices
+    if cams:
+        loaded = [load_slice_images(lake, split) for split in CAM_SPLITS]
+        cam_meta = pa.concat_tables([m.select([C.COL_PATIENT_ID, C.COL_SITE, C.COL_SPLIT, "slice_index"])
+                                     for m, _ in loaded])
+        cam_images = np.concatenate([x for _, x in loaded])
+        paths = [os.path.join(p, "state.pt") for _, p in sorted(checkpoints.items())]
+        chunk = 64
+        items = [(f"{i:06d}", (paths, mode, config["head"], backbone_id.split("@")[0], backbone_id,
+                               config.get("weights_file"), config.get("stages") or 1, cam_images[i:i + chunk]))
+                 for i in range(0, len(cam_images), chunk)]
+        report = run_batch(items, cam_chunk, description="evaluate (class activation maps)", use_ray=True,
+                           show_progress=show_progress)
+        if report.failed:
+            raise RunFailed("class activation maps failed: " + "; ".join(f"{o.key}: {o.error}" for o in report.failed))
+        maps = np.concatenate([o.value for o in sorted(report.outcomes, key=lambda o: o.key)]) if items else \
+            np.zeros((0, CAM_SIZE, CAM_SIZE), np.uint8)
+        n = len(maps)
+        lake.write(C.TABLE_CAMS, pa.table({
+            "run_id": pa.array([run] * n), C.COL_PATIENT_ID: cam_meta.column(C.COL_PATIENT_ID),
+            C.COL_SITE: cam_meta.column(C.COL_SITE), C.COL_SPLIT: cam_meta.column(C.COL_SPLIT),
+            "slice_index": cam_meta.column("slice_index"), "height": pa.array([CAM_SIZE] * n, pa.int16()),
+            "width": pa.array([CAM_SIZE] * n, pa.int16()), "cam": pa.array([m.tobytes() for m in maps], pa.binary())}),
+            f"{run}.parquet")
 
-    # 5. paired comparisons on the whole cohorts
+    # 6. paired comparisons on the whole cohorts
     for cohort in EVAL_SPLITS:
         ps = {p for p, d in pat.items() if d["split"] == cohort}
         for reader in readers:
@@ -340,10 +440,23 @@ def run_evaluate(lake_root: str, run: str | None = None, *, n_resamples: int = 1
     lake.write(C.TABLE_METRICS, pa.Table.from_pylist(mrows), f"{run}.parquet")
     lake.write(C.TABLE_COMPARISONS, pa.Table.from_pylist(crow) if crow else COMPARISONS.empty_table(),
                f"{run}.parquet")
+    summary = EvaluateSummary(run, cutoffs, len(pat), len(pids), len(mrows), len(crow), readers,
+                              time.perf_counter() - t0)
+    lake.write(C.TABLE_RUNS, pa.Table.from_pylist([{
+        "run_id": run, "kind": "evaluate", "mode": mode, "backbone_id": backbone_id,
+        "backbone_reason": rec.get("backbone_reason"), "weights_sha256": rec.get("weights_sha256"),
+        "config": json.dumps({"n_resamples": n_resamples, "seed": seed, "fingerprint": fingerprint,
+                              "ci_methods": list(CI_METHODS) + ["delong"], "cutoff_kinds": list(cutoffs)}),
+        "seeds": json.dumps({"resampling": seed}), "versions": rec.get("versions"), "git_commit": rec.get("git_commit"),
+        "started_at": started, "finished_at": dt.datetime.now(dt.UTC), "fold_checkpoints": rec["fold_checkpoints"],
+        "seconds": summary.seconds,
+        "timings": json.dumps({"cutoffs": cutoffs, "patients": summary.patients, "slices": summary.slices,
+                               "metrics_rows": summary.metrics_rows, "comparisons_rows": summary.comparisons_rows,
+                               "readers": readers, "total_s": summary.seconds}),
+        "status": "ok"}]), f"{run}-evaluate.parquet")
     if lake.local_root is not None:
         catalog.refresh(lake)
-    return EvaluateSummary(run, cutoffs, len(pat), len(pids), len(mrows), len(crow), readers,
-                           time.perf_counter() - t0)
+    return summary
 
 
 def _mcnemar(run, cohort, reader, both, by, pat) -> dict:

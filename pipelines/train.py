@@ -379,11 +379,15 @@ def run_train(lake_root: str, run: str, *, folds: int = 5, epochs: int = 100, wo
                 "train_patients": int(len(fold_of)), "train_slices": int(len(pids))}
     previous = store.read_json(CONFIG_FILE)
     recorded = lake.read(C.TABLE_RUNS, filter=None)
-    recorded = [r for r in recorded.to_pylist() if r["run_id"] == run]
+    recorded = [r for r in recorded.to_pylist() if r["run_id"] == run and r["kind"] == "train"]
     if (previous is not None or recorded) and overwrite:
         store.remove()
         for table, filename in _run_files(run).items():
             lake.delete(table, filename)
+        for table, filename in ((C.TABLE_SLICE_PREDICTIONS, f"{run}-eval.parquet"), (C.TABLE_RUNS, f"{run}-evaluate.parquet"),
+                                (C.TABLE_PATIENT_PREDICTIONS, f"{run}.parquet"), (C.TABLE_METRICS, f"{run}.parquet"),
+                                (C.TABLE_COMPARISONS, f"{run}.parquet")):
+            lake.delete(table, filename)  # its evaluation belongs to the replaced run
         previous, recorded = None, []
     if previous is not None and previous != settings:
         was, now = _flat(previous), _flat(settings)

@@ -196,6 +196,17 @@ COMPARISONS = pa.schema([
     pa.field("note", pa.string()),
 ])
 
+CAMS = pa.schema([
+    pa.field("run_id", pa.string(), nullable=False),
+    pa.field(C.COL_PATIENT_ID, pa.string(), nullable=False),
+    pa.field(C.COL_SITE, pa.string()),
+    pa.field(C.COL_SPLIT, pa.string()),
+    pa.field("slice_index", pa.int32(), nullable=False),
+    pa.field("height", pa.int16()),
+    pa.field("width", pa.int16()),
+    pa.field("cam", pa.binary(), nullable=False),  # height x width uint8, 0..255 = map 0..1, row-major
+], metadata={b"cam": b"ensemble Grad-CAM (mean of the folds' maps), bilinear to the slice grid at half resolution"})
+
 SCHEMAS: dict[str, pa.Schema] = {
     C.TABLE_PATIENTS: PATIENTS,
     C.TABLE_SLICES: SLICES,
@@ -209,6 +220,7 @@ SCHEMAS: dict[str, pa.Schema] = {
     C.TABLE_READS: READS,
     C.TABLE_METRICS: METRICS,
     C.TABLE_COMPARISONS: COMPARISONS,
+    C.TABLE_CAMS: CAMS,
 }
 
 #: Hive partition columns per table (folder levels, in order).

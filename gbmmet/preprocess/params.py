@@ -71,6 +71,22 @@ class PreprocessParams:
         d["version"] = PREPROCESS_VERSION
         return d
 
+    @classmethod
+    def from_dict(cls, d: dict) -> PreprocessParams:
+        """The parameters recorded by ``to_dict`` (e.g. ``preprocess_runs.params``)."""
+        def tup(x):
+            return tuple(x) if isinstance(x, list) else x
+
+        s = d["slices"]
+        return cls(
+            iso_mm=d["iso_mm"],
+            n4=N4Params(**{k: tup(v) for k, v in d["n4"].items()}),
+            registration=RegistrationParams(**{k: tup(v) for k, v in d["registration"].items()}),
+            whitestripe=WhiteStripeParams(**d["whitestripe"]),
+            slices=SliceParams(size=s["size"], channels=tuple(s["channels"]),
+                               ws_range={k: tuple(v) for k, v in s["ws_range"].items()}),
+        )
+
     def hash(self) -> str:
         blob = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()[:16]

@@ -134,3 +134,40 @@ def test_evaluate_writes_what_the_lake_itself_confirms(trained_lake, capsys):
     assert main(["evaluate", "--lake", str(lake_dir), "--resamples", "100"]) == 0
     out = capsys.readouterr().out
     assert "reader1 + model" in out and "external" in out and "cutoffs paper_youden_internal_test" in out
+
+
+def test_class_activation_maps_are_stored_for_test_and_external_slices(trained_lake):
+    lake_dir, _ = trained_lake
+    lake = Lake(lake_dir)
+    if not lake.read(C.TABLE_RUNS, filter=pc.field("kind") == "evaluate").num_rows:
+        run_evaluate(str(lake_dir), show_progress=False, n_resamples=50, echo=lambda *_: None)
+    cams = lake.read(C.TABLE_CAMS, filter=pc.field("run_id") == "ev")
+    want = lake.read(C.TABLE_SLICES, columns=[C.COL_PATIENT_ID, "slice_index"],
+                     filter=pc.field(C.COL_SPLIT).isin([C.TEST, C.EXTERNAL]))
+    assert sorted(zip(cams.column(C.COL_PATIENT_ID).to_pylist(), cams.column("slice_index").to_pylist(), strict=True)) \
+        == sorted(zip(want.column(C.COL_PATIENT_ID).to_pylist(), want.column("slice_index").to_pylist(), strict=True))
+    maps = np.stack([np.frombuffer(b, np.uint8).reshape(112, 112) for b in cams.column("cam").to_pylist()])
+    assert maps.max(axis=(1, 2)).min() >= 250  # each map is scaled to its own maximum
+
+
+def test_predict_one_real_patient_with_the_lakes_run(trained_lake, tmp_path, capsys):
+    from tests.conftest import SHARED
+
+    case = SHARED / "data" / "brats2018" / "Brats18_2013_3_1"
+    if not case.is_dir():
+        pytest.skip(f"real cases not found at {case}")
+    lake_dir, _ = trained_lake
+    out = tmp_path / "cams"
+    code = main(["predict", "--t1c", str(case / "Brats18_2013_3_1_t1ce.nii.gz"), "--t2", str(case / "Brats18_2013_3_1_t2.nii.gz"),
+                 "--roi", str(case / "Brats18_2013_3_1_seg.nii.gz"), "--lake", str(lake_dir), "--out", str(out)])
+    text = capsys.readouterr().out
+    assert code == 0, text
+    assert "run ev (resnet18-random@" in text and "3 fold models" in text
+    assert "predictive index (share of slices the ensemble calls GBM)" in text
+    assert "call at the paper_youden_internal_test cutoff" in text
+    n = int(text.split("fold models, ")[1].split(" ROI slices")[0])
+    assert n > 10 and len(list(out.glob("slice*_cam.png"))) == n
+    # a missing file is a clear error naming it
+    assert main(["predict", "--t1c", str(tmp_path / "nope.nii.gz"), "--t2", str(case / "Brats18_2013_3_1_t2.nii.gz"),
+                 "--roi", str(case / "Brats18_2013_3_1_seg.nii.gz"), "--lake", str(lake_dir)]) == 2
+    assert "nope.nii.gz" in capsys.readouterr().err

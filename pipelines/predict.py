@@ -1,0 +1,127 @@
+"""``gbmmet predict``: one new patient through the lake's preprocessing and a run's ensemble.
+
+In one process, without Ray (one patient; latency matters): the preprocessing parameters the
+lake's patients were processed with (``preprocess_runs.params``), the run's backbone and fold
+models, the ensemble's majority vote per slice, the predictive index, the call at each of the
+run's cutoffs (from its evaluation), per-slice probabilities per fold, and Grad-CAM overlays as
+PNG files. Nothing is written to the lake.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from gbmmet import constants as C
+
+
+@dataclass
+class Prediction:
+    run_id: str
+    backbone_id: str
+    n_slices: int
+    predictive_index: float
+    soft_index: float
+    cutoffs: dict[str, float]
+    calls: dict[str, str]
+    slice_probs: np.ndarray  # (folds, slices)
+    slice_index: list[int]
+    overlays: list[str] = field(default_factory=list)
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+def _lake_params(lake):
+    from gbmmet.errors import ConfigError
+    from gbmmet.preprocess.params import PreprocessParams
+
+    runs = lake.read(C.TABLE_PREPROCESS_RUNS, columns=["status", "params"]).to_pylist()
+    used = Counter(r["params"] for r in runs if r["status"] == "ok" and r["params"])
+    if not used:
+        raise ConfigError(f"no preprocessed patients in {lake.uri}: the run's preprocessing is unknown")
+    return PreprocessParams.from_dict(json.loads(used.most_common(1)[0][0]))
+
+
+def run_predict(t1c: str, t2: str, roi: str, *, lake_root: str = "lake", run: str | None = None,
+                out: str | Path | None = "predict-out", cam: bool = True, threads: int | None = None) -> Prediction:
+    """Predict one patient. Raises PatientError subclasses for bad files (naming the file),
+    ConfigError for a lake without a usable run."""
+    import torch
+
+    from gbmmet.errors import ConfigError
+    from gbmmet.model.backbones import load_backbone, to_network_input
+    from gbmmet.model.train import HeadConfig, make_head
+    from gbmmet.preprocess.patient import preprocess_patient
+    from pipelines.evaluate import _latest_train_run
+    from storage.lake import Lake
+
+    sec: dict[str, float] = {}
+    t = time.perf_counter()
+    if threads:
+        torch.set_num_threads(threads)
+    lake = Lake(lake_root)
+    if run is None:
+        rec = _latest_train_run(lake)
+    else:
+        recs = [r for r in lake.read(C.TABLE_RUNS).to_pylist() if r["run_id"] == run and r["kind"] == "train"]
+        if not recs:
+            raise ConfigError(f"no training run {run!r} in {lake.uri}")
+        rec = recs[-1]
+    if rec["mode"] != "frozen":
+        raise ConfigError(f"run {rec['run_id']} is a {rec['mode']} run; predict supports frozen-mode runs")
+    config = json.loads(rec["config"])
+    evals = [r for r in lake.read(C.TABLE_RUNS).to_pylist() if r["run_id"] == rec["run_id"] and r["kind"] == "evaluate"]
+    cutoffs = json.loads(evals[-1]["timings"])["cutoffs"] if evals else {}
+    params = _lake_params(lake)
+
+    import SimpleITK as sitk
+
+    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(threads or os.cpu_count() or 1)
+    out_p = preprocess_patient(t1c, t2, roi, params, patient_id="new patient")
+    sec["preprocess"] = time.perf_counter() - t
+    t = time.perf_counter()
+
+    backbone, info = load_backbone(rec["backbone_id"].split("@")[0], config.get("weights_file"))
+    if info.id != rec["backbone_id"]:
+        raise ConfigError(f"this machine loads backbone {info.id}; run {rec['run_id']} used {rec['backbone_id']}")
+    head_cfg = HeadConfig(**config["head"])
+    heads = []
+    for _, path in sorted((int(k), v) for k, v in json.loads(rec["fold_checkpoints"]).items()):
+        with open(os.path.join(path, "state.pt"), "rb") as fh:
+            state = torch.load(fh, map_location="cpu", weights_only=False)
+        head = make_head(info.feature_dim, head_cfg)
+        head.load_state_dict(state["model"])
+        heads.append(head.eval())
+    with torch.inference_mode():
+        feats = backbone(to_network_input(out_p.images, info))
+        probs = np.stack([torch.softmax(h(feats), 1)[:, 1].numpy() for h in heads])
+    sec["model"] = time.perf_counter() - t
+
+    share = (probs >= 0.5).mean(axis=0)
+    mean_p = probs.mean(axis=0)
+    vote = np.where(share == 0.5, mean_p >= 0.5, share > 0.5)
+    index = float(vote.mean())
+    pred = Prediction(rec["run_id"], info.id, len(vote), index, float(mean_p.mean()), cutoffs,
+                      {k: (C.GBM if index >= v else C.MET) for k, v in cutoffs.items()}, probs,
+                      [b.slice_index for b in out_p.boxes], seconds=sec)
+    if cam and out is not None:
+        t = time.perf_counter()
+        from PIL import Image
+
+        from gbmmet.model.cam import grad_cam, overlay
+
+        maps = grad_cam([(backbone, h) for h in heads], info, out_p.images)
+        folder = Path(out)
+        folder.mkdir(parents=True, exist_ok=True)
+        for i, b in enumerate(out_p.boxes):
+            path = folder / f"slice{b.slice_index:03d}_cam.png"
+            Image.fromarray(np.concatenate([np.repeat(out_p.images[i][0][..., None], 3, -1),
+                                            overlay(out_p.images[i], maps[i])], axis=1)).save(path)
+            pred.overlays.append(str(path))
+        sec["cam"] = time.perf_counter() - t
+    return pred
