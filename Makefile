@@ -37,6 +37,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/synth.py
 	$(BIN)/python bench/preprocess.py
 	$(BIN)/python bench/train.py
+	$(BIN)/python bench/run.py
 
 clean:
 	rm -rf $(DATA) $(LAKE) .pytest_cache

@@ -18,7 +18,7 @@ both cutoffs; metrics with confidence intervals; readers and paired comparisons.
    positive), specificity, NPV, AUC, Brier score, with the confusion counts; each with CIs three
    ways (``paper_subsample90``, ``bootstrap_bca``, ``bootstrap_percentile``) and DeLong's for AUC.
    Readers' AUC comes from the calls signed by confidence (MET 5 .. GBM 5) where given, else
-   from the binary calls.
+   from the binary calls; with confidences, ``auc_calls`` is the binary calls' AUC as well.
 5. ``cams``: the ensemble's Grad-CAM (mean of the folds' maps, ``gbmmet.model.cam``) of every
    internal test and external slice, as 112 x 112 uint8 maps; Ray tasks of 64 slices.
 6. ``comparisons``: DeLong model vs each reader (unassisted and assisted) on the same patients;
@@ -206,9 +206,18 @@ def cam_chunk(paths: list[str], mode: str, head: dict, backbone_name: str, backb
 
 def _group_rows(rater_jobs, n_resamples: int) -> list[dict]:
     """Ray task: the metrics rows of one cohort / subgroup, every rater in it."""
+    from gbmmet.stats import auc_score, delong_roc_variance
+
     rows = []
     for base, y, call, score, seed in rater_jobs:
         rows += _ci_rows(base, y, call, score, n_resamples, seed)
+        if base["rater"] != "model" and not np.array_equal(np.abs(score), np.ones(len(score))):
+            # a reader with confidences: also the AUC of the binary calls alone
+            n, n_gbm = len(y), int(np.sum(y))
+            d = delong_roc_variance(y, call) if n_gbm >= 2 and n - n_gbm >= 2 else None
+            rows.append({**base, "metric": "auc_calls", "value": auc_score(y, call), "ci_low": d.ci_low if d else None,
+                         "ci_high": d.ci_high if d else None, "ci_method": "delong", "n": n, "n_gbm": n_gbm,
+                         "n_resamples": 0, "n_degenerate": 0})
     return rows
 
 

@@ -67,7 +67,7 @@ def run_all(preset: str = "demo", *, lake: str = "lake", data: str | Path | None
 
     t = stage(f"train: {folds} folds x {epochs} epochs on Ray Train (run {run_id})")
     run_train(lake, run_id, folds=folds, backbone=f.backbone_id, head=HeadConfig(epochs=epochs, seed=seed),
-              address=address, echo=echo)
+              address=address, replace_if_changed=True, echo=echo)
     out.seconds["train"] = time.perf_counter() - t
 
     t = stage("readers: the sites' reads")

@@ -290,6 +290,18 @@ class _Store:
             self.fs.delete_dir(self.base)
 
 
+def _data_fingerprint(meta) -> str:
+    """What the run learns from: every training slice's patient, index and preprocessing hash (and
+    the features' weights hash): a re-preprocessed lake is a different run."""
+    import hashlib
+
+    cols = [c for c in (C.COL_PATIENT_ID, "slice_index", "params_hash", "weights_sha256") if c in meta.column_names]
+    h = hashlib.sha256()
+    for row in zip(*(meta.column(c).to_pylist() for c in cols), strict=True):
+        h.update(repr(row).encode())
+    return h.hexdigest()[:16]
+
+
 def _flat(d: dict, prefix: str = "") -> dict:
     out = {}
     for k, v in d.items():
@@ -309,9 +321,12 @@ def run_train(lake_root: str, run: str, *, folds: int = 5, epochs: int = 100, wo
               cpus_per_worker: float = 1.0, gpus_per_worker: float = 0.0, mode: str = "frozen",
               backbone: str | None = None, weights: str | None = None, head: HeadConfig | None = None,
               stages: int = 1, tail_lr_factor: float = 0.1, address: str | None = None, max_failures: int = 2,
-              storage_path: str | None = None, overwrite: bool = False, show_progress: bool = True,
-              echo=print) -> TrainSummary:
+              storage_path: str | None = None, overwrite: bool = False, replace_if_changed: bool = False,
+              show_progress: bool = True, echo=print) -> TrainSummary:
     """Train the fold models of run ``run`` on the lake (see the module docstring).
+
+    ``replace_if_changed``: where the run exists with other inputs or settings, train it again
+    instead of refusing (``gbmmet run`` uses this; ``gbmmet train`` refuses unless ``overwrite``).
 
     Raises:
         ConfigError: bad option, no features / slices, too few patients per class for the folds,
@@ -376,8 +391,12 @@ def run_train(lake_root: str, run: str, *, folds: int = 5, epochs: int = 100, wo
     settings = {"mode": mode, "folds": folds, "workers": workers, "backbone_id": backbone_id,
                 "head": head.to_dict(), "stages": stages if mode == "finetune" else None,
                 "tail_lr_factor": tail_lr_factor if mode == "finetune" else None,
-                "train_patients": int(len(fold_of)), "train_slices": int(len(pids))}
+                "train_patients": int(len(fold_of)), "train_slices": int(len(pids)),
+                "data_sha256": _data_fingerprint(meta)}
     previous = store.read_json(CONFIG_FILE)
+    if previous is not None and previous != settings and replace_if_changed:
+        echo(f"train {run}: the inputs or settings changed since it was trained; training it again")
+        overwrite = True
     recorded = lake.read(C.TABLE_RUNS, filter=None)
     recorded = [r for r in recorded.to_pylist() if r["run_id"] == run and r["kind"] == "train"]
     if (previous is not None or recorded) and overwrite:

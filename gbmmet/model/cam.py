@@ -59,7 +59,7 @@ def grad_cam(models, info: BackboneInfo, images_uint8, class_name: str | None = 
     ``class_name``: the class whose logit is explained (``GBM`` / ``MET``); default: each fold
     model's own call on the slice (the evidence for what it decided).
     """
-    images = torch.as_tensor(np.asarray(images_uint8))
+    images = torch.as_tensor(np.array(images_uint8))  # a copy: arrays from Ray are read-only
     n, _, height, width = images.shape
     class_index = None if class_name is None else CLASS_INDEX[class_name]
     groups: dict[int, tuple] = {}

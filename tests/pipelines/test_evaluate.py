@@ -120,6 +120,9 @@ def test_evaluate_writes_what_the_lake_itself_confirms(trained_lake, capsys):
                             ["ev"]).to_pylist()
     assert {(r["rater"], r["assisted"]) for r in readers} == {("reader1", False), ("reader1", True),
                                                              ("reader2", False), ("reader2", True)}
+    r_auc = catalog.query(lake, "select metric, value from metrics where run_id = ? and rater = 'reader1' and "
+                          "cohort = 'test' and subgroup = 'all' and not assisted and ci_method = 'delong'", ["ev"]).to_pylist()
+    assert {r["metric"] for r in r_auc} == {"auc", "auc_calls"}  # with confidences, and from the calls alone
     comp = lake.read(C.TABLE_COMPARISONS, filter=pc.field("run_id") == "ev").to_pandas()
     assert {"delong_auc", "mcnemar_correct"} <= set(comp.test)
     assert comp.p.between(0, 1).all()

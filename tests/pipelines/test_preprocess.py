@@ -255,12 +255,19 @@ def test_a_patient_given_as_dicom_series_gives_the_same_slices(tiny_cohort, tmp_
     src = tiny_cohort / "siteA/images/A0001"
     for role, uid in (("t1c", "1.2.826.0.1.3680043.2.1125.41"), ("t2", "1.2.826.0.1.3680043.2.1125.42")):
         write_series(sitk.ReadImage(str(src / f"{role}.nii.gz")), tmp_path / role, uid)
-    ref = preprocess_patient(str(src / "t1c.nii.gz"), str(src / "t2.nii.gz"), str(src / "roi.nii.gz"), fast_params)
-    out = preprocess_patient(str(tmp_path / "t1c"), str(tmp_path / "t2"), str(src / "roi.nii.gz"), fast_params)
-    assert [b.slice_index for b in out.boxes] == [b.slice_index for b in ref.boxes]
-    # DICOM stores rescaled int16; WhiteStripe undoes any linear scale, so the slices agree
-    diff = np.abs(out.images.astype(int) - ref.images.astype(int))
-    assert diff.mean() < 1.0 and np.percentile(diff, 99) <= 3
+    # DICOM stores rescaled int16; WhiteStripe undoes any linear scale, so the slices agree. With
+    # N4 on a 4-voxel grid (8 mm here) to within a level; the default shrink of 6 puts N4 on a
+    # 12 mm grid for these 2 mm voxels, where the int16 rounding moves the fitted field more
+    # (measured: 1.4 levels on average), as much as a change of shrink factor does.
+    from dataclasses import replace
+
+    for params, mean_max, p99_max in ((replace(fast_params, n4=replace(fast_params.n4, shrink=4)), 1.0, 3),
+                                      (fast_params, 2.0, 8)):
+        ref = preprocess_patient(str(src / "t1c.nii.gz"), str(src / "t2.nii.gz"), str(src / "roi.nii.gz"), params)
+        out = preprocess_patient(str(tmp_path / "t1c"), str(tmp_path / "t2"), str(src / "roi.nii.gz"), params)
+        assert [b.slice_index for b in out.boxes] == [b.slice_index for b in ref.boxes]
+        diff = np.abs(out.images.astype(int) - ref.images.astype(int))
+        assert diff.mean() < mean_max and np.percentile(diff, 99) <= p99_max, (params.n4, diff.mean(), np.percentile(diff, 99))
 
 
 def test_query_writes_parquet_and_csv_files(tiny_lake, tmp_path):
