@@ -197,11 +197,13 @@ def _print_paper_table(lake: str, run: str, ci: str) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from pipelines.evaluate import CUT_PAPER, PAPER_METRICS, paper_table
+    from pipelines.evaluate import PAPER_METRICS, paper_table
 
-    rows = paper_table(lake, run, ci, CUT_PAPER)
-    table = Table(title=f"run {run}: model (cutoff: Youden on the internal test, the paper's way) and readers; "
-                        f"95% CI: {ci}, AUC DeLong")
+    rows = paper_table(lake, run, ci)
+    table = Table(title=f"run {run}: model and readers; 95% CI: {ci} (AUC: DeLong)",
+                  caption="* the paper's cutoff: Youden on the internal test ROC, chosen on the internal test itself, "
+                          "so its internal-test numbers are optimistic. The out-of-fold cutoff is chosen on the "
+                          "training folds only.")
     for col in ("cohort", "rater", "n", *PAPER_METRICS):
         table.add_column(col, justify="left" if col in ("cohort", "rater") else "right")
     for r in rows:

@@ -490,25 +490,25 @@ def _mcnemar(run, cohort, reader, both, by, pat) -> dict:
 PAPER_METRICS = ("accuracy", "precision", "recall", "f1", "auc")
 
 
-def paper_table(lake_root: str, run: str, ci_method: str = "paper_subsample90", cutoff_kind: str = CUT_PAPER):
-    """The paper's table from the lake: one row per rater (model, each reader unassisted and
-    assisted) and cohort (internal test, external), metrics as 'value (low-high)'. AUC's CI is
-    DeLong's; the others use ``ci_method``."""
+def paper_table(lake_root: str, run: str, ci_method: str = "paper_subsample90"):
+    """The paper's table from the lake: one row per rater (the model at each cutoff, each reader
+    unassisted and assisted) and cohort (internal test, external), metrics as (value, low, high).
+    AUC's CI is DeLong's; the others use ``ci_method``."""
     from storage import catalog
     from storage.lake import Lake
 
     sql = """
-        select cohort, rater, assisted, metric, value, ci_low, ci_high, n
+        select cohort, rater, assisted, cutoff_kind, metric, value, ci_low, ci_high, n
         from metrics
         where run_id = ? and subgroup = 'all' and cohort in ('test', 'external')
-          and (cutoff_kind = ? or cutoff_kind is null)
           and ((metric = 'auc' and ci_method = 'delong') or (metric <> 'auc' and ci_method = ?))
-        order by cohort desc, rater = 'model' desc, rater, assisted, metric
+        order by cohort desc, rater = 'model' desc, rater, cutoff_kind desc, assisted, metric
     """
-    t = catalog.query(Lake(lake_root), sql, [run, cutoff_kind, ci_method]).to_pylist()
+    names = {CUT_PAPER: "model, paper cutoff*", CUT_OOF: "model, out-of-fold cutoff"}
     rows: dict[tuple, dict] = {}
-    for r in t:
-        who = "model" if r["rater"] == "model" else r["rater"] + (" + model" if r["assisted"] else "")
+    for r in catalog.query(Lake(lake_root), sql, [run, ci_method]).to_pylist():
+        who = names.get(r["cutoff_kind"], "model") if r["rater"] == "model" else \
+            r["rater"] + (" + model" if r["assisted"] else "")
         row = rows.setdefault((r["cohort"], who), {"cohort": r["cohort"], "rater": who, "n": r["n"]})
         if r["metric"] in PAPER_METRICS:
             row[r["metric"]] = (r["value"], r["ci_low"], r["ci_high"])

@@ -150,7 +150,7 @@ def test_class_activation_maps_are_stored_for_test_and_external_slices(trained_l
     assert sorted(zip(cams.column(C.COL_PATIENT_ID).to_pylist(), cams.column("slice_index").to_pylist(), strict=True)) \
         == sorted(zip(want.column(C.COL_PATIENT_ID).to_pylist(), want.column("slice_index").to_pylist(), strict=True))
     maps = np.stack([np.frombuffer(b, np.uint8).reshape(112, 112) for b in cams.column("cam").to_pylist()])
-    assert maps.max(axis=(1, 2)).min() >= 250  # each map is scaled to its own maximum
+    assert maps.max(axis=(1, 2)).min() >= 230  # each map is scaled to its own maximum (then halved: bilinear)
 
 
 def test_predict_one_real_patient_with_the_lakes_run(trained_lake, tmp_path, capsys):
