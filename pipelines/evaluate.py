@@ -93,10 +93,20 @@ def score_fold(state_path: str, mode: str, head: dict, backbone_name: str, backb
     return np.concatenate(out).astype(np.float32) if out else np.zeros(0, np.float32)
 
 
-def _latest_train_run(lake) -> dict:
+def train_run_record(lake, run: str | None = None) -> dict:
+    """The ``runs`` record of training run ``run``, or of the lake's latest finished one.
+
+    Raises:
+        ConfigError: no such run (the message lists the lake's runs), or no finished run at all.
+    """
     from gbmmet.errors import ConfigError
 
     runs = [r for r in lake.read(C.TABLE_RUNS).to_pylist() if r["kind"] == "train" and r["status"] == "ok"]
+    if run is not None:
+        named = [r for r in runs if r["run_id"] == run]
+        if not named:
+            raise ConfigError(f"no training run {run!r} in {lake.uri}; runs there: {sorted({r['run_id'] for r in runs})}")
+        return named[-1]
     if not runs:
         raise ConfigError(f"no finished training run in {lake.uri}: run `gbmmet train` first")
     return max(runs, key=lambda r: r["finished_at"])
@@ -244,14 +254,7 @@ def run_evaluate(lake_root: str, run: str | None = None, *, n_resamples: int = 1
 
     t0 = time.perf_counter()
     lake = Lake(lake_root)
-    if run is None:
-        rec = _latest_train_run(lake)
-    else:
-        recs = [r for r in lake.read(C.TABLE_RUNS).to_pylist() if r["run_id"] == run and r["kind"] == "train"]
-        if not recs:
-            raise ConfigError(f"no training run {run!r} in {lake.uri}; runs there: "
-                              f"{sorted({r['run_id'] for r in lake.read(C.TABLE_RUNS).to_pylist()})}")
-        rec = recs[-1]
+    rec = train_run_record(lake, run)
     run = rec["run_id"]
     config = json.loads(rec["config"])
     mode, backbone_id = rec["mode"], rec["backbone_id"]

@@ -57,7 +57,7 @@ def run_predict(t1c: str, t2: str, roi: str, *, lake_root: str = "lake", run: st
     from gbmmet.model.backbones import load_backbone, to_network_input
     from gbmmet.model.train import HeadConfig, make_head
     from gbmmet.preprocess.patient import preprocess_patient
-    from pipelines.evaluate import _latest_train_run
+    from pipelines.evaluate import train_run_record
     from storage.lake import Lake
 
     sec: dict[str, float] = {}
@@ -65,13 +65,7 @@ def run_predict(t1c: str, t2: str, roi: str, *, lake_root: str = "lake", run: st
     if threads:
         torch.set_num_threads(threads)
     lake = Lake(lake_root)
-    if run is None:
-        rec = _latest_train_run(lake)
-    else:
-        recs = [r for r in lake.read(C.TABLE_RUNS).to_pylist() if r["run_id"] == run and r["kind"] == "train"]
-        if not recs:
-            raise ConfigError(f"no training run {run!r} in {lake.uri}")
-        rec = recs[-1]
+    rec = train_run_record(lake, run)
     if rec["mode"] != "frozen":
         raise ConfigError(f"run {rec['run_id']} is a {rec['mode']} run; predict supports frozen-mode runs")
     config = json.loads(rec["config"])
