@@ -255,6 +255,7 @@ def predict(
     cam: Annotated[bool, typer.Option("--cam/--no-cam", help="Write Grad-CAM overlays.")] = True,
 ) -> None:
     """Score one new patient with a run's ensemble: predictive index, call, per-slice probabilities."""
+    from gbmmet import constants as C
     from pipelines.predict import run_predict
 
     p = run_predict(str(t1c), str(t2), str(roi), lake_root=lake, run=run, out=out, cam=cam)
@@ -267,16 +268,11 @@ def predict(
         typer.echo(f"  call at the {kind} cutoff {cut:.3f}: {p.calls[kind]}")
     typer.echo("slice  " + "  ".join(f"fold{k}" for k in range(p.slice_probs.shape[0])) + "  vote")
     for i, s in enumerate(p.slice_index):
-        probs = p.slice_probs[:, i]
-        share = float((probs >= 0.5).mean())
-        vote = C_GBM if share > 0.5 or (share == 0.5 and probs.mean() >= 0.5) else C_MET
-        typer.echo(f"{s:5d}  " + "  ".join(f"{v:5.3f}" for v in probs) + f"  {vote}")
+        vote = C.GBM if p.slice_vote[i] else C.MET
+        typer.echo(f"{s:5d}  " + "  ".join(f"{v:5.3f}" for v in p.slice_probs[:, i]) + f"  {vote}")
     if p.overlays:
         typer.echo(f"class activation maps: {len(p.overlays)} PNGs in {out}")
     typer.echo("time: " + ", ".join(f"{k} {v:.1f} s" for k, v in p.seconds.items()))
-
-
-C_GBM, C_MET = "GBM", "MET"
 
 
 readers_app = typer.Typer(help="Radiologists' reads.", no_args_is_help=True)

@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from gbmmet import constants as C
+from gbmmet.model.ensemble import ensemble_vote
 
 EVAL_SPLITS = (C.VAL, C.TEST, C.EXTERNAL)
 CUT_PAPER = "paper_youden_internal_test"
@@ -295,9 +296,7 @@ def run_evaluate(lake_root: str, run: str | None = None, *, n_resamples: int = 1
 
     # 2. slice predictions
     votes = probs >= 0.5
-    share = votes.mean(axis=0)
-    mean_p = probs.mean(axis=0)
-    ens_vote = np.where(share == 0.5, mean_p >= 0.5, share > 0.5)
+    share, mean_p, ens_vote = ensemble_vote(probs)
     base = {"run_id": pa.array([run] * meta.num_rows), C.COL_PATIENT_ID: meta.column(C.COL_PATIENT_ID), C.COL_SITE: meta.column(C.COL_SITE),
             C.COL_SPLIT: meta.column(C.COL_SPLIT), "slice_index": meta.column("slice_index")}
 
@@ -320,10 +319,10 @@ def run_evaluate(lake_root: str, run: str | None = None, *, n_resamples: int = 1
         d["mean"].append(float(mean_p[i]))
     oof = lake.read(C.TABLE_SLICE_PREDICTIONS, filter=(pc.field("run_id") == run) & (pc.field(C.COL_SPLIT) == C.TRAIN)
                     ).to_pylist()
-    train_labels = {r[C.COL_PATIENT_ID]: r[C.COL_LABEL] for r in lake.read(C.TABLE_PATIENTS).to_pylist()}
+    info = {r[C.COL_PATIENT_ID]: r for r in lake.read(C.TABLE_PATIENTS).to_pylist()}
     for r in oof:
         d = pat.setdefault(r[C.COL_PATIENT_ID], {"site": r[C.COL_SITE], "split": C.TRAIN,
-                                                 "label": train_labels.get(r[C.COL_PATIENT_ID]), "votes": [], "mean": []})
+                                                 "label": info.get(r[C.COL_PATIENT_ID], {}).get(C.COL_LABEL), "votes": [], "mean": []})
         d["votes"].append(r["prob_gbm"] >= 0.5)
         d["mean"].append(float(r["prob_gbm"]))
     for d in pat.values():
@@ -355,7 +354,6 @@ def run_evaluate(lake_root: str, run: str | None = None, *, n_resamples: int = 1
     lake.write(C.TABLE_PATIENT_PREDICTIONS, pa.Table.from_pylist(prow), f"{run}.parquet")
 
     # 4. metrics: model at each cutoff, readers; per cohort and subgroup
-    info = {r[C.COL_PATIENT_ID]: r for r in lake.read(C.TABLE_PATIENTS).to_pylist()}
     reads = lake.read(C.TABLE_READS).to_pylist()
     readers = sorted({r[C.COL_READER_ID] for r in reads})
     mrows, crow = [], []
@@ -518,9 +516,3 @@ def paper_table(lake_root: str, run: str, ci_method: str = "paper_subsample90"):
     return list(rows.values())
 
 
-class _Null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from gbmmet import constants as C
+from gbmmet.model.ensemble import ensemble_vote
 
 
 @dataclass
@@ -32,6 +33,7 @@ class Prediction:
     calls: dict[str, str]
     slice_probs: np.ndarray  # (folds, slices)
     slice_index: list[int]
+    slice_vote: np.ndarray  # the ensemble's call per slice (True: GBM)
     overlays: list[str] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=dict)
 
@@ -96,13 +98,11 @@ def run_predict(t1c: str, t2: str, roi: str, *, lake_root: str = "lake", run: st
         probs = np.stack([torch.softmax(h(feats), 1)[:, 1].numpy() for h in heads])
     sec["model"] = time.perf_counter() - t
 
-    share = (probs >= 0.5).mean(axis=0)
-    mean_p = probs.mean(axis=0)
-    vote = np.where(share == 0.5, mean_p >= 0.5, share > 0.5)
+    _, mean_p, vote = ensemble_vote(probs)
     index = float(vote.mean())
     pred = Prediction(rec["run_id"], info.id, len(vote), index, float(mean_p.mean()), cutoffs,
                       {k: (C.GBM if index >= v else C.MET) for k, v in cutoffs.items()}, probs,
-                      [b.slice_index for b in out_p.boxes], seconds=sec)
+                      [b.slice_index for b in out_p.boxes], vote, seconds=sec)
     if cam and out is not None:
         t = time.perf_counter()
         from PIL import Image

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Iterable
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -134,7 +135,7 @@ def run_batch(
     start = time.perf_counter()
     progress, task = _progress(description, len(items))
     failed = 0
-    with progress if show_progress and items else _Null():
+    with progress if show_progress and items else nullcontext():
         if not use_ray:
             for key, args in items:
                 try:
@@ -167,11 +168,3 @@ def run_batch(
                     progress.update(task, advance=1, failed=failed)
     report.seconds = time.perf_counter() - start
     return report
-
-
-class _Null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False

@@ -32,8 +32,8 @@ import os
 import posixpath
 import subprocess
 import tempfile
-import threading
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -529,16 +529,13 @@ def _fit_all(todo, fit_fold, parallel, progress_q, folds, epochs, show_progress,
 
     progress, task = _progress("train (fold epochs)", len(todo) * epochs)
     seen: set[tuple[int, int]] = set()
-    lock = threading.Lock()
     errors = {}
-    with (progress if show_progress and todo else _NullCtx()), ThreadPoolExecutor(max_workers=parallel) as pool:
+    with (progress if show_progress and todo else nullcontext()), ThreadPoolExecutor(max_workers=parallel) as pool:
         futures = {pool.submit(fit_fold, k): k for k in todo}
         pending = set(futures)
         while pending:
             done, pending = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
-            for item in progress_q.get_nowait_batch(progress_q.qsize()) if progress_q.qsize() else []:
-                with lock:
-                    seen.add(item)
+            seen.update(progress_q.get_nowait_batch(progress_q.qsize()) if progress_q.qsize() else [])
             progress.update(task, completed=len(seen))
             for fut in done:
                 k = futures[fut]
@@ -555,11 +552,3 @@ def _fit_all(todo, fit_fold, parallel, progress_q, folds, epochs, show_progress,
         raise RunFailed(f"training failed in fold(s) {sorted(errors)} (after retries); "
                           f"fold {first}: {type(errors[first]).__name__}: {errors[first]}; "
                           "finished folds are kept: re-run the same command to resume") from errors[first]
-
-
-class _NullCtx:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
