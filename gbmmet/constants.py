@@ -104,3 +104,16 @@ TABLES = (
     TABLE_COMPARISONS,
     TABLE_CAMS,
 )
+
+# Evaluation: the model's two cutoffs on the predictive index, the CI methods of ``metrics``, and
+# the metrics of the paper's table (GBM is the positive class).
+CUTOFF_PAPER = "paper_youden_internal_test"  # Youden on the internal test ROC: optimistic there
+CUTOFF_OOF = "oof_youden_train"  # Youden on the training patients' out-of-fold indices
+CUTOFF_KINDS = (CUTOFF_PAPER, CUTOFF_OOF)
+CI_SUBSAMPLE = "paper_subsample90"
+CI_BCA = "bootstrap_bca"
+CI_PERCENTILE = "bootstrap_percentile"
+CI_DELONG = "delong"  # AUC only
+CI_METHODS = (CI_SUBSAMPLE, CI_BCA, CI_PERCENTILE)
+PAPER_METRICS = ("accuracy", "precision", "recall", "f1", "auc")
+MODEL_RATER = "model"

@@ -192,6 +192,23 @@ def metrics(y_true, call, score=None) -> dict[str, float]:
     return out
 
 
+def roc_curve(y_true, score) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The empirical ROC: (fpr, tpr, thresholds), one point per distinct score from the highest
+    down (a case is called GBM where ``score >= threshold``), starting at (0, 0) with threshold
+    +inf. The same points as ``sklearn.metrics.roc_curve(..., drop_intermediate=False)``."""
+    y = _binary(y_true)
+    _both_classes(y)
+    s = _scores(score, len(y))
+    order = np.argsort(-s, kind="mergesort")
+    s, y = s[order], y[order]
+    last = np.r_[np.nonzero(np.diff(s))[0], len(s) - 1]  # the last case of each distinct score
+    tp = np.cumsum(y)[last]
+    fp = (last + 1) - tp
+    fpr = np.r_[0.0, fp / (len(y) - y.sum())]
+    tpr = np.r_[0.0, tp / y.sum()]
+    return fpr, tpr, np.r_[np.inf, s[last]]
+
+
 def youden_cutoff(y_true, score) -> float:
     """The cutoff maximising Youden's J (sensitivity + specificity - 1); a case is called GBM where
     ``score >= cutoff``. Candidates are the observed scores; among ties the highest cutoff wins

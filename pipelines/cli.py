@@ -197,9 +197,16 @@ def _print_paper_table(lake: str, run: str, ci: str) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from pipelines.evaluate import PAPER_METRICS, paper_table
+    from gbmmet.constants import PAPER_METRICS
+    from storage import catalog
+    from storage.lake import Lake
+    from storage.queries import format_estimate, paper_table
 
-    rows = paper_table(lake, run, ci)
+    con = catalog.connect(Lake(lake))
+    try:
+        rows = paper_table(con, run, ci)
+    finally:
+        con.close()
     table = Table(title=f"run {run}: model and readers; 95% CI: {ci} (AUC: DeLong)",
                   caption="* the paper's cutoff: Youden on the internal test ROC, chosen on the internal test itself, "
                           "so its internal-test numbers are optimistic. The out-of-fold cutoff is chosen on the "
@@ -210,7 +217,7 @@ def _print_paper_table(lake: str, run: str, ci: str) -> None:
         cells = []
         for m in PAPER_METRICS:
             v = r.get(m)
-            cells.append("" if v is None else f"{v[0]:.3f} ({v[1]:.3f}-{v[2]:.3f})" if v[1] is not None else f"{v[0]:.3f}")
+            cells.append("" if v is None else format_estimate(*v))
         table.add_row(r["cohort"], r["rater"], str(r["n"]), *cells)
     Console(width=200).print(table)
 
@@ -273,6 +280,22 @@ def predict(
     if p.overlays:
         typer.echo(f"class activation maps: {len(p.overlays)} PNGs in {out}")
     typer.echo("time: " + ", ".join(f"{k} {v:.1f} s" for k, v in p.seconds.items()))
+
+
+@app.command()
+@_user_errors
+def dashboard(
+    lake: Annotated[str, typer.Option(help="Lake folder to show.")] = "lake",
+    port: Annotated[int, typer.Option(help="Port to serve on.")] = 8501,
+    host: Annotated[str, typer.Option(help="Address to bind. 127.0.0.1 (default): this machine only. "
+                                           "0.0.0.0 opens it to the network; the dashboard has no login, so only "
+                                           "behind an authenticating proxy.")] = "127.0.0.1",
+    run: Annotated[str | None, typer.Option(help="Run shown first (default: the lake's latest).")] = None,
+) -> None:
+    """Serve the dashboard (Streamlit): model vs readers, ROC, subgroups, patients, training."""
+    from pipelines.dashboard import serve
+
+    serve(lake, host=host, port=port, run=run, echo=typer.echo)
 
 
 readers_app = typer.Typer(help="Radiologists' reads.", no_args_is_help=True)

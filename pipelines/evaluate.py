@@ -41,9 +41,9 @@ from gbmmet import constants as C
 from gbmmet.model.ensemble import ensemble_vote
 
 EVAL_SPLITS = (C.VAL, C.TEST, C.EXTERNAL)
-CUT_PAPER = "paper_youden_internal_test"
-CUT_OOF = "oof_youden_train"
-CI_METHODS = ("paper_subsample90", "bootstrap_bca", "bootstrap_percentile")
+CUT_PAPER = C.CUTOFF_PAPER
+CUT_OOF = C.CUTOFF_OOF
+CI_METHODS = C.CI_METHODS
 
 
 @dataclass
@@ -486,33 +486,3 @@ def _mcnemar(run, cohort, reader, both, by, pat) -> dict:
             "statistic": float(res.statistic), "p": float(res.pvalue),
             "note": f"{'exact binomial' if exact else 'chi-square with continuity correction'}; "
                     f"discordant: {table[0][1]} right only unassisted, {table[1][0]} right only assisted"}
-
-
-PAPER_METRICS = ("accuracy", "precision", "recall", "f1", "auc")
-
-
-def paper_table(lake_root: str, run: str, ci_method: str = "paper_subsample90"):
-    """The paper's table from the lake: one row per rater (the model at each cutoff, each reader
-    unassisted and assisted) and cohort (internal test, external), metrics as (value, low, high).
-    AUC's CI is DeLong's; the others use ``ci_method``."""
-    from storage import catalog
-    from storage.lake import Lake
-
-    sql = """
-        select cohort, rater, assisted, cutoff_kind, metric, value, ci_low, ci_high, n
-        from metrics
-        where run_id = ? and subgroup = 'all' and cohort in ('test', 'external')
-          and ((metric = 'auc' and ci_method = 'delong') or (metric <> 'auc' and ci_method = ?))
-        order by cohort desc, rater = 'model' desc, rater, cutoff_kind desc, assisted, metric
-    """
-    names = {CUT_PAPER: "model, paper cutoff*", CUT_OOF: "model, out-of-fold cutoff"}
-    rows: dict[tuple, dict] = {}
-    for r in catalog.query(Lake(lake_root), sql, [run, ci_method]).to_pylist():
-        who = names.get(r["cutoff_kind"], "model") if r["rater"] == "model" else \
-            r["rater"] + (" + model" if r["assisted"] else "")
-        row = rows.setdefault((r["cohort"], who), {"cohort": r["cohort"], "rater": who, "n": r["n"]})
-        if r["metric"] in PAPER_METRICS:
-            row[r["metric"]] = (r["value"], r["ci_low"], r["ci_high"])
-    return list(rows.values())
-
-

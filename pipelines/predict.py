@@ -107,7 +107,8 @@ def run_predict(t1c: str, t2: str, roi: str, *, lake_root: str = "lake", run: st
         t = time.perf_counter()
         from PIL import Image
 
-        from gbmmet.model.cam import grad_cam, overlay
+        from gbmmet.model.cam import grad_cam
+        from gbmmet.render import overlay
 
         maps = grad_cam([(backbone, h) for h in heads], info, out_p.images)
         folder = Path(out)

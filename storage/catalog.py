@@ -17,6 +17,7 @@ from pathlib import Path
 
 import duckdb
 import pyarrow as pa
+import pyarrow.fs as pafs
 
 from storage.lake import Lake
 from storage.schemas import PARTITIONS, SCHEMAS
@@ -79,6 +80,35 @@ def refresh(lake: Lake) -> Path:
         con.close()
     os.replace(tmp, final)
     return final
+
+
+def memory_connection(lake: Lake) -> duckdb.DuckDBPyConnection:
+    """An in-memory DuckDB database with one view per table of ``lake``; writes nothing anywhere.
+
+    For readers that must not touch the lake (the dashboard). The views list the table's files when
+    made: a table that gains its first files needs a new connection (``stamp`` tells when).
+    """
+    con = duckdb.connect(":memory:")
+    for name in SCHEMAS:
+        con.execute(view_sql(lake, name))
+    return con
+
+
+def stamp(lake: Lake) -> str:
+    """A short digest of the lake's visible files (path, size, modification time), which changes
+    whenever a job writes a table file: a cache key for readers."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for name in SCHEMAS:
+        root = lake.path(name)
+        if lake.fs.get_file_info(root).type != pafs.FileType.Directory:
+            continue
+        for info in lake.fs.get_file_info(pafs.FileSelector(root, recursive=True)):
+            if info.type == pafs.FileType.File and info.base_name.endswith(".parquet") \
+                    and not info.base_name.startswith((".", "_")):
+                h.update(f"{info.path}\0{info.size}\0{info.mtime_ns}\n".encode())
+    return h.hexdigest()[:16]
 
 
 def connect(lake: Lake, *, refresh_first: bool = True) -> duckdb.DuckDBPyConnection:

@@ -6,7 +6,7 @@ respect to them, channel weights = the gradient's spatial mean, map = ReLU(sum_k
 The class explained is each fold's own call on the slice unless one is named. The ensemble's map is the mean of the folds' maps, upsampled (bilinear) to the slice and scaled
 to [0, 1] per slice. In frozen mode the folds share the backbone, so it runs once.
 
-``overlay`` renders a map over a slice's CE-T1 channel as an RGB uint8 image (for PNGs).
+``gbmmet.render.overlay`` renders a map over a slice's CE-T1 channel as an RGB uint8 image.
 """
 
 from __future__ import annotations
@@ -82,10 +82,3 @@ def grad_cam(models, info: BackboneInfo, images_uint8, class_name: str | None = 
     return out
 
 
-def overlay(image_uint8: np.ndarray, cam: np.ndarray, alpha: float = 0.45) -> np.ndarray:
-    """RGB uint8 (H, W, 3): the slice's CE-T1 channel in grey with the map in a red-yellow ramp."""
-    grey = image_uint8[0].astype(np.float32) / 255.0
-    heat = np.stack([np.clip(cam * 2, 0, 1), np.clip(cam * 2 - 1, 0, 1), np.zeros_like(cam)], axis=-1)
-    a = alpha * cam[..., None]
-    rgb = (1 - a) * grey[..., None] + a * heat
-    return (rgb * 255).round().clip(0, 255).astype(np.uint8)

@@ -8,8 +8,9 @@ import numpy as np
 import torch
 
 from gbmmet.model.backbones import EFFNET_LITE0, load_backbone, to_network_input
-from gbmmet.model.cam import grad_cam, overlay
+from gbmmet.model.cam import grad_cam
 from gbmmet.model.train import HeadConfig, epoch_order, epoch_seed, loss_fn, make_head, train_epoch
+from gbmmet.render import overlay
 
 SIZE = 224
 

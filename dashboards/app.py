@@ -1,0 +1,78 @@
+"""gbmmet's dashboard: model against readers, internal against external, with CIs.
+
+    gbmmet dashboard --lake lake                       # serves on http://127.0.0.1:8501
+    streamlit run dashboards/app.py -- --lake lake     # the same app, launched by Streamlit
+
+The sidebar chooses the run, cohorts and sites; each page is one file in ``views/``. Everything is
+read from the lake through ``storage`` (``dashboards.data``); nothing is written.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import streamlit as st
+
+if __package__ in (None, ""):  # launched as a script by `streamlit run`: make the project importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from dashboards import common, data  # noqa: E402
+from gbmmet import constants as C  # noqa: E402
+from storage.lake import Lake  # noqa: E402
+
+VIEWS = Path(__file__).resolve().parent / "views"
+PAGES = (
+    ("overview.py", "Overview", ":material/dashboard:"),
+    ("readers.py", "Model vs readers", ":material/groups:"),
+    ("roc.py", "ROC", ":material/show_chart:"),
+    ("subgroups.py", "Subgroups", ":material/category:"),
+    ("patient.py", "Patient viewer", ":material/image_search:"),
+    ("training.py", "Training", ":material/model_training:"),
+)
+COHORT_CHOICES = (C.TEST, C.EXTERNAL, C.VAL)
+
+
+def sidebar() -> common.Context:
+    """Draw the sidebar's choices and return them."""
+    lake, launch_run = common.launch_args()
+    requested = st.query_params.get("run") or launch_run
+    st.sidebar.markdown("**gbmmet** · GBM vs solitary metastasis")
+    lk = Lake(lake)
+    if lk.local_root is not None and not lk.local_root.is_dir():
+        st.sidebar.caption(f"lake: `{lake}` (not found)")
+        return common.Context(lake, None, None, requested, (), False, (), (), 0)
+    src = data.Source.of(lk.uri)
+    pats = data.patients(src)
+    all_sites = tuple(sorted(pats["site"].unique())) if len(pats) else ()
+    runs = data.runs(src)
+    run_ids = tuple(runs["run_id"])
+    evaluated = dict(zip(runs["run_id"], runs["evaluated"], strict=True))
+    if requested in run_ids:
+        index = run_ids.index(requested)
+    elif requested:
+        index = None  # a run that is not here: say so on the page rather than show another one
+    else:
+        index = 0 if run_ids else None
+    run = st.sidebar.selectbox("Run", run_ids, index=index, placeholder="Choose a run",
+                               format_func=lambda r: r if evaluated.get(r) else f"{r} (not evaluated)",
+                               help="A finished training run; its evaluation is what the pages show.")
+    if run is not None and run != st.query_params.get("run"):
+        st.query_params["run"] = run  # the address bar now names the run: a link others can open
+    cohorts = st.sidebar.multiselect("Cohorts", COHORT_CHOICES, default=[C.TEST, C.EXTERNAL],
+                                     format_func=data.cohort_name)
+    sites = st.sidebar.multiselect("Sites", all_sites, default=list(all_sites))
+    st.sidebar.caption(f"lake: `{lake}` · state `{src.stamp[:8]}`")
+    return common.Context(lake, src, run, requested, run_ids, bool(run and evaluated.get(run)),
+                          tuple(c for c in COHORT_CHOICES if c in cohorts), tuple(sorted(sites)), len(pats))
+
+
+def main() -> None:
+    st.set_page_config(page_title="gbmmet", page_icon=":material/neurology:", layout="wide")
+    pages = [st.Page(VIEWS / f, title=t, icon=i, default=(k == 0)) for k, (f, t, i) in enumerate(PAGES)]
+    page = st.navigation(pages)
+    st.session_state[common.CTX_KEY] = sidebar()
+    page.run()
+
+
+main()

@@ -1,0 +1,126 @@
+"""The dashboard's charts: Altair (Vega-Lite) specs built from plain frames, and their PNGs.
+
+The same spec is drawn interactively in the page (``st.altair_chart``) and rendered to PNG on the
+server by vl-convert (a wheel with its own renderer: no browser, no network) for the download
+button, so the file is the chart the user sees. Functions take frames and return charts; no
+Streamlit here, so they are tested on their own.
+"""
+
+from __future__ import annotations
+
+import altair as alt
+import pandas as pd
+
+from gbmmet import constants as C
+from storage.queries import format_estimate
+
+LABEL_COLOURS = alt.Scale(domain=list(C.LABELS), range=["#d62728", "#1f77b4"])
+WIDTH = 220
+
+
+def png(chart: alt.TopLevelMixin, scale: float = 2.0) -> bytes:
+    """The chart as PNG bytes (vl-convert; the same Vega-Lite spec the page draws)."""
+    import vl_convert as vlc
+
+    return vlc.vegalite_to_png(chart.to_json(), scale=scale)
+
+
+def counts_bar(counts: pd.DataFrame) -> alt.Chart:
+    """Patients per site and split, stacked by label (``dashboards.data.counts``)."""
+    df = counts.assign(group=counts["site"] + " / " + counts["split"])
+    return alt.Chart(df, title="Patients per site and split").mark_bar().encode(
+        x=alt.X("group:N", title="site / split", sort=None),
+        y=alt.Y("patients:Q", title="patients"),
+        color=alt.Color("label:N", scale=LABEL_COLOURS, title="diagnosis"),
+        tooltip=["site", "split", "label", "patients", "slices"],
+    ).properties(width=alt.Step(48), height=220)
+
+
+def forest(df: pd.DataFrame, *, y: str, color: str, column: str, title: str) -> alt.FacetChart:
+    """Point estimates with 95 % CI bars: one row per ``y``, dodged by ``color``, one panel per
+    ``column``. ``df`` has ``value``, ``ci_low``, ``ci_high`` and the three named columns."""
+    df = df.assign(ci=[format_estimate(v, lo, hi) for v, lo, hi in zip(df["value"], df["ci_low"], df["ci_high"], strict=True)])
+    order = list(dict.fromkeys(df[y]))
+    base = alt.Chart().encode(
+        y=alt.Y(f"{y}:N", sort=order, title=None),
+        yOffset=alt.YOffset(f"{color}:N"),
+        color=alt.Color(f"{color}:N", title=color, sort=list(dict.fromkeys(df[color]))),
+        tooltip=[y, color, column, alt.Tooltip("ci:N", title="estimate (95% CI)"), "n"]
+        if "n" in df else [y, color, column, alt.Tooltip("ci:N", title="estimate (95% CI)")],
+    )
+    bars = base.mark_rule(strokeWidth=2).encode(
+        x=alt.X("ci_low:Q", scale=alt.Scale(domain=[0, 1]), title=None), x2="ci_high:Q")
+    points = base.mark_point(filled=True, size=45).encode(x=alt.X("value:Q", scale=alt.Scale(domain=[0, 1])))
+    return alt.layer(bars, points, data=df).properties(width=WIDTH - 60).facet(
+        column=alt.Column(f"{column}:N", title=None, sort=list(dict.fromkeys(df[column])))
+    ).properties(title=title)
+
+
+def roc(curve: pd.DataFrame, points: pd.DataFrame, title: str) -> alt.LayerChart:
+    """The model's ROC (``curve``: fpr, tpr, threshold) with operating points (``points``: fpr, tpr,
+    who, kind: reader or cutoff) and the chance diagonal."""
+    diag = alt.Chart(pd.DataFrame({"fpr": [0, 1], "tpr": [0, 1]})).mark_line(
+        strokeDash=[4, 4], color="#999").encode(x="fpr:Q", y="tpr:Q")
+    line = alt.Chart(curve).mark_line(interpolate="step-after", color="#333").encode(
+        x=alt.X("fpr:Q", title="1 - specificity", scale=alt.Scale(domain=[0, 1])),
+        y=alt.Y("tpr:Q", title="sensitivity (GBM)", scale=alt.Scale(domain=[0, 1])),
+        tooltip=[alt.Tooltip("threshold:Q", format=".3f"), alt.Tooltip("fpr:Q", format=".3f"),
+                 alt.Tooltip("tpr:Q", format=".3f")])
+    marks = alt.Chart(points).mark_point(filled=True, size=110).encode(
+        x="fpr:Q", y="tpr:Q",
+        color=alt.Color("who:N", title="operating point"),
+        shape=alt.Shape("kind:N", title=None, scale=alt.Scale(domain=["cutoff", "reader"],
+                                                                range=["diamond", "circle"])),
+        tooltip=["who", "kind", alt.Tooltip("fpr:Q", format=".3f"), alt.Tooltip("tpr:Q", format=".3f")])
+    return alt.layer(diag, line, marks).properties(title=title, width=330, height=330)
+
+
+def slice_probs(df: pd.DataFrame, cutoff_line: float = 0.5) -> alt.LayerChart:
+    """P(GBM) per slice for each fold model and the soft ensemble (``data.patient_slice_probs``)."""
+    folds = df[df["model"].str.startswith("fold")]
+    ens = df[df["model"] == "ensemble_mean"]
+    x = alt.X("slice_index:O", title="slice")
+    y = alt.Y("prob_gbm:Q", title="P(GBM)", scale=alt.Scale(domain=[0, 1]))
+    tip = ["model", "slice_index", alt.Tooltip("prob_gbm:Q", format=".3f")]
+    lines = alt.Chart(folds).mark_line(point=True, opacity=0.6).encode(
+        x=x, y=y, color=alt.Color("model:N", title="model"), tooltip=tip)
+    mean = alt.Chart(ens).mark_line(color="black", strokeWidth=3).encode(x=x, y=y, tooltip=tip)
+    rule = alt.Chart(pd.DataFrame({"p": [cutoff_line]})).mark_rule(strokeDash=[3, 3], color="#888").encode(y="p:Q")
+    return alt.layer(lines, mean, rule).properties(
+        title="P(GBM) per slice (black: mean of the folds; dashed: a fold's vote threshold)",
+        width=560, height=220)
+
+
+def index_vs_cutoffs(index: float, cutoffs: dict[str, float]) -> alt.LayerChart:
+    """The patient's predictive index on [0, 1] against each cutoff."""
+    cut = pd.DataFrame({"cutoff": list(cutoffs.values()), "kind": list(cutoffs)})
+    rules = alt.Chart(cut).mark_rule(strokeWidth=2, strokeDash=[5, 3]).encode(
+        x=alt.X("cutoff:Q", scale=alt.Scale(domain=[0, 1]), title="predictive index (share of slices called GBM)"),
+        color=alt.Color("kind:N", title="cutoff"), tooltip=["kind", alt.Tooltip("cutoff:Q", format=".3f")])
+    point = alt.Chart(pd.DataFrame({"index": [index]})).mark_point(filled=True, size=160, color="black").encode(
+        x="index:Q", tooltip=[alt.Tooltip("index:Q", format=".3f")])
+    return alt.layer(rules, point).properties(width=560, height=60)
+
+
+def training_curves(history: pd.DataFrame) -> alt.FacetChart:
+    """Loss and accuracy per epoch and fold, training (solid) and held-out (dashed)."""
+    long = []
+    for metric, tr, va in (("loss", "train_loss", "val_loss"), ("accuracy", "train_acc", "val_acc")):
+        for part, col in (("training", tr), ("held-out", va)):
+            long.append(pd.DataFrame({"fold": history["fold"].astype(str), "epoch": history["epoch"],
+                                      "metric": metric, "part": part, "value": history[col]}))
+    df = pd.concat(long, ignore_index=True)
+    return alt.Chart(df).mark_line().encode(
+        x=alt.X("epoch:Q"), y=alt.Y("value:Q", title=None),
+        color=alt.Color("fold:N"), strokeDash=alt.StrokeDash("part:N", title=None, sort=["training", "held-out"]),
+        tooltip=["fold", "epoch", "part", alt.Tooltip("value:Q", format=".4f")],
+    ).properties(width=330, height=230).facet(column=alt.Column("metric:N", title=None, sort=["loss", "accuracy"])
+                                              ).resolve_scale(y="independent")
+
+
+def fold_bar(sizes: pd.DataFrame) -> alt.Chart:
+    """Held-out patients per fold, stacked by label (``data.fold_sizes``)."""
+    return alt.Chart(sizes.assign(fold=sizes["fold"].astype(str)), title="Patients per fold").mark_bar().encode(
+        x=alt.X("fold:N"), y=alt.Y("patients:Q"), color=alt.Color("label:N", scale=LABEL_COLOURS, title="diagnosis"),
+        tooltip=["fold", "label", "patients", "slices"]).properties(width=alt.Step(48), height=200)
+

@@ -1,0 +1,110 @@
+"""What every page shares: the sidebar's choices (lake, run, cohorts, sites), the guards that
+turn an empty lake or a missing run into a message, and tables / charts with their downloads."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import sys
+from dataclasses import dataclass
+
+import pandas as pd
+import streamlit as st
+
+from dashboards import charts, data
+
+LAKE_ENV = "GBMMET_LAKE"
+RUN_ENV = "GBMMET_RUN"
+CTX_KEY = "_gbmmet_ctx"
+
+
+def launch_args() -> tuple[str, str | None]:
+    """The lake and run given at launch: ``streamlit run app.py -- --lake L [--run R]``, else the
+    ``GBMMET_LAKE`` / ``GBMMET_RUN`` environment (what ``gbmmet dashboard`` and tests set), else
+    ``./lake``."""
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("--lake")
+    parser.add_argument("--run")
+    args, _ = parser.parse_known_args(sys.argv[1:]) if "--lake" in sys.argv or "--run" in sys.argv \
+        else (argparse.Namespace(lake=None, run=None), [])
+    return (args.lake or os.environ.get(LAKE_ENV) or "lake"), (args.run or os.environ.get(RUN_ENV) or None)
+
+
+@dataclass(frozen=True)
+class Context:
+    """The sidebar's choices, as every page reads them."""
+
+    lake: str  # as given (shown to the user)
+    src: data.Source | None  # None: no lake there
+    run: str | None  # the chosen training run
+    requested_run: str | None  # a run asked for by link or launch argument, if any
+    runs: tuple[str, ...]
+    evaluated: bool
+    cohorts: tuple[str, ...]
+    sites: tuple[str, ...]
+    n_patients: int
+
+
+def context() -> Context:
+    """The choices ``dashboards/app.py`` made for this run of the page."""
+    return st.session_state[CTX_KEY]
+
+
+def lake_hint(ctx: Context) -> str:
+    return f"`gbmmet run --preset demo --lake {ctx.lake}`"
+
+
+def require(ctx: Context, *, patients: bool = True, run: bool = False, evaluated: bool = False) -> None:
+    """Stop the page with a message saying what is missing and which command makes it."""
+    if ctx.src is None:
+        st.info(f"There is no lake at `{ctx.lake}`. Build one with {lake_hint(ctx)} (the synthetic demo, "
+                "about 10 minutes), or open yours: `gbmmet dashboard --lake PATH`.", icon=":material/info:")
+        st.stop()
+    if patients and ctx.n_patients == 0:
+        st.info(f"The lake at `{ctx.lake}` has no patients yet. Preprocess a cohort into it "
+                f"(`gbmmet preprocess --manifest manifest.csv --lake {ctx.lake}`), or build the demo with "
+                f"{lake_hint(ctx)}.", icon=":material/info:")
+        st.stop()
+    if (run or evaluated) and ctx.run is None:
+        if ctx.requested_run and ctx.requested_run not in ctx.runs:
+            st.error(f"There is no finished training run `{ctx.requested_run}` in this lake. "
+                     + (f"Its runs: {', '.join(f'`{r}`' for r in ctx.runs)}; choose one in the sidebar."
+                        if ctx.runs else "It has no finished training run."), icon=":material/error:")
+        elif not ctx.runs:
+            st.info("This lake has no finished training run yet: train one with "
+                    f"`gbmmet train --lake {ctx.lake} --run NAME`.", icon=":material/info:")
+        else:
+            st.info("Choose a run in the sidebar.", icon=":material/info:")
+        st.stop()
+    if evaluated and not ctx.evaluated:
+        st.info(f"Run `{ctx.run}` has no evaluation yet: `gbmmet evaluate --lake {ctx.lake} --run {ctx.run}` "
+                "writes its predictions, metrics and maps.", icon=":material/info:")
+        st.stop()
+    if not ctx.cohorts or not ctx.sites:
+        st.info("Choose at least one cohort and one site in the sidebar.", icon=":material/info:")
+        st.stop()
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-").lower()
+
+
+def file_name(ctx: Context, name: str, ext: str) -> str:
+    parts = [ctx.run, name] if ctx.run else [name]
+    return _slug("-".join(parts)) + f".{ext}"
+
+
+def table(ctx: Context, df: pd.DataFrame, name: str, *, download: pd.DataFrame | None = None, **kwargs) -> None:
+    """A table and a button that downloads it (or ``download``, e.g. its numbers unformatted) as CSV."""
+    st.dataframe(df, hide_index=True, width="stretch", **kwargs)
+    out = df if download is None else download
+    st.download_button("Download CSV", out.to_csv(index=False).encode(), file_name=file_name(ctx, name, "csv"),
+                       mime="text/csv", key=f"csv-{name}", on_click="ignore", icon=":material/download:")
+
+
+def chart(ctx: Context, ch, name: str) -> None:
+    """A chart and a button that downloads the same chart as PNG (rendered when clicked)."""
+    st.altair_chart(ch, width="content")
+    st.download_button("Download PNG", lambda: charts.png(ch), file_name=file_name(ctx, name, "png"),
+                       mime="image/png", key=f"png-{name}", on_click="ignore", icon=":material/image:")

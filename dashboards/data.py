@@ -1,0 +1,233 @@
+"""What the dashboard shows, read from the lake through ``storage`` only, and cached.
+
+One in-memory DuckDB database of views per lake state (``catalog.memory_connection``: the dashboard
+never writes to the lake, not even the catalog file), shared by every session
+(``st.cache_resource``); every query gets its own cursor and takes its values as ``?`` parameters.
+Results are cached (``st.cache_data``) under the lake's ``stamp``, a digest of its files, so a job
+that writes to the lake shows on the next rerun without serving stale tables.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import streamlit as st
+
+from gbmmet import constants as C
+from storage import catalog, queries
+from storage.lake import Lake
+
+COHORT_NAMES = {C.TEST: "internal test", C.EXTERNAL: "external", C.VAL: "validation", C.TRAIN: "training (out-of-fold)"}
+
+
+def cohort_name(cohort: str) -> str:
+    return COHORT_NAMES.get(cohort, cohort)
+
+
+@st.cache_data(ttl=5, show_spinner=False, max_entries=8)
+def lake_stamp(uri: str) -> str:
+    """The lake's state (``catalog.stamp``), looked up at most every 5 s."""
+    return catalog.stamp(Lake(uri))
+
+
+@st.cache_resource(show_spinner=False, max_entries=4)
+def _connection(uri: str, stamp: str):
+    return catalog.memory_connection(Lake(uri))
+
+
+def _df(uri: str, stamp: str, sql: str, params: list | tuple = ()) -> pd.DataFrame:
+    cur = _connection(uri, stamp).cursor()
+    try:
+        return cur.execute(sql, list(params)).df()
+    finally:
+        cur.close()
+
+
+@dataclass(frozen=True)
+class Source:
+    """The lake being shown and its state; the first argument of every loader (hashable)."""
+
+    uri: str
+    stamp: str
+
+    @classmethod
+    def of(cls, uri: str) -> Source:
+        return cls(uri, lake_stamp(uri))
+
+
+def _key(src: Source) -> tuple[str, str]:
+    return src.uri, src.stamp
+
+
+# -- overview ---------------------------------------------------------------------------------
+@st.cache_data(show_spinner=False, max_entries=16, hash_funcs={Source: _key})
+def patients(src: Source) -> pd.DataFrame:
+    return _df(src.uri, src.stamp, """
+        select patient_id, site, split, label, age, sex,
+               location, primary_tumor, n_slices, preprocessed_at
+        from patients order by site, split, patient_id""")
+
+
+@st.cache_data(show_spinner=False, max_entries=16, hash_funcs={Source: _key})
+def counts(src: Source, sites: tuple[str, ...]) -> pd.DataFrame:
+    """Patients and slices per site, split and label."""
+    return _df(src.uri, src.stamp, """
+        select site, split, label,
+               count(*) as patients, coalesce(sum(n_slices), 0)::bigint as slices
+        from patients where list_contains(?, site)
+        group by all order by site, split, label""", [list(sites)])
+
+
+@st.cache_data(show_spinner=False, max_entries=16, hash_funcs={Source: _key})
+def preprocess_failures(src: Source, sites: tuple[str, ...]) -> pd.DataFrame:
+    """Patients whose latest preprocessing attempt failed, with the reason."""
+    return _df(src.uri, src.stamp, """
+        with latest as (
+            select *, row_number() over (partition by patient_id order by started_at desc) as k
+            from preprocess_runs)
+        select patient_id, site, error_kind, error_message, started_at
+        from latest where k = 1 and status <> 'ok' and list_contains(?, site)
+        order by site, patient_id""", [list(sites)])
+
+
+@st.cache_data(show_spinner=False, max_entries=16, hash_funcs={Source: _key})
+def runs(src: Source) -> pd.DataFrame:
+    """Finished training runs, latest first, with whether each has an evaluation."""
+    return _df(src.uri, src.stamp, """
+        select t.run_id, t.mode, t.backbone_id, t.finished_at,
+               exists (select 1 from runs e where e.run_id = t.run_id and e.kind = 'evaluate'
+                       and e.status = 'ok') as evaluated
+        from runs t where t.kind = 'train' and t.status = 'ok'
+        order by t.finished_at desc""")
+
+
+@st.cache_data(show_spinner=False, max_entries=16, hash_funcs={Source: _key})
+def run_records(src: Source, run: str) -> dict[str, dict]:
+    """The run's ``runs`` records by kind (train, evaluate), JSON fields decoded."""
+    df = _df(src.uri, src.stamp, "select * from runs where run_id = ? order by finished_at", [run])
+    out: dict[str, dict] = {}
+    for rec in df.to_dict("records"):
+        for k in ("config", "seeds", "versions", "fold_checkpoints", "timings"):
+            if isinstance(rec.get(k), str):
+                try:
+                    rec[k] = json.loads(rec[k])
+                except ValueError:
+                    pass
+        out[rec["kind"]] = rec
+    return out
+
+
+# -- evaluation -------------------------------------------------------------------------------
+@st.cache_data(show_spinner=False, max_entries=32, hash_funcs={Source: _key})
+def metric_table(src: Source, run: str, ci_method: str, auc_ci: str, cohorts: tuple[str, ...],
+                 subgroup: str | None, metrics: tuple[str, ...]) -> pd.DataFrame:
+    """``storage.queries.metric_rows`` as a frame (one row per cohort, subgroup, rater, metric)."""
+    rows = queries.metric_rows(_connection(src.uri, src.stamp), run, ci_method=ci_method, auc_ci=auc_ci,
+                               cohorts=cohorts, subgroup=subgroup, metrics=metrics)
+    cols = ["cohort", "subgroup", "who", "rater", "assisted", "cutoff_kind", "metric", "value", "ci_low",
+            "ci_high", "ci_method", "n", "n_gbm", "tp", "fp", "tn", "fn"]
+    return pd.DataFrame(rows, columns=cols)
+
+
+@st.cache_data(show_spinner=False, max_entries=16, hash_funcs={Source: _key})
+def comparisons(src: Source, run: str, cohorts: tuple[str, ...]) -> pd.DataFrame:
+    return _df(src.uri, src.stamp, """
+        select cohort, test, a, b, n, estimate_a, estimate_b, diff, ci_low, ci_high, statistic, p, note
+        from comparisons where run_id = ? and list_contains(?, cohort)
+        order by cohort = 'external', test, b, a""", [run, list(cohorts)])
+
+
+@st.cache_data(show_spinner=False, max_entries=16, hash_funcs={Source: _key})
+def subgroups(src: Source, run: str, cohorts: tuple[str, ...]) -> list[str]:
+    df = _df(src.uri, src.stamp, """
+        select distinct subgroup from metrics where run_id = ? and list_contains(?, cohort)
+        order by subgroup <> 'all', subgroup""", [run, list(cohorts)])
+    return df["subgroup"].tolist()
+
+
+@st.cache_data(show_spinner=False, max_entries=16, hash_funcs={Source: _key})
+def patient_predictions(src: Source, run: str, cohorts: tuple[str, ...], sites: tuple[str, ...]) -> pd.DataFrame:
+    """One row per patient of the cohorts at the sites: label, index, and the call at each cutoff."""
+    return _df(src.uri, src.stamp, """
+        select patient_id, site, split as cohort,
+               label, n_slices, predictive_index, soft_index,
+               max(cutoff) filter (where cutoff_kind = ?) as cutoff_paper,
+               max(call) filter (where cutoff_kind = ?) as call_paper,
+               max(cutoff) filter (where cutoff_kind = ?) as cutoff_oof,
+               max(call) filter (where cutoff_kind = ?) as call_oof
+        from patient_predictions
+        where run_id = ? and list_contains(?, split) and list_contains(?, site)
+        group by patient_id, site, split, label, n_slices, predictive_index, soft_index
+        order by cohort = 'external', cohort, site, patient_id""",
+               [C.CUTOFF_PAPER, C.CUTOFF_PAPER, C.CUTOFF_OOF, C.CUTOFF_OOF, run, list(cohorts), list(sites)])
+
+
+@st.cache_data(show_spinner=False, max_entries=16, hash_funcs={Source: _key})
+def cutoffs(src: Source, run: str) -> dict[str, float]:
+    df = _df(src.uri, src.stamp, """
+        select cutoff_kind, max(cutoff) as cutoff from patient_predictions where run_id = ?
+        group by cutoff_kind""", [run])
+    return dict(zip(df["cutoff_kind"], df["cutoff"], strict=True))
+
+
+@st.cache_data(show_spinner=False, max_entries=16, hash_funcs={Source: _key})
+def reads(src: Source, patient_ids: tuple[str, ...]) -> pd.DataFrame:
+    return _df(src.uri, src.stamp, """
+        select reader_id as reader, patient_id, assisted,
+               call, confidence
+        from reads where list_contains(?, patient_id) order by reader, assisted""",
+               [list(patient_ids)])
+
+
+# -- one patient ------------------------------------------------------------------------------
+@st.cache_data(show_spinner=False, max_entries=64, hash_funcs={Source: _key})
+def patient_slices(src: Source, patient_id: str) -> pd.DataFrame:
+    """The patient's ROI slices (images as uint8 arrays, ``channels x height x width``)."""
+    df = _df(src.uri, src.stamp, """
+        select slice_index, z_mm, roi_i_min, roi_i_max, roi_j_min, roi_j_max, crop_mm, channels, height,
+               width, image
+        from slices where patient_id = ? order by slice_index""", [patient_id])
+    df["image"] = [np.frombuffer(bytes(b), np.uint8).reshape(int(c), int(h), int(w))
+                   for b, c, h, w in zip(df["image"], df["channels"], df["height"], df["width"], strict=True)]
+    return df
+
+
+@st.cache_data(show_spinner=False, max_entries=64, hash_funcs={Source: _key})
+def patient_cams(src: Source, run: str, patient_id: str) -> dict[int, np.ndarray]:
+    """The ensemble's Grad-CAM per slice index (uint8 maps), where evaluate stored them."""
+    df = _df(src.uri, src.stamp, """
+        select slice_index, height, width, cam from cams where run_id = ? and patient_id = ?""",
+             [run, patient_id])
+    return {int(k): np.frombuffer(bytes(b), np.uint8).reshape(int(h), int(w))
+            for k, h, w, b in zip(df["slice_index"], df["height"], df["width"], df["cam"], strict=True)}
+
+
+@st.cache_data(show_spinner=False, max_entries=64, hash_funcs={Source: _key})
+def patient_slice_probs(src: Source, run: str, patient_id: str) -> pd.DataFrame:
+    """P(GBM) per slice and model (fold0.., ensemble_vote, ensemble_mean), wide: one row per slice."""
+    df = _df(src.uri, src.stamp, """
+        select slice_index, model, prob_gbm, vote from slice_predictions
+        where run_id = ? and patient_id = ? order by slice_index, model""", [run, patient_id])
+    return df
+
+
+# -- training ---------------------------------------------------------------------------------
+@st.cache_data(show_spinner=False, max_entries=16, hash_funcs={Source: _key})
+def train_history(src: Source, run: str) -> pd.DataFrame:
+    return _df(src.uri, src.stamp, """
+        select fold, epoch, train_loss, train_acc, val_loss, val_acc, attempt from train_history
+        where run_id = ? order by fold, epoch""", [run])
+
+
+@st.cache_data(show_spinner=False, max_entries=16, hash_funcs={Source: _key})
+def fold_sizes(src: Source, run: str, sites: tuple[str, ...]) -> pd.DataFrame:
+    """Held-out patients and slices of each fold, by label."""
+    return _df(src.uri, src.stamp, """
+        select f.fold, p.label, count(*) as patients,
+               coalesce(sum(p.n_slices), 0)::bigint as slices
+        from folds f join patients p using (patient_id)
+        where f.run_id = ? and list_contains(?, p.site)
+        group by all order by f.fold, label""", [run, list(sites)])

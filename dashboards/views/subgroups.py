@@ -1,0 +1,60 @@
+"""Subgroups: the paper's metrics by tumour location and by the metastases' primary tumour."""
+
+from __future__ import annotations
+
+import pandas as pd
+import streamlit as st
+
+from dashboards import charts, common, data
+from gbmmet import constants as C
+from storage.queries import format_estimate
+
+METRICS = (*C.PAPER_METRICS, "specificity", "npv")
+CI_NAMES = {C.CI_SUBSAMPLE: "the paper's subsampling", C.CI_BCA: "bootstrap BCa", C.CI_PERCENTILE: "bootstrap percentile"}
+
+
+def subgroup_name(sub: str) -> str:
+    if sub == "all":
+        return "all patients"
+    key, _, value = sub.partition("=")
+    return {"location": f"location: {value}", "primary": f"GBM + METs from {value}"}.get(key, sub)
+
+
+ctx = common.context()
+st.title("Subgroups")
+common.require(ctx, run=True, evaluated=True)
+st.caption("By tumour location, and by primary tumour: each primary's metastases beside all GBMs of the "
+           "cohort, so that AUC is defined. Small subgroups have wide intervals; where a CI is blank, "
+           "too few patients of one diagnosis made it undefined.")
+pats = data.patient_predictions(ctx.src, ctx.run, ctx.cohorts, ctx.sites)
+cohorts = tuple(c for c in ctx.cohorts if c in set(pats["cohort"]))
+if not cohorts:
+    st.info("No evaluated patients in the chosen cohorts and sites.", icon=":material/info:")
+    st.stop()
+
+c1, c2, c3 = st.columns([1, 2, 3])
+metric = c1.selectbox("Metric", METRICS, index=METRICS.index("auc"), key="sub-metric")
+ci = c2.selectbox("95% CI", list(CI_NAMES), format_func=CI_NAMES.get, key="sub-ci",
+                  help="For AUC, DeLong's is available too (below).")
+auc_delong = metric == "auc" and c2.toggle("AUC: DeLong's CI", value=True, key="sub-auc-delong")
+long = data.metric_table(ctx.src, ctx.run, ci, C.CI_DELONG if auc_delong else ci, cohorts, None, (metric,))
+raters = list(dict.fromkeys(long["who"]))
+default = [r for r in raters if not r.endswith("*")] or raters
+chosen = c3.multiselect("Raters", raters, default=default, key="sub-raters",
+                        help="The model at the paper's cutoff (*) is optimistic on the internal test.")
+long = long[long["who"].isin(chosen)]
+if long.empty:
+    st.info("Choose at least one rater.", icon=":material/info:")
+    st.stop()
+
+long = long.assign(group=long["subgroup"].map(subgroup_name))
+view = pd.DataFrame({
+    "cohort": long["cohort"].map(data.cohort_name), "subgroup": long["group"], "rater": long["who"],
+    "n": long["n"], "GBM": long["n_gbm"],
+    metric: [format_estimate(v, lo, hi) for v, lo, hi in zip(long["value"], long["ci_low"], long["ci_high"], strict=True)],
+})
+common.table(ctx, view, f"subgroups-{metric}", download=long)
+plot = long.assign(cohort=long["cohort"].map(data.cohort_name))
+common.chart(ctx, charts.forest(plot, y="group", color="who", column="cohort",
+                                title=f"{metric} by subgroup, 95% CI ({'DeLong' if auc_delong else ci})"),
+             f"subgroups-{metric}")

@@ -1,0 +1,70 @@
+"""Named, parameterised queries over the lake's DuckDB views, shared by the CLI and the dashboard.
+
+Each takes a DuckDB connection holding the views (``catalog.connect`` or
+``catalog.memory_connection``); values always travel as ``?`` parameters.
+"""
+
+from __future__ import annotations
+
+import duckdb
+
+from gbmmet import constants as C
+
+RATER_LABELS = {C.CUTOFF_PAPER: "model, paper cutoff*", C.CUTOFF_OOF: "model, out-of-fold cutoff"}
+
+
+def rater_label(rater: str, assisted: bool | None, cutoff_kind: str | None) -> str:
+    """How a metrics row's rater is shown: the model at each cutoff, readers alone or with the model."""
+    if rater == C.MODEL_RATER:
+        return RATER_LABELS.get(cutoff_kind, C.MODEL_RATER)
+    return rater + (" + model" if assisted else "")
+
+
+def format_estimate(value: float | None, low: float | None = None, high: float | None = None,
+                    digits: int = 3) -> str:
+    """``0.853 (0.790-0.910)``; the value alone where there is no interval; empty for no value."""
+    if value is None or value != value:
+        return ""
+    text = f"{value:.{digits}f}"
+    if low is not None and high is not None and low == low and high == high:
+        text += f" ({low:.{digits}f}-{high:.{digits}f})"
+    return text
+
+
+def metric_rows(con: duckdb.DuckDBPyConnection, run: str, *, ci_method: str = C.CI_SUBSAMPLE,
+                auc_ci: str = C.CI_DELONG, cohorts: tuple[str, ...] = C.TEST_COHORTS,
+                subgroup: str | None = "all", metrics: tuple[str, ...] = C.PAPER_METRICS) -> list[dict]:
+    """Rows of ``metrics`` for run ``run``: one per cohort, subgroup, rater and metric, with the CI of
+    ``ci_method`` (AUC: of ``auc_ci``). ``subgroup=None`` gives every subgroup. Each row gains
+    ``who`` (``rater_label``). Ordered internal before external, model before readers."""
+    sql = """
+        select cohort, subgroup, rater, assisted, cutoff_kind, metric, value, ci_low, ci_high, ci_method,
+               n, n_gbm, tp, fp, tn, fn
+        from metrics
+        where run_id = ? and list_contains(?, cohort) and list_contains(?, metric)
+          and (? is null or subgroup = ?)
+          and ((metric = 'auc' and ci_method = ?) or (metric <> 'auc' and ci_method = ?))
+        order by cohort = 'external', cohort, subgroup <> 'all', subgroup, rater <> 'model', rater,
+                 cutoff_kind desc, assisted, metric
+    """
+    cur = con.cursor()
+    try:
+        res = cur.execute(sql, [run, list(cohorts), list(metrics), subgroup, subgroup, auc_ci, ci_method])
+        cols = [d[0] for d in res.description]
+        rows = [dict(zip(cols, r, strict=True)) for r in res.fetchall()]
+    finally:
+        cur.close()
+    for r in rows:
+        r["who"] = rater_label(r["rater"], r["assisted"], r["cutoff_kind"])
+    return rows
+
+
+def paper_table(con: duckdb.DuckDBPyConnection, run: str, ci_method: str = C.CI_SUBSAMPLE) -> list[dict]:
+    """The paper's table: one row per rater (the model at each cutoff, each reader unassisted and
+    assisted) and cohort (internal test, external), each metric as (value, low, high). AUC's CI is
+    DeLong's; the others use ``ci_method``."""
+    rows: dict[tuple, dict] = {}
+    for r in metric_rows(con, run, ci_method=ci_method):
+        row = rows.setdefault((r["cohort"], r["who"]), {"cohort": r["cohort"], "rater": r["who"], "n": r["n"]})
+        row[r["metric"]] = (r["value"], r["ci_low"], r["ci_high"])
+    return list(rows.values())
