@@ -16,6 +16,8 @@ from storage.queries import format_estimate
 
 LABEL_COLOURS = alt.Scale(domain=list(C.LABELS), range=["#d62728", "#1f77b4"])
 WIDTH = 220
+PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
+           "#17becf"]
 
 
 def png(chart: alt.TopLevelMixin, scale: float = 2.0) -> bytes:
@@ -26,34 +28,45 @@ def png(chart: alt.TopLevelMixin, scale: float = 2.0) -> bytes:
 
 
 def counts_bar(counts: pd.DataFrame) -> alt.Chart:
-    """Patients per site and split, stacked by label (``dashboards.data.counts``)."""
+    """Patients per site and split, stacked by label (``dashboards.data.counts``). Horizontal: in
+    Streamlit a chart's height includes its axis labels, which rotated names would eat."""
     df = counts.assign(group=counts["site"] + " / " + counts["split"])
+    groups = list(dict.fromkeys(df["group"]))
     return alt.Chart(df, title="Patients per site and split").mark_bar().encode(
-        x=alt.X("group:N", title="site / split", sort=None),
-        y=alt.Y("patients:Q", title="patients"),
+        y=alt.Y("group:N", title=None, sort=groups),
+        x=alt.X("patients:Q", title="patients"),
         color=alt.Color("label:N", scale=LABEL_COLOURS, title="diagnosis"),
         tooltip=["site", "split", "label", "patients", "slices"],
-    ).properties(width=alt.Step(48), height=220)
+    ).properties(width=420, height=alt.Step(30))
 
 
-def forest(df: pd.DataFrame, *, y: str, color: str, column: str, title: str) -> alt.FacetChart:
+def forest(df: pd.DataFrame, *, y: str, color: str, column: str, title: str,
+           column_order: list[str] | None = None, color_title: str | None = None) -> alt.FacetChart:
     """Point estimates with 95 % CI bars: one row per ``y``, dodged by ``color``, one panel per
-    ``column``. ``df`` has ``value``, ``ci_low``, ``ci_high`` and the three named columns."""
+    ``column`` (in ``column_order``, else as they come). ``df`` has ``value``, ``ci_low``,
+    ``ci_high`` and the three named columns."""
     df = df.assign(ci=[format_estimate(v, lo, hi) for v, lo, hi in zip(df["value"], df["ci_low"], df["ci_high"], strict=True)])
     order = list(dict.fromkeys(df[y]))
     base = alt.Chart().encode(
-        y=alt.Y(f"{y}:N", sort=order, title=None),
+        y=alt.Y(f"{y}:N", sort=order, title=None, axis=alt.Axis(labelLimit=260)),
         yOffset=alt.YOffset(f"{color}:N"),
-        color=alt.Color(f"{color}:N", title=color, sort=list(dict.fromkeys(df[color]))),
+        color=alt.Color(f"{color}:N", title=color_title or color, sort=list(dict.fromkeys(df[color])),
+                        scale=alt.Scale(range=PALETTE), legend=alt.Legend(orient="top")),
         tooltip=[y, color, column, alt.Tooltip("ci:N", title="estimate (95% CI)"), "n"]
         if "n" in df else [y, color, column, alt.Tooltip("ci:N", title="estimate (95% CI)")],
     )
     bars = base.mark_rule(strokeWidth=2).encode(
         x=alt.X("ci_low:Q", scale=alt.Scale(domain=[0, 1]), title=None), x2="ci_high:Q")
     points = base.mark_point(filled=True, size=45).encode(x=alt.X("value:Q", scale=alt.Scale(domain=[0, 1])))
-    return alt.layer(bars, points, data=df).properties(width=WIDTH - 60).facet(
-        column=alt.Column(f"{column}:N", title=None, sort=list(dict.fromkeys(df[column])))
+    columns = [c for c in (column_order or []) if c in set(df[column])] or list(dict.fromkeys(df[column]))
+    return alt.layer(bars, points, data=df).properties(width=WIDTH - 70).facet(
+        column=alt.Column(f"{column}:N", title=None, sort=columns)
     ).properties(title=title)
+
+
+def roc_panels(panels: list[alt.LayerChart]) -> alt.HConcatChart:
+    """ROC charts side by side (one per cohort), one legend."""
+    return alt.hconcat(*panels).resolve_scale(color="shared", shape="shared")
 
 
 def roc(curve: pd.DataFrame, points: pd.DataFrame, title: str) -> alt.LayerChart:
@@ -68,11 +81,11 @@ def roc(curve: pd.DataFrame, points: pd.DataFrame, title: str) -> alt.LayerChart
                  alt.Tooltip("tpr:Q", format=".3f")])
     marks = alt.Chart(points).mark_point(filled=True, size=110).encode(
         x="fpr:Q", y="tpr:Q",
-        color=alt.Color("who:N", title="operating point"),
+        color=alt.Color("who:N", title="operating point", scale=alt.Scale(range=PALETTE)),
         shape=alt.Shape("kind:N", title=None, scale=alt.Scale(domain=["cutoff", "reader"],
                                                                 range=["diamond", "circle"])),
         tooltip=["who", "kind", alt.Tooltip("fpr:Q", format=".3f"), alt.Tooltip("tpr:Q", format=".3f")])
-    return alt.layer(diag, line, marks).properties(title=title, width=330, height=330)
+    return alt.layer(diag, line, marks).properties(title=title, width=300, height=300)
 
 
 def slice_probs(df: pd.DataFrame, cutoff_line: float = 0.5) -> alt.LayerChart:
@@ -96,10 +109,11 @@ def index_vs_cutoffs(index: float, cutoffs: dict[str, float]) -> alt.LayerChart:
     cut = pd.DataFrame({"cutoff": list(cutoffs.values()), "kind": list(cutoffs)})
     rules = alt.Chart(cut).mark_rule(strokeWidth=2, strokeDash=[5, 3]).encode(
         x=alt.X("cutoff:Q", scale=alt.Scale(domain=[0, 1]), title="predictive index (share of slices called GBM)"),
-        color=alt.Color("kind:N", title="cutoff"), tooltip=["kind", alt.Tooltip("cutoff:Q", format=".3f")])
+        color=alt.Color("kind:N", title="cutoff", scale=alt.Scale(range=PALETTE)),
+        tooltip=["kind", alt.Tooltip("cutoff:Q", format=".3f")])
     point = alt.Chart(pd.DataFrame({"index": [index]})).mark_point(filled=True, size=160, color="black").encode(
         x="index:Q", tooltip=[alt.Tooltip("index:Q", format=".3f")])
-    return alt.layer(rules, point).properties(width=560, height=60)
+    return alt.layer(rules, point).properties(width=560, height=90)
 
 
 def training_curves(history: pd.DataFrame) -> alt.FacetChart:
@@ -120,7 +134,9 @@ def training_curves(history: pd.DataFrame) -> alt.FacetChart:
 
 def fold_bar(sizes: pd.DataFrame) -> alt.Chart:
     """Held-out patients per fold, stacked by label (``data.fold_sizes``)."""
-    return alt.Chart(sizes.assign(fold=sizes["fold"].astype(str)), title="Patients per fold").mark_bar().encode(
-        x=alt.X("fold:N"), y=alt.Y("patients:Q"), color=alt.Color("label:N", scale=LABEL_COLOURS, title="diagnosis"),
-        tooltip=["fold", "label", "patients", "slices"]).properties(width=alt.Step(48), height=200)
-
+    df = sizes.assign(fold="fold " + sizes["fold"].astype(str))
+    folds = list(dict.fromkeys(df["fold"]))
+    return alt.Chart(df, title="Patients per fold").mark_bar().encode(
+        y=alt.Y("fold:N", title=None, sort=folds), x=alt.X("patients:Q"),
+        color=alt.Color("label:N", scale=LABEL_COLOURS, title="diagnosis"),
+        tooltip=["fold", "label", "patients", "slices"]).properties(width=420, height=alt.Step(30))

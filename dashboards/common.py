@@ -97,6 +97,7 @@ def file_name(ctx: Context, name: str, ext: str) -> str:
 
 def table(ctx: Context, df: pd.DataFrame, name: str, *, download: pd.DataFrame | None = None, **kwargs) -> None:
     """A table and a button that downloads it (or ``download``, e.g. its numbers unformatted) as CSV."""
+    kwargs.setdefault("height", "content" if len(df) <= 40 else "auto")  # short tables whole, long ones scroll
     st.dataframe(df, hide_index=True, width="stretch", **kwargs)
     out = df if download is None else download
     st.download_button("Download CSV", out.to_csv(index=False).encode(), file_name=file_name(ctx, name, "csv"),

@@ -128,7 +128,7 @@ def metric_table(src: Source, run: str, ci_method: str, auc_ci: str, cohorts: tu
     rows = queries.metric_rows(_connection(src.uri, src.stamp), run, ci_method=ci_method, auc_ci=auc_ci,
                                cohorts=cohorts, subgroup=subgroup, metrics=metrics)
     cols = ["cohort", "subgroup", "who", "rater", "assisted", "cutoff_kind", "metric", "value", "ci_low",
-            "ci_high", "ci_method", "n", "n_gbm", "tp", "fp", "tn", "fn"]
+            "ci_high", "ci_method", "ci_choice", "n", "n_gbm", "tp", "fp", "tn", "fn"]
     return pd.DataFrame(rows, columns=cols)
 
 

@@ -200,7 +200,7 @@ def _print_paper_table(lake: str, run: str, ci: str) -> None:
     from gbmmet.constants import PAPER_METRICS
     from storage import catalog
     from storage.lake import Lake
-    from storage.queries import format_estimate, paper_table
+    from storage.queries import FALLBACK_MARK, FALLBACK_NOTE, format_estimate, paper_table
 
     con = catalog.connect(Lake(lake))
     try:
@@ -213,13 +213,19 @@ def _print_paper_table(lake: str, run: str, ci: str) -> None:
                           "training folds only.")
     for col in ("cohort", "rater", "n", *PAPER_METRICS):
         table.add_column(col, justify="left" if col in ("cohort", "rater") else "right")
+    fell_back = False
     for r in rows:
         cells = []
         for m in PAPER_METRICS:
             v = r.get(m)
-            cells.append("" if v is None else format_estimate(*v))
+            mark = m != "auc" and v is not None and v[3] not in (ci, None)
+            fell_back |= mark
+            cells.append("" if v is None else format_estimate(*v[:3]) + (FALLBACK_MARK if mark else ""))
         table.add_row(r["cohort"], r["rater"], str(r["n"]), *cells)
-    Console(width=200).print(table)
+    console = Console(width=200)
+    console.print(table)
+    if fell_back:
+        console.print(FALLBACK_NOTE)
 
 
 @app.command("run")

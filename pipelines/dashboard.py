@@ -18,6 +18,7 @@ def streamlit_command(lake: str, *, host: str = LOOPBACK, port: int = 8501, run:
     cmd = [sys.executable, "-m", "streamlit", "run", str(APP),
            "--server.address", host, "--server.port", str(port), "--server.headless", "true",
            "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none",
+           "--client.toolbarMode", "viewer",
            "--", "--lake", lake]
     return cmd + (["--run", run] if run else [])
 

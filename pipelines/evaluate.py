@@ -44,6 +44,9 @@ EVAL_SPLITS = (C.VAL, C.TEST, C.EXTERNAL)
 CUT_PAPER = C.CUTOFF_PAPER
 CUT_OOF = C.CUTOFF_OOF
 CI_METHODS = C.CI_METHODS
+# Part of every evaluation's fingerprint: raise it when evaluate writes its tables differently, so
+# that lakes evaluated before are evaluated again rather than reused (2: metrics.ci_choice).
+EVALUATE_VERSION = 2
 
 
 @dataclass
@@ -155,12 +158,13 @@ def _ci_rows(base: dict, y, call, score, n_resamples: int, seed: int) -> list[di
             iv = cis.get(method, {}).get(name)
             rows.append({**common, "metric": name, "value": point[name],
                          "ci_low": iv.low if iv else None, "ci_high": iv.high if iv else None,
-                         "ci_method": (iv.method if iv else method), "n_resamples": iv.n_resamples if iv else 0,
+                         "ci_method": (iv.method if iv else method), "ci_choice": method,
+                         "n_resamples": iv.n_resamples if iv else 0,
                          "n_degenerate": iv.n_degenerate if iv else 0})
     if n_gbm >= 2 and n - n_gbm >= 2:  # DeLong's variance needs two cases of each class
         d = delong_roc_variance(y, score)
         rows.append({**common, "metric": "auc", "value": point["auc"], "ci_low": d.ci_low, "ci_high": d.ci_high,
-                     "ci_method": "delong", "n_resamples": 0, "n_degenerate": 0})
+                     "ci_method": "delong", "ci_choice": "delong", "n_resamples": 0, "n_degenerate": 0})
     return rows
 
 
@@ -171,8 +175,8 @@ def _fingerprint(lake, rec: dict, n_resamples: int, seed: int) -> str:
     reads = sorted(tuple(str(v) for v in r.values()) for r in lake.read(C.TABLE_READS).to_pylist())
     slices = sorted(lake.read(C.TABLE_PATIENTS, columns=[C.COL_PATIENT_ID, "params_hash", "n_slices"]).to_pylist(),
                     key=lambda r: r[C.COL_PATIENT_ID])
-    blob = json.dumps([rec["run_id"], str(rec["finished_at"]), rec["fold_checkpoints"], reads, slices,
-                       n_resamples, seed], default=str)
+    blob = json.dumps([EVALUATE_VERSION, rec["run_id"], str(rec["finished_at"]), rec["fold_checkpoints"], reads,
+                       slices, n_resamples, seed], default=str)
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
@@ -227,7 +231,7 @@ def _group_rows(rater_jobs, n_resamples: int) -> list[dict]:
             n, n_gbm = len(y), int(np.sum(y))
             d = delong_roc_variance(y, call) if n_gbm >= 2 and n - n_gbm >= 2 else None
             rows.append({**base, "metric": "auc_calls", "value": auc_score(y, call), "ci_low": d.ci_low if d else None,
-                         "ci_high": d.ci_high if d else None, "ci_method": "delong", "n": n, "n_gbm": n_gbm,
+                         "ci_high": d.ci_high if d else None, "ci_method": "delong", "ci_choice": "delong", "n": n, "n_gbm": n_gbm,
                          "n_resamples": 0, "n_degenerate": 0})
     return rows
 

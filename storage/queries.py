@@ -22,28 +22,36 @@ def rater_label(rater: str, assisted: bool | None, cutoff_kind: str | None) -> s
 
 def format_estimate(value: float | None, low: float | None = None, high: float | None = None,
                     digits: int = 3) -> str:
-    """``0.853 (0.790-0.910)``; the value alone where there is no interval; empty for no value."""
+    """``0.853 (0.790 to 0.910)``; the value alone where there is no interval; empty for no value.
+    (``to`` rather than a dash: differences have negative bounds.)"""
     if value is None or value != value:
         return ""
     text = f"{value:.{digits}f}"
     if low is not None and high is not None and low == low and high == high:
-        text += f" ({low:.{digits}f}-{high:.{digits}f})"
+        text += f" ({low:.{digits}f} to {high:.{digits}f})"
     return text
+
+
+FALLBACK_MARK = "\u2020"  # dagger
+FALLBACK_NOTE = (FALLBACK_MARK + " BCa undefined here (a resample without a GBM call, or a constant statistic): "
+                 "the percentile interval of the same resamples is shown.")
 
 
 def metric_rows(con: duckdb.DuckDBPyConnection, run: str, *, ci_method: str = C.CI_SUBSAMPLE,
                 auc_ci: str = C.CI_DELONG, cohorts: tuple[str, ...] = C.TEST_COHORTS,
                 subgroup: str | None = "all", metrics: tuple[str, ...] = C.PAPER_METRICS) -> list[dict]:
-    """Rows of ``metrics`` for run ``run``: one per cohort, subgroup, rater and metric, with the CI of
-    ``ci_method`` (AUC: of ``auc_ci``). ``subgroup=None`` gives every subgroup. Each row gains
+    """Rows of ``metrics`` for run ``run``: one per cohort, subgroup, rater and metric, with the CI
+    chosen as ``ci_method`` (AUC: ``auc_ci``); a row's own ``ci_method`` says what made the interval
+    (percentile where BCa was undefined). ``subgroup=None`` gives every subgroup. Each row gains
     ``who`` (``rater_label``). Ordered internal before external, model before readers."""
     sql = """
         select cohort, subgroup, rater, assisted, cutoff_kind, metric, value, ci_low, ci_high, ci_method,
-               n, n_gbm, tp, fp, tn, fn
+               coalesce(ci_choice, ci_method) as ci_choice, n, n_gbm, tp, fp, tn, fn
         from metrics
         where run_id = ? and list_contains(?, cohort) and list_contains(?, metric)
           and (? is null or subgroup = ?)
-          and ((metric = 'auc' and ci_method = ?) or (metric <> 'auc' and ci_method = ?))
+          and ((metric = 'auc' and coalesce(ci_choice, ci_method) = ?)
+               or (metric <> 'auc' and coalesce(ci_choice, ci_method) = ?))
         order by cohort = 'external', cohort, subgroup <> 'all', subgroup, rater <> 'model', rater,
                  cutoff_kind desc, assisted, metric
     """
@@ -61,10 +69,10 @@ def metric_rows(con: duckdb.DuckDBPyConnection, run: str, *, ci_method: str = C.
 
 def paper_table(con: duckdb.DuckDBPyConnection, run: str, ci_method: str = C.CI_SUBSAMPLE) -> list[dict]:
     """The paper's table: one row per rater (the model at each cutoff, each reader unassisted and
-    assisted) and cohort (internal test, external), each metric as (value, low, high). AUC's CI is
-    DeLong's; the others use ``ci_method``."""
+    assisted) and cohort (internal test, external), each metric as (value, low, high, method that
+    made the interval). AUC's CI is DeLong's; the others use ``ci_method``."""
     rows: dict[tuple, dict] = {}
     for r in metric_rows(con, run, ci_method=ci_method):
         row = rows.setdefault((r["cohort"], r["who"]), {"cohort": r["cohort"], "rater": r["who"], "n": r["n"]})
-        row[r["metric"]] = (r["value"], r["ci_low"], r["ci_high"])
+        row[r["metric"]] = (r["value"], r["ci_low"], r["ci_high"], r["ci_method"])
     return list(rows.values())

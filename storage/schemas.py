@@ -168,7 +168,10 @@ METRICS = pa.schema([
     pa.field("value", pa.float64()),
     pa.field("ci_low", pa.float64()),
     pa.field("ci_high", pa.float64()),
-    pa.field("ci_method", pa.string()),  # paper_subsample90, bootstrap_bca, bootstrap_percentile, delong
+    pa.field("ci_method", pa.string()),  # what made the interval: paper_subsample90, bootstrap_bca, bootstrap_percentile, delong
+    # the CI asked for (one row per metric and choice); differs from ci_method where BCa was
+    # undefined (a resample without a GBM call, a constant statistic) and percentile stands in
+    pa.field("ci_choice", pa.string()),
     pa.field("n", pa.int32()),  # patients
     pa.field("n_gbm", pa.int32()),
     pa.field("n_resamples", pa.int32()),

@@ -27,11 +27,8 @@ wide = counts.pivot_table(index=["site", "split"], columns="label", values=["pat
                           aggfunc="sum", fill_value=0)
 wide.columns = [f"{what} {label}" for what, label in wide.columns]
 wide = wide.reset_index()
-left, right = st.columns([3, 2])
-with left:
-    common.table(ctx, wide, "counts", download=counts)
-with right:
-    common.chart(ctx, charts.counts_bar(counts), "counts")
+common.table(ctx, wide, "counts", download=counts)
+common.chart(ctx, charts.counts_bar(counts), "counts")
 
 st.subheader("Preprocessing failures")
 if failures.empty:

@@ -7,7 +7,7 @@ import streamlit as st
 
 from dashboards import charts, common, data
 from gbmmet import constants as C
-from storage.queries import format_estimate
+from storage.queries import FALLBACK_MARK, FALLBACK_NOTE, format_estimate
 
 CI_CHOICES = {
     C.CI_SUBSAMPLE: "the paper's: 1,000 subsets of 90 %",
@@ -24,7 +24,8 @@ def wide_table(long: pd.DataFrame) -> pd.DataFrame:
     rows: dict[tuple, dict] = {}
     for r in long.itertuples(index=False):
         row = rows.setdefault((r.cohort, r.who), {"cohort": data.cohort_name(r.cohort), "rater": r.who, "n": r.n})
-        row[r.metric] = format_estimate(r.value, r.ci_low, r.ci_high)
+        row[r.metric] = format_estimate(r.value, r.ci_low, r.ci_high) + (
+            FALLBACK_MARK if r.ci_method != r.ci_choice else "")
     cols = ["cohort", "rater", "n", *[m for m in C.PAPER_METRICS if m in set(long["metric"])]]
     return pd.DataFrame(list(rows.values()), columns=cols)
 
@@ -56,11 +57,14 @@ st.caption(f"GBM is the positive class. CI: {CI_CHOICES[ci]}; AUC: "
            f"{'DeLong' if auc_delong else CI_CHOICES[ci]}. Readers' AUC is from their calls signed by confidence.")
 common.table(ctx, wide_table(long), f"paper-table-{ci}", download=long.drop(columns=["subgroup"]))
 st.caption(CUTOFF_NOTE)
+if (long["ci_method"] != long["ci_choice"]).any():
+    st.caption(FALLBACK_NOTE)
 
 st.subheader("Forest plot")
 forest = long.assign(cohort=long["cohort"].map(data.cohort_name))
 common.chart(ctx, charts.forest(forest, y="who", color="cohort", column="metric",
-                                title=f"Model and readers, 95% CI ({ci}; AUC: {'DeLong' if auc_delong else ci})"),
+                                title=f"Model and readers, 95% CI ({ci}; AUC: {'DeLong' if auc_delong else ci})",
+                                column_order=list(C.PAPER_METRICS)),
              f"forest-{ci}")
 
 st.subheader("Paired tests")

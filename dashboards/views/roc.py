@@ -49,25 +49,27 @@ st.caption("Predictive index: the share of a patient's slices the 5-fold ensembl
            "Cutoffs: " + "; ".join(f"{RATER_LABELS.get(k, k)} = {v:.3f}" for k, v in cut.items())
            + ". Diamonds: the model at each cutoff; circles: the readers.")
 reads_all = data.reads(ctx.src, tuple(pats_all["patient_id"]))
-summary = []
-cols = st.columns(min(2, len(ctx.cohorts)) or 1)
-for k, cohort in enumerate(c for c in ctx.cohorts if c in set(pats_all["cohort"])):
+summary, panels = [], []
+cohorts = [c for c in ctx.cohorts if c in set(pats_all["cohort"])]
+cols = st.columns(max(len(cohorts), 1) + 1)
+for k, cohort in enumerate(cohorts):
     pats = pats_all[pats_all["cohort"] == cohort]
     y = (pats["label"] == C.GBM).to_numpy(int)
-    with cols[k % len(cols)]:
-        name = data.cohort_name(cohort)
-        if y.all() or not y.any():
-            st.warning(f"{name}: one diagnosis only among the chosen patients; no ROC.", icon=":material/warning:")
-            continue
-        fpr, tpr, thr = roc_curve(y, pats["predictive_index"])
-        d = delong_roc_variance(y, pats["predictive_index"])
-        auc_text = format_estimate(d.auc, d.ci_low, d.ci_high)
-        st.metric(f"AUC, {name}", f"{d.auc:.3f}", help="95% CI by DeLong's method")
-        st.caption(f"AUC {auc_text} (DeLong) · {len(y)} patients, {int(y.sum())} GBM")
-        points = operating_points(pats, reads_all)
-        curve = pd.DataFrame({"fpr": fpr, "tpr": tpr, "threshold": np.where(np.isinf(thr), np.nan, thr)})
-        common.chart(ctx, charts.roc(curve, points, f"{name}: AUC {auc_text}"), f"roc-{cohort}")
-        summary.append(points.assign(cohort=name, auc=d.auc, auc_low=d.ci_low, auc_high=d.ci_high))
+    name = data.cohort_name(cohort)
+    if y.all() or not y.any():
+        st.warning(f"{name}: one diagnosis only among the chosen patients; no ROC.", icon=":material/warning:")
+        continue
+    fpr, tpr, thr = roc_curve(y, pats["predictive_index"])
+    d = delong_roc_variance(y, pats["predictive_index"])
+    auc_text = format_estimate(d.auc, d.ci_low, d.ci_high)
+    cols[k].metric(f"AUC, {name}", f"{d.auc:.3f}", help=f"{auc_text}: 95% CI by DeLong's method")
+    cols[k].caption(f"95% CI {d.ci_low:.3f} to {d.ci_high:.3f} (DeLong) · {len(y)} patients, {int(y.sum())} GBM")
+    points = operating_points(pats, reads_all)
+    curve = pd.DataFrame({"fpr": fpr, "tpr": tpr, "threshold": np.where(np.isinf(thr), np.nan, thr)})
+    panels.append(charts.roc(curve, points, f"{name}: AUC {auc_text}"))
+    summary.append(points.assign(cohort=name, auc=d.auc, auc_low=d.ci_low, auc_high=d.ci_high))
+if panels:
+    common.chart(ctx, charts.roc_panels(panels), "roc")
 
 if summary:
     st.subheader("Operating points")

@@ -7,7 +7,7 @@ import streamlit as st
 
 from dashboards import charts, common, data
 from gbmmet import constants as C
-from storage.queries import format_estimate
+from storage.queries import FALLBACK_MARK, FALLBACK_NOTE, format_estimate
 
 METRICS = (*C.PAPER_METRICS, "specificity", "npv")
 CI_NAMES = {C.CI_SUBSAMPLE: "the paper's subsampling", C.CI_BCA: "bootstrap BCa", C.CI_PERCENTILE: "bootstrap percentile"}
@@ -51,10 +51,13 @@ long = long.assign(group=long["subgroup"].map(subgroup_name))
 view = pd.DataFrame({
     "cohort": long["cohort"].map(data.cohort_name), "subgroup": long["group"], "rater": long["who"],
     "n": long["n"], "GBM": long["n_gbm"],
-    metric: [format_estimate(v, lo, hi) for v, lo, hi in zip(long["value"], long["ci_low"], long["ci_high"], strict=True)],
+    metric: [format_estimate(v, lo, hi) + (FALLBACK_MARK if m != c else "") for v, lo, hi, m, c in
+             zip(long["value"], long["ci_low"], long["ci_high"], long["ci_method"], long["ci_choice"], strict=True)],
 })
 common.table(ctx, view, f"subgroups-{metric}", download=long)
+if (long["ci_method"] != long["ci_choice"]).any():
+    st.caption(FALLBACK_NOTE)
 plot = long.assign(cohort=long["cohort"].map(data.cohort_name))
-common.chart(ctx, charts.forest(plot, y="group", color="who", column="cohort",
+common.chart(ctx, charts.forest(plot, y="group", color="who", column="cohort", color_title="rater",
                                 title=f"{metric} by subgroup, 95% CI ({'DeLong' if auc_delong else ci})"),
              f"subgroups-{metric}")

@@ -33,9 +33,6 @@ if sizes.empty:
 else:
     wide = sizes.pivot_table(index="fold", columns="label", values=["patients", "slices"], aggfunc="sum", fill_value=0)
     wide.columns = [f"{what} {label}" for what, label in wide.columns]
-    left, right = st.columns([3, 2])
-    with left:
-        common.table(ctx, wide.reset_index(), "fold-sizes", download=sizes)
-    with right:
-        common.chart(ctx, charts.fold_bar(sizes), "fold-sizes")
+    common.table(ctx, wide.reset_index(), "fold-sizes", download=sizes)
+    common.chart(ctx, charts.fold_bar(sizes), "fold-sizes")
 common.table(ctx, last[["fold", "epoch", "train_loss", "train_acc", "val_loss", "val_acc"]].round(4), "final-epoch")
