@@ -8,7 +8,7 @@ DATA ?= data
 SEED ?= 0
 PYTEST_ARGS ?=
 
-.PHONY: demo test test-fast lint bench clean venv
+.PHONY: demo test test-fast lint bench clean venv dashboard
 
 venv: $(STAMP)
 
@@ -24,6 +24,10 @@ LAKE ?= lake
 demo: $(STAMP)
 	$(BIN)/gbmmet run --preset demo --data $(DATA)/demo --lake $(LAKE) --seed $(SEED)
 
+# The dashboard of the lake on http://localhost:8501 (this machine only; Ctrl-C stops it).
+dashboard: $(STAMP)
+	$(BIN)/gbmmet dashboard --lake $(LAKE)
+
 test: $(STAMP)
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
@@ -38,6 +42,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/preprocess.py
 	$(BIN)/python bench/train.py
 	$(BIN)/python bench/run.py
+	$(BIN)/python bench/dashboard.py
 
 clean:
 	rm -rf $(DATA) $(LAKE) .pytest_cache

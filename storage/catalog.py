@@ -49,18 +49,26 @@ def _quote(s: str) -> str:
     return "'" + s.replace("'", "''") + "'"
 
 
+def _typed_empty(name: str) -> str:
+    """A query with the table's columns (and partition columns), typed, and no rows."""
+    cols = [f'CAST(NULL AS {_duck_type(f.type)}) AS "{f.name}"' for f in SCHEMAS[name]]
+    cols += [f'CAST(NULL AS VARCHAR) AS "{c}"' for c in PARTITIONS.get(name, ())]
+    return f"SELECT {', '.join(cols)} WHERE false"
+
+
 def view_sql(lake: Lake, name: str) -> str:
-    """The CREATE VIEW statement of one table."""
-    schema = SCHEMAS[name]
+    """The CREATE VIEW statement of one table.
+
+    The view always has every column of the table's schema: files written before a column was
+    added read it as NULL (``UNION ALL BY NAME`` with the typed empty table).
+    """
     parts = PARTITIONS.get(name, ())
     if lake.files(name):
         glob = lake.path(name, *(["*"] * len(parts)), "*.parquet")
         hive = "true" if parts else "false"
         return (f'CREATE OR REPLACE VIEW "{name}" AS SELECT * FROM read_parquet({_quote(glob)}, '
-                f"hive_partitioning = {hive}, union_by_name = true)")
-    cols = [f'CAST(NULL AS {_duck_type(f.type)}) AS "{f.name}"' for f in schema]
-    cols += [f'CAST(NULL AS VARCHAR) AS "{c}"' for c in parts]
-    return f'CREATE OR REPLACE VIEW "{name}" AS SELECT {", ".join(cols)} WHERE false'
+                f"hive_partitioning = {hive}, union_by_name = true) UNION ALL BY NAME {_typed_empty(name)}")
+    return f'CREATE OR REPLACE VIEW "{name}" AS {_typed_empty(name)}'
 
 
 def refresh(lake: Lake) -> Path:

@@ -23,6 +23,7 @@ from gbmmet.stats import (
     delong_roc_test,
     delong_roc_variance,
     metrics,
+    roc_curve,
     youden_cutoff,
 )
 from tests.conftest import SHARED
@@ -177,3 +178,18 @@ def test_confidence_intervals_cover_the_estimate_and_count_degenerate_resamples(
         warnings.simplefilter("always")
         small = ci_paper_subsample(y_small, (s_small >= 0.5).astype(int), s_small, n_resamples=200)
     assert small["auc"].n_degenerate > 0 and any("left out" in str(w.message) for w in caught)
+
+
+def test_roc_curve_by_hand_and_against_scikit_learn(rng):
+    from sklearn.metrics import roc_curve as sk_roc_curve
+
+    # scores 0.9 (GBM), 0.8 (MET), 0.8 (GBM), 0.1 (MET): thresholds +inf, 0.9, 0.8, 0.1
+    fpr, tpr, thr = roc_curve([1, 0, 1, 0], [0.9, 0.8, 0.8, 0.1])
+    assert fpr.tolist() == [0, 0, 0.5, 1] and tpr.tolist() == [0, 0.5, 1, 1]
+    assert thr[0] == np.inf and thr[1:].tolist() == [0.9, 0.8, 0.1]
+    for _ in range(30):
+        y = rng.integers(0, 2, 25)
+        y[:2] = [0, 1]
+        s = rng.integers(0, 8, 25) / 7  # ties
+        for a, b in zip(roc_curve(y, s), sk_roc_curve(y, s, drop_intermediate=False), strict=True):
+            assert np.allclose(a, b)

@@ -1,5 +1,6 @@
-"""Serve the dashboard and drive headless Chromium through it (used by the browser test and by
-``bench/dashboard.py``): Debian's Chromium through Playwright, on a free loopback port."""
+"""Serve the dashboard on a free loopback port and open it in headless Chromium (Debian's, through
+Playwright; never ``playwright install``): the browser test and ``bench/dashboard.py`` use this.
+Playwright is a development dependency (``pip install -e '.[dev]'``)."""
 
 from __future__ import annotations
 
