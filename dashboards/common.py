@@ -86,6 +86,16 @@ def require(ctx: Context, *, patients: bool = True, run: bool = False, evaluated
         st.stop()
 
 
+def evaluated_patients(ctx: Context) -> pd.DataFrame:
+    """The run's evaluated patients of the chosen cohorts and sites (``data.patient_predictions``);
+    stops the page with a message where there are none."""
+    pats = data.patient_predictions(ctx.src, ctx.run, ctx.cohorts, ctx.sites)
+    if pats.empty:
+        st.info("No evaluated patients in the chosen cohorts and sites.", icon=":material/info:")
+        st.stop()
+    return pats
+
+
 def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-").lower()
 

@@ -10,6 +10,7 @@ that writes to the lake shows on the next rerun without serving stale tables.
 from __future__ import annotations
 
 import json
+import threading
 from dataclasses import dataclass
 
 import numpy as np
@@ -38,8 +39,18 @@ def _connection(uri: str, stamp: str):
     return catalog.memory_connection(Lake(uri))
 
 
+_CURSOR_LOCK = threading.Lock()  # sessions run in threads: one at a time takes a cursor of the shared connection
+
+
+def cursor(src: Source):
+    """A cursor of the lake's shared connection, for one query on this thread."""
+    with _CURSOR_LOCK:
+        return _connection(src.uri, src.stamp).cursor()
+
+
 def _df(uri: str, stamp: str, sql: str, params: list | tuple = ()) -> pd.DataFrame:
-    cur = _connection(uri, stamp).cursor()
+    with _CURSOR_LOCK:
+        cur = _connection(uri, stamp).cursor()
     try:
         return cur.execute(sql, list(params)).df()
     finally:
@@ -125,8 +136,12 @@ def run_records(src: Source, run: str) -> dict[str, dict]:
 def metric_table(src: Source, run: str, ci_method: str, auc_ci: str, cohorts: tuple[str, ...],
                  subgroup: str | None, metrics: tuple[str, ...]) -> pd.DataFrame:
     """``storage.queries.metric_rows`` as a frame (one row per cohort, subgroup, rater, metric)."""
-    rows = queries.metric_rows(_connection(src.uri, src.stamp), run, ci_method=ci_method, auc_ci=auc_ci,
-                               cohorts=cohorts, subgroup=subgroup, metrics=metrics)
+    cur = cursor(src)
+    try:
+        rows = queries.metric_rows(cur, run, ci_method=ci_method, auc_ci=auc_ci, cohorts=cohorts,
+                                   subgroup=subgroup, metrics=metrics)
+    finally:
+        cur.close()
     cols = ["cohort", "subgroup", "who", "rater", "assisted", "cutoff_kind", "metric", "value", "ci_low",
             "ci_high", "ci_method", "ci_choice", "n", "n_gbm", "tp", "fp", "tn", "fn"]
     return pd.DataFrame(rows, columns=cols)

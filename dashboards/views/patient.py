@@ -35,10 +35,7 @@ def png_bytes(rgbs: list[np.ndarray]) -> bytes:
 ctx = common.context()
 st.title("Patient viewer")
 common.require(ctx, run=True, evaluated=True)
-pats = data.patient_predictions(ctx.src, ctx.run, ctx.cohorts, ctx.sites)
-if pats.empty:
-    st.info("No evaluated patients in the chosen cohorts and sites.", icon=":material/info:")
-    st.stop()
+pats = common.evaluated_patients(ctx)
 
 labels = {r.patient_id: f"{r.patient_id} · {data.cohort_name(r.cohort)} · {r.label} · index {r.predictive_index:.2f}"
           for r in pats.itertuples(index=False)}

@@ -33,7 +33,7 @@ def wide_table(long: pd.DataFrame) -> pd.DataFrame:
 ctx = common.context()
 st.title("Model vs readers")
 common.require(ctx, run=True, evaluated=True)
-cohorts = tuple(c for c in ctx.cohorts if c in C.TEST_COHORTS or c == C.VAL)
+cohorts = ctx.cohorts
 
 c1, c2 = st.columns([3, 2])
 ci = c1.radio("95% CI of accuracy, precision, recall and F1", list(CI_CHOICES), format_func=CI_CHOICES.get,
@@ -41,7 +41,7 @@ ci = c1.radio("95% CI of accuracy, precision, recall and F1", list(CI_CHOICES), 
 auc_delong = c2.toggle("AUC's CI from DeLong", value=True, key="readers-auc-delong",
                        help="Off: the AUC's CI comes from the same resampling as the other metrics.")
 long = data.metric_table(ctx.src, ctx.run, ci, C.CI_DELONG if auc_delong else ci, cohorts, "all", C.PAPER_METRICS)
-pats = data.patient_predictions(ctx.src, ctx.run, cohorts, ctx.sites)
+pats = common.evaluated_patients(ctx)
 shown = [c for c in cohorts if c in set(pats["cohort"])]
 long = long[long["cohort"].isin(shown)]
 if long.empty:

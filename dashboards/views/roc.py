@@ -40,10 +40,7 @@ def operating_points(pats: pd.DataFrame, reads: pd.DataFrame) -> pd.DataFrame:
 ctx = common.context()
 st.title("ROC")
 common.require(ctx, run=True, evaluated=True)
-pats_all = data.patient_predictions(ctx.src, ctx.run, ctx.cohorts, ctx.sites)
-if pats_all.empty:
-    st.info("No evaluated patients in the chosen cohorts and sites.", icon=":material/info:")
-    st.stop()
+pats_all = common.evaluated_patients(ctx)
 cut = data.cutoffs(ctx.src, ctx.run)
 st.caption("Predictive index: the share of a patient's slices the 5-fold ensemble (majority vote) calls GBM. "
            "Cutoffs: " + "; ".join(f"{RATER_LABELS.get(k, k)} = {v:.3f}" for k, v in cut.items())

@@ -26,11 +26,8 @@ common.require(ctx, run=True, evaluated=True)
 st.caption("By tumour location, and by primary tumour: each primary's metastases beside all GBMs of the "
            "cohort, so that AUC is defined. Small subgroups have wide intervals; where a CI is blank, "
            "too few patients of one diagnosis made it undefined.")
-pats = data.patient_predictions(ctx.src, ctx.run, ctx.cohorts, ctx.sites)
+pats = common.evaluated_patients(ctx)
 cohorts = tuple(c for c in ctx.cohorts if c in set(pats["cohort"]))
-if not cohorts:
-    st.info("No evaluated patients in the chosen cohorts and sites.", icon=":material/info:")
-    st.stop()
 
 c1, c2, c3 = st.columns([1, 2, 3])
 metric = c1.selectbox("Metric", METRICS, index=METRICS.index("auc"), key="sub-metric")
