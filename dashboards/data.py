@@ -2,7 +2,7 @@
 
 One in-memory DuckDB database of views per lake state (``catalog.memory_connection``: the dashboard
 never writes to the lake, not even the catalog file), shared by every session
-(``st.cache_resource``); every query gets its own cursor and takes its values as ``?`` parameters.
+(``st.cache_resource``), one query at a time; every value is a ``?`` parameter.
 Results are cached (``st.cache_data``) under the lake's ``stamp``, a digest of its files, so a job
 that writes to the lake shows on the next rerun without serving stale tables.
 """
@@ -39,22 +39,15 @@ def _connection(uri: str, stamp: str):
     return catalog.memory_connection(Lake(uri))
 
 
-_CURSOR_LOCK = threading.Lock()  # sessions run in threads: one at a time takes a cursor of the shared connection
-
-
-def cursor(src: Source):
-    """A cursor of the lake's shared connection, for one query on this thread."""
-    with _CURSOR_LOCK:
-        return _connection(src.uri, src.stamp).cursor()
+# Sessions run in threads and share one connection: one query at a time (they take milliseconds).
+# Not a cursor per thread: a lake on object storage is read through Arrow datasets registered on
+# the connection, which its cursors do not see.
+_QUERY_LOCK = threading.Lock()
 
 
 def _df(uri: str, stamp: str, sql: str, params: list | tuple = ()) -> pd.DataFrame:
-    with _CURSOR_LOCK:
-        cur = _connection(uri, stamp).cursor()
-    try:
-        return cur.execute(sql, list(params)).df()
-    finally:
-        cur.close()
+    with _QUERY_LOCK:
+        return _connection(uri, stamp).execute(sql, list(params)).df()
 
 
 @dataclass(frozen=True)
@@ -136,12 +129,9 @@ def run_records(src: Source, run: str) -> dict[str, dict]:
 def metric_table(src: Source, run: str, ci_method: str, auc_ci: str, cohorts: tuple[str, ...],
                  subgroup: str | None, metrics: tuple[str, ...]) -> pd.DataFrame:
     """``storage.queries.metric_rows`` as a frame (one row per cohort, subgroup, rater, metric)."""
-    cur = cursor(src)
-    try:
-        rows = queries.metric_rows(cur, run, ci_method=ci_method, auc_ci=auc_ci, cohorts=cohorts,
-                                   subgroup=subgroup, metrics=metrics)
-    finally:
-        cur.close()
+    with _QUERY_LOCK:
+        rows = queries.metric_rows(_connection(src.uri, src.stamp), run, ci_method=ci_method, auc_ci=auc_ci,
+                                   cohorts=cohorts, subgroup=subgroup, metrics=metrics)
     cols = ["cohort", "subgroup", "who", "rater", "assisted", "cutoff_kind", "metric", "value", "ci_low",
             "ci_high", "ci_method", "ci_choice", "n", "n_gbm", "tp", "fp", "tn", "fn"]
     return pd.DataFrame(rows, columns=cols)

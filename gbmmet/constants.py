@@ -29,6 +29,10 @@ SEXES = ("M", "F")
 # Primary tumour of a metastasis (the paper's categories). Empty for GBM.
 PRIMARY_TUMORS = ("lung", "breast", "gi", "gu", "other")
 
+# Ray custom resource that pins a site's patients to that site's nodes (`preprocess --pin-sites`):
+# a node started with `ray start --resources '{"site:siteA": 1}'` runs siteA's patients.
+SITE_RESOURCE_PREFIX = "site:"
+
 # Sites of the synthetic cohorts (scanner profiles live in gbmmet.synth.sites).
 SITE_INTERNAL = "siteA"
 SITE_EXTERNAL = "siteB"

@@ -86,6 +86,7 @@ def preprocess(
     address: Annotated[str | None, typer.Option(help="Ray cluster address (default: RAY_ADDRESS, else a local Ray).")] = None,
     workers: Annotated[int | None, typer.Option(help="CPUs of the local Ray (default: all); 0 runs in this process.")] = None,
     keep_going: Annotated[bool, typer.Option("--keep-going", help="Missing files fail only their own patient instead of stopping the run.")] = False,
+    pin_sites: Annotated[bool, typer.Option("--pin-sites", help="Run each site's patients only on nodes with the Ray resource site:<site> (ray start --resources '{\"site:siteA\": 1}').")] = False,
     n4: Annotated[str, typer.Option(help="N4 backend: sitk (default) or ants.")] = "sitk",
 ) -> None:
     """Preprocess site cohorts into the lake: N4, 1 mm, CE-T1 onto T2, WhiteStripe, ROI slices."""
@@ -95,7 +96,8 @@ def preprocess(
     from pipelines.preprocess import run_preprocess
 
     params = PreprocessParams(n4=replace(N4Params(), backend=n4))
-    s = run_preprocess(manifest, lake, params=params, address=address, workers=workers, keep_going=keep_going)
+    s = run_preprocess(manifest, lake, params=params, address=address, workers=workers, keep_going=keep_going,
+                       pin_sites=pin_sites)
     typer.echo(
         f"preprocess: {len(s.ok)} ok, {len(s.skipped)} skipped (already in the lake), {len(s.failed)} failed; "
         f"{s.slices_written} slices written; "

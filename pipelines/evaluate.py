@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -61,7 +60,7 @@ class EvaluateSummary:
     seconds: float = 0.0
 
 
-def score_fold(state_path: str, mode: str, head: dict, backbone_name: str, backbone_id: str, weights, stages: int,
+def score_fold(checkpoint: str, mode: str, head: dict, backbone_name: str, backbone_id: str, weights, stages: int,
                X) -> np.ndarray:
     """Ray task: P(GBM) of every row of ``X`` (features, or uint8 slices in fine-tune mode) by one
     fold's model, read from its checkpoint."""
@@ -69,11 +68,11 @@ def score_fold(state_path: str, mode: str, head: dict, backbone_name: str, backb
 
     from gbmmet.model.train import HeadConfig, make_head
     from pipelines.ray_runtime import match_threads_to_task
+    from pipelines.train import load_state
 
     match_threads_to_task()
     cfg = HeadConfig(**head)
-    with open(state_path, "rb") as fh:
-        state = torch.load(fh, map_location="cpu", weights_only=False)
+    state = load_state(checkpoint)
     if mode == "frozen":
         model = make_head(X.shape[1], cfg)
         model.load_state_dict(state["model"])
@@ -194,14 +193,14 @@ def cam_chunk(paths: list[str], mode: str, head: dict, backbone_name: str, backb
     from gbmmet.model.cam import grad_cam
     from gbmmet.model.train import HeadConfig, make_head
     from pipelines.ray_runtime import match_threads_to_task
+    from pipelines.train import load_state
 
     match_threads_to_task()
     cfg = HeadConfig(**head)
     backbone, info = load_backbone(backbone_name, weights)
     models = []
     for path in paths:
-        with open(path, "rb") as fh:
-            state = torch.load(fh, map_location="cpu", weights_only=False)
+        state = load_state(path)
         if mode == "frozen":
             h = make_head(info.feature_dim, cfg)
             h.load_state_dict(state["model"])
@@ -289,7 +288,7 @@ def run_evaluate(lake_root: str, run: str | None = None, *, n_resamples: int = 1
     import ray
 
     ref = ray.put(X)
-    items = [(f"fold{k}", (os.path.join(path, "state.pt"), mode, config["head"], backbone_id.split("@")[0],
+    items = [(f"fold{k}", (path, mode, config["head"], backbone_id.split("@")[0],
                             backbone_id, config.get("weights_file"), config.get("stages") or 1, ref)) for k, path in sorted(checkpoints.items())]
     report = run_batch(items, score_fold, description="evaluate (fold models)", use_ray=True,
                        show_progress=show_progress)
@@ -411,7 +410,7 @@ def run_evaluate(lake_root: str, run: str | None = None, *, n_resamples: int = 1
         cam_meta = pa.concat_tables([m.select([C.COL_PATIENT_ID, C.COL_SITE, C.COL_SPLIT, "slice_index"])
                                      for m, _ in loaded])
         cam_images = np.concatenate([x for _, x in loaded])
-        paths = [os.path.join(p, "state.pt") for _, p in sorted(checkpoints.items())]
+        paths = [p for _, p in sorted(checkpoints.items())]
         chunk = 64
         items = [(f"{i:06d}", (paths, mode, config["head"], backbone_id.split("@")[0], backbone_id,
                                config.get("weights_file"), config.get("stages") or 1, cam_images[i:i + chunk]))

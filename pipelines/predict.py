@@ -60,6 +60,7 @@ def run_predict(t1c: str, t2: str, roi: str, *, lake_root: str = "lake", run: st
     from gbmmet.model.train import HeadConfig, make_head
     from gbmmet.preprocess.patient import preprocess_patient
     from pipelines.evaluate import train_run_record
+    from pipelines.train import load_state
     from storage.lake import Lake
 
     sec: dict[str, float] = {}
@@ -88,8 +89,7 @@ def run_predict(t1c: str, t2: str, roi: str, *, lake_root: str = "lake", run: st
     head_cfg = HeadConfig(**config["head"])
     heads = []
     for _, path in sorted((int(k), v) for k, v in json.loads(rec["fold_checkpoints"]).items()):
-        with open(os.path.join(path, "state.pt"), "rb") as fh:
-            state = torch.load(fh, map_location="cpu", weights_only=False)
+        state = load_state(path)
         head = make_head(info.feature_dim, head_cfg)
         head.load_state_dict(state["model"])
         heads.append(head.eval())

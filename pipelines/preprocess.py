@@ -126,7 +126,40 @@ def _run_row(job: PatientJob, attempt: str, started: dt.datetime, status: str, k
         "n_slices": len(out.boxes) if out is not None else 0,
         "params_hash": job.params_hash, "input_hash": job.input_hash,
         "params": json.dumps(job.params.to_dict(), sort_keys=True), "versions": _versions(),
+        "ray_node": _ray_node(),
     }
+
+
+def _ray_node() -> str | None:
+    """The id of the Ray node this runs on, inside a Ray task; None in the driver or without Ray."""
+    try:
+        import ray
+
+        if ray.is_initialized() and ray.get_runtime_context().get_task_id() is not None:
+            return ray.get_runtime_context().get_node_id()
+    except Exception:  # noqa: BLE001 - provenance only: never fail a patient over it
+        pass
+    return None
+
+
+def site_resources(sites, cluster: dict[str, float]) -> dict[str, dict[str, float]]:
+    """The custom resource each site's tasks ask for (``site:<site>``, a sliver of it, so that CPUs
+    and not the resource bound how many run at once), checked against the cluster's resources.
+
+    Raises:
+        ConfigError: a site has no node (its tasks would wait for ever); the message says how to
+            start one.
+    """
+    from gbmmet.errors import ConfigError
+
+    need = {site: C.SITE_RESOURCE_PREFIX + site for site in sorted(set(sites))}
+    missing = [r for r in need.values() if cluster.get(r, 0) <= 0]
+    if missing:
+        have = sorted(k for k in cluster if k.startswith(C.SITE_RESOURCE_PREFIX))
+        raise ConfigError(f"--pin-sites: no node of the cluster has {', '.join(missing)} (it has: {have or 'none'}); "
+                          "start each site's nodes with, e.g., ray start --address HEAD:6379 --resources "
+                          f"'{{\"{missing[0]}\": 1}}'")
+    return {site: {res: 0.001} for site, res in need.items()}
 
 
 def preprocess_one(job: PatientJob) -> dict:
@@ -209,12 +242,16 @@ def run_preprocess(
     address: str | None = None,
     workers: int | None = None,
     keep_going: bool = False,
+    pin_sites: bool = False,
     show_progress: bool = True,
 ) -> PreprocessSummary:
     """Preprocess every patient of ``manifests`` into the lake at ``lake_root``.
 
     ``workers=0`` runs in this process without Ray (debugging); otherwise on the local Ray with
     ``workers`` CPUs (default: all), or on the cluster at ``address`` / ``RAY_ADDRESS``.
+    ``pin_sites`` runs each site's patients only on nodes that have the custom resource
+    ``site:<site>`` (data that may not leave a site's machines; ``preprocess_runs.ray_node`` shows
+    where each ran).
 
     Raises:
         ManifestError: the manifests have problems (listed); nothing ran.
@@ -267,10 +304,18 @@ def run_preprocess(
         summary.failed[pid] = f"missing_file: {msg}"
 
     use_ray = workers != 0 and bool(todo)
+    if pin_sites and workers == 0:
+        raise ConfigError("--pin-sites needs Ray (workers 0 runs in this process)")
+    resources = None
     if use_ray:
         init_ray(address=address, num_cpus=workers)
+        if pin_sites:
+            import ray
+
+            by_site = site_resources([jobs[pid].entry.site for pid, _ in todo], ray.cluster_resources())
+            resources = {pid: by_site[jobs[pid].entry.site] for pid, _ in todo}
     report = run_batch(todo, preprocess_one, description="preprocess", use_ray=use_ray, show_progress=show_progress,
-                       names={pid: f"preprocess-{pseudo[pid]}" for pid, _ in todo})
+                       names={pid: f"preprocess-{pseudo[pid]}" for pid, _ in todo}, resources=resources)
     seconds = []
     for o in report.outcomes:
         if not o.ok:  # the task itself died for good (retries spent): record it from here

@@ -123,12 +123,14 @@ def run_batch(
     max_retries: int = 2,
     show_progress: bool = True,
     names: dict[str, str] | None = None,
+    resources: dict[str, dict[str, float]] | None = None,
 ) -> BatchReport:
     """Run ``fn(*args)`` for each (key, args): as Ray tasks, or in this process.
 
     A failing item is recorded with its error and the batch goes on. Ray retries a task whose
     worker died (``max_retries``); an exception raised by ``fn`` itself is not retried. ``names``
-    gives Ray task names (shown in the worker's process title), e.g. pseudonyms rather than raw ids.
+    gives Ray task names (shown in the worker's process title), e.g. pseudonyms rather than raw ids;
+    ``resources`` custom Ray resources per key (e.g. a site's, to pin its tasks to its nodes).
     """
     items = list(items)
     report = BatchReport()
@@ -148,10 +150,12 @@ def run_batch(
             import ray
 
             remote = ray.remote(num_cpus=num_cpus, num_gpus=num_gpus, max_retries=max_retries)(fn)
-            names = names or {}
+            names, resources = names or {}, resources or {}
             pending = {}
             for key, args in items:
                 opts = {"name": names[key]} if key in names else {}
+                if key in resources:
+                    opts["resources"] = resources[key]
                 pending[remote.options(**opts).remote(*args)] = key
             while pending:
                 done, _ = ray.wait(list(pending), num_returns=1, timeout=5.0)

@@ -260,13 +260,26 @@ class _Store:
     """The run's folder under the storage path (local or any pyarrow URI): config and done files."""
 
     def __init__(self, root: str):
-        import pyarrow.fs as pafs
+        from storage.lake import filesystem, is_remote
 
-        if "://" in root and not root.startswith("file://"):
-            self.fs, self.base = pafs.FileSystem.from_uri(root)
-        else:
-            self.fs, self.base = pafs.LocalFileSystem(), str(Path(root.removeprefix("file://")).resolve())
+        self.fs, self.base = filesystem(root)
         self.root = root
+        self.remote = is_remote(root)
+
+    def run_config_storage(self) -> dict:
+        """RunConfig's storage arguments: a path and its filesystem for object storage (so an
+        endpoint or other options in the URI's query reach Ray Train), the path alone on disk."""
+        if self.remote:
+            return {"storage_path": self.base, "storage_filesystem": self.fs}
+        return {"storage_path": self.base}
+
+    def uri(self, path: str) -> str:
+        """A path inside this store's filesystem as a URI that opens on its own (scheme and query)."""
+        if not self.remote:
+            return path
+        scheme = self.root.split("://", 1)[0]
+        query = self.root.partition("?")[2]
+        return f"{scheme}://{path}" + (f"?{query}" if query else "")
 
     def read_json(self, *parts):
         import pyarrow.fs as pafs
@@ -342,7 +355,7 @@ def run_train(lake_root: str, run: str, *, folds: int = 5, epochs: int = 100, wo
     from gbmmet.model.train import assign_folds, encode_labels
     from pipelines.ray_runtime import init_ray
     from storage import catalog
-    from storage.lake import Lake
+    from storage.lake import Lake, uri_join
 
     if not run or "/" in run or run.startswith("."):
         raise ConfigError(f"bad run name {run!r}: use letters, digits, '-' or '_'")
@@ -386,8 +399,8 @@ def run_train(lake_root: str, run: str, *, folds: int = 5, epochs: int = 100, wo
     slice_fold = np.array([fold_of[p] for p in pids])
     data_seconds = time.perf_counter() - t_start
 
-    storage = storage_path or (str(lake.local_root / "runs") if lake.local_root else f"{lake.uri}/runs")
-    store = _Store(posixpath.join(storage, run) if "://" in storage else str(Path(storage) / run))
+    storage = storage_path or lake.child_uri("runs")
+    store = _Store(uri_join(storage, run))
     settings = {"mode": mode, "folds": folds, "workers": workers, "backbone_id": backbone_id,
                 "head": head.to_dict(), "stages": stages if mode == "finetune" else None,
                 "tail_lr_factor": tail_lr_factor if mode == "finetune" else None,
@@ -450,7 +463,7 @@ def run_train(lake_root: str, run: str, *, folds: int = 5, epochs: int = 100, wo
             scaling_config=ScalingConfig(
                 num_workers=workers, use_gpu=gpus_per_worker > 0,
                 resources_per_worker={"CPU": cpus_per_worker, **({"GPU": gpus_per_worker} if gpus_per_worker else {})}),
-            run_config=RunConfig(name=f"fold{k}", storage_path=store.root,
+            run_config=RunConfig(name=f"fold{k}", **store.run_config_storage(),
                                  failure_config=FailureConfig(max_failures=max_failures),
                                  checkpoint_config=CheckpointConfig(num_to_keep=2)),
         )
@@ -458,7 +471,7 @@ def run_train(lake_root: str, run: str, *, folds: int = 5, epochs: int = 100, wo
         result = trainer.fit()
         if result.checkpoint is None:
             raise RuntimeError(f"fold {k} of run {run} ended without a checkpoint")
-        store.write_json({"checkpoint": result.checkpoint.path, "metrics": result.metrics,
+        store.write_json({"checkpoint": store.uri(result.checkpoint.path), "metrics": result.metrics,
                           "seconds": time.perf_counter() - t0}, f"fold{k}", DONE_FILE)
         return k
 
@@ -466,7 +479,6 @@ def run_train(lake_root: str, run: str, *, folds: int = 5, epochs: int = 100, wo
     progress_q.shutdown()
 
     import torch
-    from ray.train import Checkpoint
 
     history_rows, oof_rows = [], []
     for k in range(folds):
@@ -477,8 +489,7 @@ def run_train(lake_root: str, run: str, *, folds: int = 5, epochs: int = 100, wo
         m = done["metrics"]
         echo(f"  fold {k}: train loss {m['train_loss']:.3f} acc {m['train_acc']:.3f}; held-out loss "
              f"{m.get('val_loss', float('nan')):.3f} acc {m.get('val_acc', float('nan')):.3f} ({done['seconds']:.0f} s)")
-        with Checkpoint(done["checkpoint"]).as_directory() as d:
-            state = torch.load(os.path.join(d, STATE_FILE), map_location="cpu", weights_only=False)
+        state = load_state(done["checkpoint"])
         for row in state["history"]:
             history_rows.append({"run_id": run, "fold": k, **{c: row.get(c) for c in
                                  ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "attempt")}})
@@ -518,6 +529,19 @@ def run_train(lake_root: str, run: str, *, folds: int = 5, epochs: int = 100, wo
     if lake.local_root is not None:
         catalog.refresh(lake)
     return summary
+
+
+def load_state(checkpoint: str) -> dict:
+    """A fold's saved state (``STATE_FILE``) from its checkpoint folder: a local path or a URI
+    (object storage, with its query), as ``runs.fold_checkpoints`` records it."""
+    import io
+
+    import torch
+
+    from storage.lake import read_bytes, uri_join
+
+    return torch.load(io.BytesIO(read_bytes(uri_join(checkpoint, STATE_FILE))), map_location="cpu",
+                      weights_only=False)
 
 
 def _fit_all(todo, fit_fold, parallel, progress_q, folds, epochs, show_progress, echo) -> None:

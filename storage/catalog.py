@@ -93,12 +93,19 @@ def refresh(lake: Lake) -> Path:
 def memory_connection(lake: Lake) -> duckdb.DuckDBPyConnection:
     """An in-memory DuckDB database with one view per table of ``lake``; writes nothing anywhere.
 
-    For readers that must not touch the lake (the dashboard). The views list the table's files when
-    made: a table that gains its first files needs a new connection (``stamp`` tells when).
+    For readers that must not touch the lake (the dashboard), and for lakes on object storage: there
+    the views read the tables as Arrow datasets through pyarrow's filesystem (DuckDB's own S3
+    extension downloads at run time and is pinned to other DuckDB versions). The views list the
+    table's files when made: a table that gains files needs a new connection (``stamp`` tells when).
     """
     con = duckdb.connect(":memory:")
     for name in SCHEMAS:
-        con.execute(view_sql(lake, name))
+        if lake.local_root is None and lake.files(name):
+            con.register(f"_arrow_{name}", lake.dataset(name))
+            con.execute(f'CREATE OR REPLACE VIEW "{name}" AS SELECT * FROM "_arrow_{name}" '
+                        f"UNION ALL BY NAME {_typed_empty(name)}")
+        else:
+            con.execute(view_sql(lake, name))
     return con
 
 
@@ -120,7 +127,10 @@ def stamp(lake: Lake) -> str:
 
 
 def connect(lake: Lake, *, refresh_first: bool = True) -> duckdb.DuckDBPyConnection:
-    """A read-only connection to the lake's catalog (rebuilt first by default)."""
+    """A read-only connection to the lake's catalog (rebuilt first by default); for a lake on
+    object storage, an in-memory one (``memory_connection``)."""
+    if lake.local_root is None:
+        return memory_connection(lake)
     path = refresh(lake) if refresh_first else lake.local_root / CATALOG_FILE
     return duckdb.connect(str(path), read_only=True)
 

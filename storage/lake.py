@@ -24,21 +24,56 @@ SECRET_DIR = ".gbmmet"
 SECRET_FILE = "pseudonym.key"
 
 
+def is_remote(uri: str | os.PathLike) -> bool:
+    """True for a filesystem URI other than a local path (``s3://``, ``gs://``, ...)."""
+    uri = str(uri)
+    return "://" in uri and not uri.startswith("file://")
+
+
+def uri_join(uri: str, *parts: str) -> str:
+    """``uri`` with ``parts`` appended to its path, its query (``?endpoint_override=...``) kept:
+    ``uri_join("s3://b/lake?scheme=http", "runs")`` is ``s3://b/lake/runs?scheme=http``."""
+    uri = str(uri)
+    if not is_remote(uri):
+        return str(Path(uri.removeprefix("file://")).joinpath(*parts))
+    base, sep, query = uri.partition("?")
+    return posixpath.join(base.rstrip("/"), *parts) + sep + query
+
+
+def filesystem(uri: str | os.PathLike) -> tuple[pafs.FileSystem, str]:
+    """(pyarrow filesystem, path inside it) of a local path or a filesystem URI. Object storage
+    credentials come from the environment or the machine's identity (pyarrow's S3 defaults)."""
+    uri = str(uri)
+    if is_remote(uri):
+        return pafs.FileSystem.from_uri(uri)
+    return pafs.LocalFileSystem(), Path(uri.removeprefix("file://")).expanduser().resolve().as_posix()
+
+
+def read_bytes(uri: str | os.PathLike) -> bytes:
+    """The bytes of one file, local or on object storage."""
+    fs, path = filesystem(uri)
+    with fs.open_input_stream(path) as fh:
+        return fh.read()
+
+
 class Lake:
     """A lake root: a local folder (default ``./lake``) or a filesystem URI."""
 
     def __init__(self, root: str | os.PathLike = "lake"):
         root = str(root)
-        if "://" in root and not root.startswith("file://"):
-            self.fs, self.base = pafs.FileSystem.from_uri(root)
-            self.uri = root.rstrip("/")
+        self.fs, self.base = filesystem(root)
+        if is_remote(root):
+            base, sep, query = root.partition("?")
+            self.uri = base.rstrip("/") + sep + query  # the query (endpoint, scheme) travels with it
             self.local_root: Path | None = None
         else:
-            self.fs = pafs.LocalFileSystem()
-            self.local_root = Path(root.removeprefix("file://")).expanduser().resolve()
-            self.base = self.local_root.as_posix()
+            self.local_root = Path(self.base)
             self.uri = self.base
         self.base = self.base.rstrip("/")
+
+    def child_uri(self, *parts: str) -> str:
+        """The URI (or local path) of a place inside the lake, e.g. its ``runs`` folder."""
+        return uri_join(self.uri, *parts)
 
     def __repr__(self) -> str:
         return f"Lake({self.uri!r})"

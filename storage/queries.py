@@ -55,13 +55,9 @@ def metric_rows(con: duckdb.DuckDBPyConnection, run: str, *, ci_method: str = C.
         order by cohort = 'external', cohort, subgroup <> 'all', subgroup, rater <> 'model', rater,
                  cutoff_kind desc, assisted, metric
     """
-    cur = con.cursor()
-    try:
-        res = cur.execute(sql, [run, list(cohorts), list(metrics), subgroup, subgroup, auc_ci, ci_method])
-        cols = [d[0] for d in res.description]
-        rows = [dict(zip(cols, r, strict=True)) for r in res.fetchall()]
-    finally:
-        cur.close()
+    res = con.execute(sql, [run, list(cohorts), list(metrics), subgroup, subgroup, auc_ci, ci_method])
+    cols = [d[0] for d in res.description]
+    rows = [dict(zip(cols, r, strict=True)) for r in res.fetchall()]
     for r in rows:
         r["who"] = rater_label(r["rater"], r["assisted"], r["cutoff_kind"])
     return rows

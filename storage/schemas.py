@@ -74,6 +74,7 @@ PREPROCESS_RUNS = pa.schema([
     pa.field("input_hash", pa.string()),
     pa.field("params", pa.string()),  # JSON of the full preprocessing parameters
     pa.field("versions", pa.string()),  # JSON: gbmmet, SimpleITK, numpy, ...
+    pa.field("ray_node", pa.string()),  # the Ray node that ran the attempt (null: recorded by the driver)
 ])
 
 FEATURES = pa.schema([

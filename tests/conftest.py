@@ -20,6 +20,14 @@ os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
 os.environ["RAY_AUTH_MODE"] = "disabled"
 os.environ["RAY_TMPDIR"] = _RAY_TMP
 os.environ.pop("RAY_ADDRESS", None)
+# Object storage in tests is a moto server on loopback: fake credentials for every process of the
+# session (Ray workers inherit them), and never the instance metadata service or a real account.
+os.environ["AWS_ACCESS_KEY_ID"] = "testing"
+os.environ["AWS_SECRET_ACCESS_KEY"] = "testing"
+os.environ["AWS_DEFAULT_REGION"] = "us-east-1"
+os.environ["AWS_EC2_METADATA_DISABLED"] = "true"
+os.environ.pop("AWS_PROFILE", None)
+os.environ.pop("AWS_SESSION_TOKEN", None)
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 
@@ -60,6 +68,27 @@ def fast_params():
     from gbmmet.preprocess.params import PreprocessParams
 
     return PreprocessParams(iso_mm=2.0)
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """An S3-compatible server (moto's server mode) on a free port of 127.0.0.1; yields its URL."""
+    import logging
+
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    assert host == "127.0.0.1"
+    yield f"http://{host}:{port}"
+    server.stop()
+
+
+def s3_uri(server: str, bucket: str, path: str) -> str:
+    """An ``s3://`` URI on the test server (the bucket is made on first write)."""
+    return f"s3://{bucket}/{path}?endpoint_override={server}&allow_bucket_creation=true"
 
 
 def tiny_manifests(cohort: Path) -> list[Path]:
