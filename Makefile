@@ -43,6 +43,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/train.py
 	$(BIN)/python bench/run.py
 	$(BIN)/python bench/dashboard.py
+	$(BIN)/python bench/scale.py
 
 clean:
 	rm -rf $(DATA) $(LAKE) .pytest_cache
