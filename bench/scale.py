@@ -109,7 +109,7 @@ def main() -> None:
     core_hours = TARGET_PATIENTS * s_per_core / 3600 / efficiency
     tasks_per_node = min(NODE_CORES, int(NODE_MEMORY_GIB * 0.8 // max(rss, 0.1)))
     sizing = {}
-    for hours in (1.0, 4.0):
+    for hours in (0.25, 1.0, 4.0):
         nodes = math.ceil(TARGET_PATIENTS * s_per_core / efficiency / (tasks_per_node * hours * 3600))
         sizing[f"{hours:g}h"] = {"cpu_worker_nodes": nodes, "cores": nodes * NODE_CORES}
     model = {"seconds_per_patient_per_core": s_per_core, "peak_memory_gib_per_task": rss,
@@ -119,8 +119,8 @@ def main() -> None:
     print(f"cost model: {s_per_core:.2f} s per patient per core, {rss:.2f} GiB peak per task, "
           f"parallel efficiency {efficiency:.0%} at {results[-1]['nodes']} nodes")
     print(f"{TARGET_PATIENTS:,} patients: {core_hours:.1f} core-hours; on {NODE_CORES}-core / {NODE_MEMORY_GIB} GiB "
-          f"nodes ({tasks_per_node} tasks at once each): {sizing['1h']['cpu_worker_nodes']} nodes for 1 hour, "
-          f"{sizing['4h']['cpu_worker_nodes']} for 4 hours")
+          f"nodes ({tasks_per_node} tasks at once each), CPU worker nodes needed: "
+          + ", ".join(f"{v['cpu_worker_nodes']} to finish in {k}" for k, v in sizing.items()))
     path = save("scale", {"runs": results, "cost_model": model, "machine_cores": os.cpu_count()})
     print(f"written {path}")
 
