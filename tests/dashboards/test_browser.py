@@ -80,10 +80,12 @@ def test_every_page_in_headless_chromium(dash_lake):
 
         # the sidebar's navigation, as a user would click it
         page.get_by_role("link", name="Model vs readers").click()
-        page.wait_for_selector(".vega-embed", state="visible", timeout=30000)
+        page.wait_for_url("**/readers**", timeout=30000)
+        # the previous page's elements stay until the new page replaces them: wait for this page's own
+        page.get_by_text("Paired tests").wait_for(state="visible", timeout=30000)
         page.wait_for_selector('[data-testid="stStatusWidget"]', state="detached", timeout=30000)
-        assert page.get_by_text("The paper's table").is_visible() and page.get_by_text("Paired tests").is_visible()
-        assert "/readers" in page.url
+        assert page.get_by_text("The paper's table").is_visible()
+        page.wait_for_selector(".vega-embed canvas, .vega-embed svg", state="visible", timeout=30000)
         page.screenshot(path=SHOTS / "2-model-vs-readers.png", full_page=True)
 
         open_page(page, f"{url}/roc?run={RUN}", ".vega-embed")
