@@ -146,14 +146,6 @@ def comparisons(src: Source, run: str, cohorts: tuple[str, ...]) -> pd.DataFrame
 
 
 @st.cache_data(show_spinner=False, max_entries=16, hash_funcs={Source: _key})
-def subgroups(src: Source, run: str, cohorts: tuple[str, ...]) -> list[str]:
-    df = _df(src.uri, src.stamp, """
-        select distinct subgroup from metrics where run_id = ? and list_contains(?, cohort)
-        order by subgroup <> 'all', subgroup""", [run, list(cohorts)])
-    return df["subgroup"].tolist()
-
-
-@st.cache_data(show_spinner=False, max_entries=16, hash_funcs={Source: _key})
 def patient_predictions(src: Source, run: str, cohorts: tuple[str, ...], sites: tuple[str, ...]) -> pd.DataFrame:
     """One row per patient of the cohorts at the sites: label, index, and the call at each cutoff."""
     return _df(src.uri, src.stamp, """
