@@ -7,6 +7,7 @@ import numpy as np
 
 from gbmmet import constants as C
 
+
 def score_fold(checkpoint: str, mode: str, head: dict, backbone_name: str, backbone_id: str, weights, stages: int,
                X) -> np.ndarray:
     """Ray task: P(GBM) of every row of ``X`` (features, or uint8 slices in fine-tune mode) by one
