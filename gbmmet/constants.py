@@ -73,6 +73,9 @@ COL_READER_ID = "reader_id"
 COL_ASSISTED = "assisted"
 COL_CALL = "call"
 COL_CONFIDENCE = "confidence"
+COL_READ_SOURCE = "source"  # reads table: import:<file> or simulated:<run_id>
+READ_SOURCE_IMPORT = "import:"
+READ_SOURCE_SIMULATED = "simulated:"
 READS_COLUMNS = (COL_READER_ID, COL_PATIENT_ID, COL_ASSISTED, COL_CALL, COL_CONFIDENCE)
 
 # Files a site hands over (synthetic cohorts use these names).
@@ -91,7 +94,9 @@ TABLE_METRICS = "metrics"
 TABLE_RUNS = "runs"
 TABLE_FOLDS = "folds"  # fold of every training patient, per run
 TABLE_TRAIN_HISTORY = "train_history"  # per-epoch losses and accuracies, per run and fold
-TABLE_COMPARISONS = "comparisons"  # paired tests: DeLong, McNemar
+TABLE_DIFFERENCES = "differences"  # paired differences model - reader, assisted - unassisted
+TABLE_CALIBRATION = "calibration"  # reliability and decision curves per cohort
+TABLE_FLOW = "patient_flow"  # STARD: patients per stage, site and cohort
 TABLE_CAMS = "cams"  # Grad-CAM of the ensemble per test / external slice
 TABLES = (
     TABLE_PATIENTS,
@@ -105,19 +110,30 @@ TABLES = (
     TABLE_RUNS,
     TABLE_FOLDS,
     TABLE_TRAIN_HISTORY,
-    TABLE_COMPARISONS,
+    TABLE_DIFFERENCES,
+    TABLE_CALIBRATION,
+    TABLE_FLOW,
     TABLE_CAMS,
 )
 
 # Evaluation: the model's two cutoffs on the predictive index, the CI methods of ``metrics``, and
 # the metrics of the paper's table (GBM is the positive class).
 CUTOFF_PAPER = "paper_youden_internal_test"  # Youden on the internal test ROC: optimistic there
-CUTOFF_OOF = "oof_youden_train"  # Youden on the training patients' out-of-fold indices
-CUTOFF_KINDS = (CUTOFF_PAPER, CUTOFF_OOF)
-CI_SUBSAMPLE = "paper_subsample90"
-CI_BCA = "bootstrap_bca"
+CUTOFF_VAL = "val_youden_ensemble"  # Youden on the validation patients' ensemble index: no leakage
+CUTOFF_KINDS = (CUTOFF_PAPER, CUTOFF_VAL)
+CI_BCA = "bootstrap_bca"  # the default: stratified patient-level bootstrap, BCa
 CI_PERCENTILE = "bootstrap_percentile"
+CI_SUBSAMPLE = "paper_subsample90"  # the paper's scheme, kept as a reproduction: it under-covers
 CI_DELONG = "delong"  # AUC only
-CI_METHODS = (CI_SUBSAMPLE, CI_BCA, CI_PERCENTILE)
+CI_DEFAULT = CI_BCA
+CI_METHODS = (CI_BCA, CI_PERCENTILE, CI_SUBSAMPLE)
 PAPER_METRICS = ("accuracy", "precision", "recall", "f1", "auc")
+# The headline table: the paper's metrics and specificity, in clinicians' order.
+HEADLINE_METRICS = ("accuracy", "recall", "specificity", "precision", "f1", "auc")
+DIFFERENCE_METRICS = ("accuracy", "recall", "specificity", "auc")
 MODEL_RATER = "model"
+# Reader AUC: from the binary calls (the paper's figure); from calls signed by confidence where
+# the reads carry one (a separate metric, never in the paper's table).
+AUC_CONFIDENCE = "auc_confidence"
+# Intention-to-diagnose: a patient the system could not process counts as wrong.
+ITD_SUFFIX = "_itd"

@@ -25,6 +25,30 @@ app = typer.Typer(
 #: Exit code of a user error (bad option value, unusable input): nothing was done.
 EXIT_USAGE = 2
 
+# Options shared by `evaluate` and `run`, declared once.
+ResamplesOpt = Annotated[int, typer.Option(help="Resamples per confidence interval (the paper: 1000).")]
+CiOpt = Annotated[str, typer.Option(help="CI shown in the printed table: bootstrap_bca (default: stratified "
+                                         "patient-level bootstrap), bootstrap_percentile, or paper_subsample90 "
+                                         "(the paper's scheme, a reproduction: it under-covers). AUC: DeLong.")]
+PrimaryOpt = Annotated[str, typer.Option(help="The primary comparison, reported unadjusted beside its Holm-adjusted "
+                                              "p: A,B,METRIC with A and B raters (model@<cutoff kind>, reader1, "
+                                              "reader1+assisted) and METRIC accuracy, recall, specificity or auc.")]
+DEFAULT_PRIMARY = "model@val_youden_ensemble,reader1,accuracy"
+
+
+def _settings(resamples: int, seed: int, primary: str):
+    """The evaluation's settings from the command line (a clear error for a bad value)."""
+    from gbmmet.errors import ConfigError
+    from gbmmet.evaluation import EvaluationSettings, PrimaryComparison
+
+    parts = [x.strip() for x in primary.split(",")]
+    if len(parts) != 3:
+        raise ConfigError(f"--primary must be A,B,METRIC (e.g. {DEFAULT_PRIMARY}); got {primary!r}")
+    try:
+        return EvaluationSettings(n_resamples=resamples, seed=seed, primary=PrimaryComparison(*parts))
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+
 
 def _user_errors(fn):
     """Print gbmmet's own errors as one clear line (no traceback) and exit with code 2."""
@@ -176,58 +200,42 @@ def train(
 def evaluate(
     lake: Annotated[str, typer.Option(help="Lake folder or URI.")] = "lake",
     run: Annotated[str | None, typer.Option(help="Training run (default: the lake's latest).")] = None,
-    resamples: Annotated[int, typer.Option(help="Resamples per confidence interval (the paper: 1000).")] = 1000,
+    resamples: ResamplesOpt = 1000,
     seed: Annotated[int, typer.Option(help="Seed of the resampling.")] = 0,
-    ci: Annotated[str, typer.Option(help="CI shown in the printed table: paper_subsample90, bootstrap_bca or bootstrap_percentile (AUC: DeLong).")] = "paper_subsample90",
+    ci: CiOpt = "bootstrap_bca",
+    primary: PrimaryOpt = DEFAULT_PRIMARY,
     force: Annotated[bool, typer.Option("--force", help="Evaluate again even where an evaluation of the same inputs exists.")] = False,
     cams: Annotated[bool, typer.Option("--cams/--no-cams", help="Grad-CAM of every test and external slice into the lake.")] = True,
     address: Annotated[str | None, typer.Option(help="Ray cluster address (default: RAY_ADDRESS, else a local Ray).")] = None,
 ) -> None:
     """Score val / test / external with the fold ensemble; predictive index, cutoffs, metrics with
-    CIs, readers and paired tests, into the lake; print the paper's table."""
+    CIs, readers, paired differences, calibration and patient flow into the lake; print the table."""
     from pipelines.evaluate import run_evaluate
 
-    s = run_evaluate(lake, run, n_resamples=resamples, seed=seed, address=address, force=force, cams=cams,
-                     echo=typer.echo)
+    settings = _settings(resamples, seed, primary)
+    s = run_evaluate(lake, run, settings=settings, address=address, force=force, cams=cams, echo=typer.echo)
     typer.echo(f"evaluate {s.run_id}: {s.patients} patients, {s.slices} slices scored; cutoffs "
                + ", ".join(f"{k} {v:.3f}" for k, v in s.cutoffs.items())
-               + f"; {s.metrics_rows} metric rows, {s.comparisons_rows} comparisons; {s.seconds:.0f} s")
-    _print_paper_table(lake, s.run_id, ci)
+               + f"; {s.metrics_rows} metric rows, {s.differences_rows} paired differences; {s.seconds:.0f} s")
+    _print_report(lake, s.run_id, ci)
 
 
-def _print_paper_table(lake: str, run: str, ci: str) -> None:
+def _print_report(lake: str, run: str, ci: str) -> None:
+    """The headline table, the paired differences and the patient flow of run ``run``."""
     from rich.console import Console
-    from rich.table import Table
 
-    from gbmmet.constants import PAPER_METRICS
+    from pipelines.report import difference_table, flow_table, headline_table
     from storage import catalog
     from storage.lake import Lake
-    from storage.queries import FALLBACK_MARK, FALLBACK_NOTE, format_estimate, paper_table
 
     con = catalog.connect(Lake(lake))
     try:
-        rows = paper_table(con, run, ci)
+        console = Console(width=200)
+        for part in (headline_table(con, run, ci), difference_table(con, run), flow_table(con, run)):
+            for item in part:
+                console.print(item)
     finally:
         con.close()
-    table = Table(title=f"run {run}: model and readers; 95% CI: {ci} (AUC: DeLong)",
-                  caption="* the paper's cutoff: Youden on the internal test ROC, chosen on the internal test itself, "
-                          "so its internal-test numbers are optimistic. The out-of-fold cutoff is chosen on the "
-                          "training folds only.")
-    for col in ("cohort", "rater", "n", *PAPER_METRICS):
-        table.add_column(col, justify="left" if col in ("cohort", "rater") else "right")
-    fell_back = False
-    for r in rows:
-        cells = []
-        for m in PAPER_METRICS:
-            v = r.get(m)
-            mark = m != "auc" and v is not None and v[3] not in (ci, None)
-            fell_back |= mark
-            cells.append("" if v is None else format_estimate(*v[:3]) + (FALLBACK_MARK if mark else ""))
-        table.add_row(r["cohort"], r["rater"], str(r["n"]), *cells)
-    console = Console(width=200)
-    console.print(table)
-    if fell_back:
-        console.print(FALLBACK_NOTE)
 
 
 @app.command("run")
@@ -240,8 +248,9 @@ def run_cmd(
     seed: Annotated[int, typer.Option(help="Seed of cohorts, folds and training.")] = 0,
     backbone: Annotated[str, typer.Option(help="auto, resnet50-imagenet or efficientnet-lite0-imagenet.")] = "auto",
     weights: Annotated[str | None, typer.Option(help="Backbone weight file.")] = None,
-    resamples: Annotated[int, typer.Option(help="Resamples per confidence interval.")] = 1000,
-    ci: Annotated[str, typer.Option(help="CI in the printed table: paper_subsample90, bootstrap_bca, bootstrap_percentile.")] = "paper_subsample90",
+    resamples: ResamplesOpt = 1000,
+    ci: CiOpt = "bootstrap_bca",
+    primary: PrimaryOpt = DEFAULT_PRIMARY,
     address: Annotated[str | None, typer.Option(help="Ray cluster address (default: RAY_ADDRESS, else a local Ray).")] = None,
     workers: Annotated[int | None, typer.Option(help="CPUs of the local Ray (default: all).")] = None,
 ) -> None:
@@ -249,10 +258,11 @@ def run_cmd(
     paper's table. Re-running reuses what is done."""
     from pipelines.run import run_all
 
+    settings = _settings(resamples, seed, primary)
     s = run_all(preset, lake=lake, data=data, epochs=epochs, seed=seed, backbone=backbone, weights=weights,
-                resamples=resamples, address=address, workers=workers, echo=typer.echo)
+                settings=settings, address=address, workers=workers, echo=typer.echo)
     typer.echo("")
-    _print_paper_table(lake, s.run_id, ci)
+    _print_report(lake, s.run_id, ci)
     typer.echo("time per stage: " + ", ".join(f"{k} {v:.0f} s" for k, v in s.seconds.items())
                + f"; {sum(s.seconds.values()):.0f} s in all")
     typer.echo(f"lake: {s.lake}  (gbmmet query --lake {s.lake} \"select * from metrics limit 5\")")
@@ -321,6 +331,25 @@ def readers_import(
 
     s = import_reads(reads, lake)
     typer.echo(f"readers: {s.rows} reads by {', '.join(s.readers)} imported into {lake} ({s.file})")
+
+
+@readers_app.command("simulate-assisted")
+@_user_errors
+def readers_simulate_assisted(
+    lake: Annotated[str, typer.Option(help="Lake folder or URI.")] = "lake",
+    run: Annotated[str | None, typer.Option(help="Training run whose model the readers consult (default: the lake's latest).")] = None,
+    cutoff: Annotated[str, typer.Option(help="The cutoff of the model's call shown to the readers.")] = "val_youden_ensemble",
+    seed: Annotated[int, typer.Option(help="Seed of the simulated readers' choices.")] = 0,
+) -> None:
+    """Synthetic cohorts only: simulated readers read again with the model's call (they follow it
+    where unsure, so they adopt its errors too); written as reads of source simulated:<run>."""
+    from pipelines.evaluate import train_run_record
+    from pipelines.readers import simulate_assisted
+    from storage.lake import Lake
+
+    run_id = train_run_record(Lake(lake), run)["run_id"]
+    s = simulate_assisted(lake, run_id, cutoff_kind=cutoff, seed=seed)
+    typer.echo(f"readers: {s.rows} assisted reads by {', '.join(s.readers)} simulated with run {run_id} ({s.file})")
 
 
 @app.command()

@@ -55,9 +55,7 @@ def run_predict(t1c: str, t2: str, roi: str, *, lake_root: str = "lake", run: st
     ConfigError for a lake without a usable run."""
     import torch
 
-    from gbmmet.errors import ConfigError
-    from gbmmet.model.backbones import load_backbone, to_network_input
-    from gbmmet.model.train import HeadConfig, make_head
+    from gbmmet.model.ensemble import FoldEnsemble
     from gbmmet.preprocess.patient import preprocess_patient
     from pipelines.evaluate import train_run_record
     from pipelines.train import load_state
@@ -69,9 +67,6 @@ def run_predict(t1c: str, t2: str, roi: str, *, lake_root: str = "lake", run: st
         torch.set_num_threads(threads)
     lake = Lake(lake_root)
     rec = train_run_record(lake, run)
-    if rec["mode"] != "frozen":
-        raise ConfigError(f"run {rec['run_id']} is a {rec['mode']} run; predict supports frozen-mode runs")
-    config = json.loads(rec["config"])
     evals = [r for r in lake.read(C.TABLE_RUNS).to_pylist() if r["run_id"] == rec["run_id"] and r["kind"] == "evaluate"]
     cutoffs = json.loads(evals[-1]["timings"])["cutoffs"] if evals else {}
     params = _lake_params(lake)
@@ -83,34 +78,22 @@ def run_predict(t1c: str, t2: str, roi: str, *, lake_root: str = "lake", run: st
     sec["preprocess"] = time.perf_counter() - t
     t = time.perf_counter()
 
-    backbone, info = load_backbone(rec["backbone_id"].split("@")[0], config.get("weights_file"))
-    if info.id != rec["backbone_id"]:
-        raise ConfigError(f"this machine loads backbone {info.id}; run {rec['run_id']} used {rec['backbone_id']}")
-    head_cfg = HeadConfig(**config["head"])
-    heads = []
-    for _, path in sorted((int(k), v) for k, v in json.loads(rec["fold_checkpoints"]).items()):
-        state = load_state(path)
-        head = make_head(info.feature_dim, head_cfg)
-        head.load_state_dict(state["model"])
-        heads.append(head.eval())
-    with torch.inference_mode():
-        feats = backbone(to_network_input(out_p.images, info))
-        probs = np.stack([torch.softmax(h(feats), 1)[:, 1].numpy() for h in heads])
+    ensemble = FoldEnsemble.from_run_record(rec, load_state)
+    probs = ensemble.predict_proba(images=out_p.images)
     sec["model"] = time.perf_counter() - t
 
     _, mean_p, vote = ensemble_vote(probs)
     index = float(vote.mean())
-    pred = Prediction(rec["run_id"], info.id, len(vote), index, float(mean_p.mean()), cutoffs,
+    pred = Prediction(rec["run_id"], ensemble.info.id, len(vote), index, float(mean_p.mean()), cutoffs,
                       {k: (C.GBM if index >= v else C.MET) for k, v in cutoffs.items()}, probs,
                       [b.slice_index for b in out_p.boxes], vote, seconds=sec)
     if cam and out is not None:
         t = time.perf_counter()
         from PIL import Image
 
-        from gbmmet.model.cam import grad_cam
         from gbmmet.render import overlay
 
-        maps = grad_cam([(backbone, h) for h in heads], info, out_p.images)
+        maps = ensemble.grad_cam(out_p.images)
         folder = Path(out)
         folder.mkdir(parents=True, exist_ok=True)
         for i, b in enumerate(out_p.boxes):

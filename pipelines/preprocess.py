@@ -115,7 +115,8 @@ def _run_row(job: PatientJob, attempt: str, started: dt.datetime, status: str, k
     sec = out.seconds if out is not None else {}
     ws = out.ws if out is not None else {}
     return {
-        C.COL_PATIENT_ID: job.pseudo_id, C.COL_SITE: job.entry.site, "attempt_id": attempt,
+        C.COL_PATIENT_ID: job.pseudo_id, C.COL_SITE: job.entry.site, C.COL_SPLIT: job.entry.split,
+        C.COL_LABEL: job.entry.label, "attempt_id": attempt,
         "started_at": started, "status": status, "error_kind": kind or None,
         "error_message": _scrub(message, job.entry, job.pseudo_id) if message else None,
         **{f"{step}_s": sec.get(step) for step in ("read", "n4", "resample", "register", "whitestripe", "slices")},

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gbmmet import constants as C
-from gbmmet.errors import GbmmetError
+from gbmmet.errors import ConfigError, GbmmetError
 
 _TRUE = {"true", "1", "yes", "y", "t"}
 _FALSE = {"false", "0", "no", "n", "f"}
@@ -95,7 +95,8 @@ def import_reads(path: str | Path, lake_root: str) -> ReadsSummary:
                                 f"(assisted={flag in _TRUE}), first on line {seen[k]}")
             seen[k] = line
             out.append({C.COL_READER_ID: reader_id, C.COL_PATIENT_ID: matches[0], C.COL_ASSISTED: flag in _TRUE,
-                        C.COL_CALL: call, C.COL_CONFIDENCE: confidence})
+                        C.COL_CALL: call, C.COL_CONFIDENCE: confidence,
+                        C.COL_READ_SOURCE: C.READ_SOURCE_IMPORT + path.name})
     if not rows:
         problems.append(f"{path}: no reads")
     if problems:
@@ -105,3 +106,49 @@ def import_reads(path: str | Path, lake_root: str) -> ReadsSummary:
     if lake.local_root is not None:
         catalog.refresh(lake)
     return ReadsSummary(len(out), sorted({r[C.COL_READER_ID] for r in out}), filename)
+
+
+def simulate_assisted(lake_root: str, run: str, *, cutoff_kind: str, seed: int = 0) -> ReadsSummary:
+    """Simulated assisted reads of a synthetic cohort, from run ``run``'s model calls.
+
+    Reads the lake's unassisted reads, the patients' sites and the run's patient calls at
+    ``cutoff_kind``; makes each reader's assisted read with
+    ``gbmmet.synth.readers.simulate_assisted_reads`` (readers follow the actual model, so a poor
+    model makes them worse); writes them to the reads table as ``reads-simulated-<run>.parquet``
+    with source ``simulated:<run>``, replacing that run's earlier simulation, and refreshes a
+    local lake's catalog. Returns the rows written, the readers and the file name.
+
+    Raises ``ConfigError`` if the run has no patient predictions at ``cutoff_kind`` or none of its
+    patients has an unassisted read; ``ValueError`` for a reader without a simulated profile at a patient's site.
+    """
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    from gbmmet.synth.readers import simulate_assisted_reads
+    from storage import catalog
+    from storage.lake import Lake
+
+    lake = Lake(lake_root)
+    preds = lake.read(C.TABLE_PATIENT_PREDICTIONS, columns=[C.COL_PATIENT_ID, C.COL_CALL],
+                      filter=(pc.field("run_id") == run) & (pc.field("cutoff_kind") == cutoff_kind))
+    model_calls = {p: c for p, c in zip(preds.column(C.COL_PATIENT_ID).to_pylist(),
+                                        preds.column(C.COL_CALL).to_pylist(), strict=True) if c is not None}
+    if not model_calls:
+        raise ConfigError(f"run {run!r} has no patient predictions with cutoff_kind {cutoff_kind!r} in the lake "
+                          f"at {lake.uri} (cutoff kinds: {list(C.CUTOFF_KINDS)}); run `gbmmet predict` first")
+    patients = lake.read(C.TABLE_PATIENTS, columns=[C.COL_PATIENT_ID, C.COL_SITE])
+    sites = dict(zip(patients.column(C.COL_PATIENT_ID).to_pylist(), patients.column(C.COL_SITE).to_pylist(),
+                     strict=True))
+    unassisted = lake.read(C.TABLE_READS, columns=[C.COL_READER_ID, C.COL_PATIENT_ID, C.COL_CALL, C.COL_CONFIDENCE],
+                           filter=~pc.field(C.COL_ASSISTED))
+    rows = simulate_assisted_reads(unassisted.to_pylist(), model_calls, sites, seed)
+    if not rows:
+        raise ConfigError(f"no unassisted reads of run {run!r}'s patients in the lake at {lake.uri}: "
+                          "import the cohort's reads first (`gbmmet readers import`)")
+    table = pa.Table.from_pylist(rows).append_column(
+        C.COL_READ_SOURCE, pa.array([C.READ_SOURCE_SIMULATED + run] * len(rows), pa.string()))
+    filename = f"reads-simulated-{run}.parquet"
+    lake.write(C.TABLE_READS, table, filename)
+    if lake.local_root is not None:
+        catalog.refresh(lake)
+    return ReadsSummary(len(rows), sorted({r[C.COL_READER_ID] for r in rows}), filename)

@@ -1,6 +1,6 @@
 """``gbmmet run``: the whole job on one machine or cluster, stage after stage, each reusing what
-is done: synth -> preprocess -> features -> train -> readers import -> evaluate; then the paper's
-table and where the lake is.
+is done: synth -> preprocess -> features -> train -> readers import -> the model's calls -> the
+simulated readers read again with the model -> evaluate; then the report and where the lake is.
 
 Every stage resumes by itself (synth keeps identical patients, preprocess and features skip what
 is in the lake, train reuses a finished run with the same settings, evaluate reuses an evaluation
@@ -24,11 +24,11 @@ class RunSummary:
 
 def run_all(preset: str = "demo", *, lake: str = "lake", data: str | Path | None = None, epochs: int = 100,
             folds: int = 5, seed: int = 0, backbone: str = "auto", weights: str | None = None,
-            resamples: int = 1000, address: str | None = None, workers: int | None = None,
+            settings=None, address: str | None = None, workers: int | None = None,
             echo=print) -> RunSummary:
     from gbmmet.errors import RunFailed
+    from gbmmet.evaluation import EvaluationSettings
     from gbmmet.model.train import HeadConfig
-    from pipelines.evaluate import run_evaluate
     from pipelines.features import run_features
     from pipelines.preprocess import run_preprocess
     from pipelines.readers import import_reads
@@ -78,8 +78,28 @@ def run_all(preset: str = "demo", *, lake: str = "lake", data: str | Path | None
             echo(f"{r.rows} reads by {', '.join(r.readers)} from {reads}")
     out.seconds["readers"] = time.perf_counter() - t
 
-    t = stage("evaluate: ensemble, predictive index, cutoffs, metrics with CIs, readers")
-    e = run_evaluate(lake, run_id, n_resamples=resamples, seed=seed, address=address, workers=workers, echo=echo)
+    t = stage("evaluate: the model's calls; the simulated readers read again, seeing them; statistics")
+    e = evaluate_synthetic(lake, run_id, settings=settings or EvaluationSettings(seed=seed), address=address,
+                           workers=workers, echo=echo)
     echo("cutoffs: " + ", ".join(f"{k} {v:.3f}" for k, v in e.cutoffs.items()))
     out.seconds["evaluate"] = time.perf_counter() - t
     return out
+
+
+def evaluate_synthetic(lake: str, run: str, *, settings=None, address: str | None = None, workers: int | None = None,
+                       show_progress: bool = True, echo=print):
+    """Evaluate a run on synthetic cohorts whose simulated readers also read with the model: the
+    model's calls first, then the readers' assisted reads from those calls (``gbmmet readers
+    simulate-assisted``), then the statistics. Returns the ``EvaluateSummary``."""
+    from gbmmet import constants as C
+    from pipelines.evaluate import run_evaluate
+    from pipelines.readers import simulate_assisted
+
+    seed = settings.seed if settings is not None else 0
+    e = run_evaluate(lake, run, settings=settings, address=address, workers=workers, predictions_only=True,
+                     show_progress=show_progress, echo=echo)
+    cutoff = C.CUTOFF_VAL if C.CUTOFF_VAL in e.cutoffs else C.CUTOFF_PAPER
+    r = simulate_assisted(lake, run, cutoff_kind=cutoff, seed=seed)
+    echo(f"{r.rows} assisted reads by {', '.join(r.readers)}, shown the model's call at {cutoff}")
+    return run_evaluate(lake, run, settings=settings, address=address, workers=workers, show_progress=show_progress,
+                        echo=echo)

@@ -10,7 +10,14 @@ import duckdb
 
 from gbmmet import constants as C
 
-RATER_LABELS = {C.CUTOFF_PAPER: "model, paper cutoff*", C.CUTOFF_OOF: "model, out-of-fold cutoff"}
+RATER_LABELS = {C.CUTOFF_PAPER: "model, paper cutoff*", C.CUTOFF_VAL: "model, validation cutoff"}
+CUTOFF_NOTE = ("* the paper's cutoff: Youden on the internal test ROC, chosen on the internal test itself; its "
+               "internal-test interval re-chooses the cutoff in every resample, so the optimism is inside it. "
+               "The validation cutoff is Youden on the validation patients' ensemble index: no test patient used.")
+SUBSAMPLE_MARK = "\u00a7"  # section sign
+SUBSAMPLE_NOTE = (SUBSAMPLE_MARK + " paper_subsample90 is the paper's scheme (1,000 subsets of 90 % of patients "
+                  "without replacement), shown as a reproduction: its intervals are far too narrow. Measured: {coverage}. "
+                  "Use the default bootstrap for decisions.")
 
 
 def rater_label(rater: str, assisted: bool | None, cutoff_kind: str | None) -> str:
@@ -37,7 +44,7 @@ FALLBACK_NOTE = (FALLBACK_MARK + " BCa undefined here (a resample without a GBM 
                  "the percentile interval of the same resamples is shown.")
 
 
-def metric_rows(con: duckdb.DuckDBPyConnection, run: str, *, ci_method: str = C.CI_SUBSAMPLE,
+def metric_rows(con: duckdb.DuckDBPyConnection, run: str, *, ci_method: str = C.CI_DEFAULT,
                 auc_ci: str = C.CI_DELONG, cohorts: tuple[str, ...] = C.TEST_COHORTS,
                 subgroup: str | None = "all", metrics: tuple[str, ...] = C.PAPER_METRICS) -> list[dict]:
     """Rows of ``metrics`` for run ``run``: one per cohort, subgroup, rater and metric, with the CI
@@ -63,12 +70,41 @@ def metric_rows(con: duckdb.DuckDBPyConnection, run: str, *, ci_method: str = C.
     return rows
 
 
-def paper_table(con: duckdb.DuckDBPyConnection, run: str, ci_method: str = C.CI_SUBSAMPLE) -> list[dict]:
-    """The paper's table: one row per rater (the model at each cutoff, each reader unassisted and
+def paper_table(con: duckdb.DuckDBPyConnection, run: str, ci_method: str = C.CI_DEFAULT,
+                metrics: tuple[str, ...] = C.HEADLINE_METRICS) -> list[dict]:
+    """The headline table: one row per rater (the model at each cutoff, each reader unassisted and
     assisted) and cohort (internal test, external), each metric as (value, low, high, method that
-    made the interval). AUC's CI is DeLong's; the others use ``ci_method``."""
+    made the interval). AUC's CI is DeLong's; the others use ``ci_method``. Readers' AUC is from
+    their binary calls, as in the paper."""
     rows: dict[tuple, dict] = {}
-    for r in metric_rows(con, run, ci_method=ci_method):
-        row = rows.setdefault((r["cohort"], r["who"]), {"cohort": r["cohort"], "rater": r["who"], "n": r["n"]})
+    for r in metric_rows(con, run, ci_method=ci_method, metrics=metrics):
+        row = rows.setdefault((r["cohort"], r["who"]), {"cohort": r["cohort"], "rater": r["who"], "n": r["n"],
+                                                        "n_gbm": r["n_gbm"]})
         row[r["metric"]] = (r["value"], r["ci_low"], r["ci_high"], r["ci_method"])
     return list(rows.values())
+
+
+def difference_rows(con: duckdb.DuckDBPyConnection, run: str,
+                    cohorts: tuple[str, ...] = C.TEST_COHORTS) -> list[dict]:
+    """Paired differences of run ``run`` (model minus reader, assisted minus unassisted), internal
+    before external, primary comparison first within a cohort."""
+    res = con.execute("""
+        select cohort, kind, a, b, metric, n, n_gbm, estimate_a, estimate_b, diff, ci_low, ci_high, ci_method,
+               test, p, p_holm, family_size, is_primary, note
+        from differences where run_id = ? and list_contains(?, cohort)
+        order by cohort = 'external', cohort, not coalesce(is_primary, false), kind desc, a, b,
+                 list_position(?, metric)
+    """, [run, list(cohorts), list(C.DIFFERENCE_METRICS) + [C.AUC_CONFIDENCE]])
+    cols = [d[0] for d in res.description]
+    return [dict(zip(cols, r, strict=True)) for r in res.fetchall()]
+
+
+def flow_rows(con: duckdb.DuckDBPyConnection, run: str) -> list[dict]:
+    """The patient flow (STARD) of run ``run``: per cohort, site, stage and detail, the count."""
+    res = con.execute("""
+        select cohort, site, stage, detail, n from patient_flow where run_id = ?
+        order by list_position(?, cohort), site,
+                 list_position(['in_manifest', 'preprocessed', 'failed', 'evaluated', 'read'], stage), detail
+    """, [run, list(C.SPLITS)])
+    cols = [d[0] for d in res.description]
+    return [dict(zip(cols, r, strict=True)) for r in res.fetchall()]

@@ -52,6 +52,10 @@ SLICES = pa.schema([
 PREPROCESS_RUNS = pa.schema([
     pa.field(C.COL_PATIENT_ID, pa.string(), nullable=False),
     pa.field(C.COL_SITE, pa.string()),
+    # the manifest's split and label, so that patients who failed still count in the patient flow
+    # and the intention-to-diagnose metrics (null in lakes preprocessed before they were recorded)
+    pa.field(C.COL_SPLIT, pa.string()),
+    pa.field(C.COL_LABEL, pa.string()),
     pa.field("attempt_id", pa.string(), nullable=False),
     pa.field("started_at", pa.timestamp("us", tz="UTC")),
     pa.field("status", pa.string(), nullable=False),  # ok / failed
@@ -145,7 +149,10 @@ PATIENT_PREDICTIONS = pa.schema([
     pa.field("n_slices", pa.int32()),
     pa.field("predictive_index", pa.float64()),  # share of slices the ensemble (majority vote) calls GBM
     pa.field("soft_index", pa.float64()),  # mean over slices of the folds' mean P(GBM)
-    pa.field("cutoff_kind", pa.string(), nullable=False),  # paper_youden_internal_test / oof_youden_train
+    # P(GBM) from the predictive index: a logistic fit on the validation patients only (runs.config
+    # of the evaluation holds the fit); null where the run has no validation patients of both classes
+    pa.field("prob_gbm", pa.float64()),
+    pa.field("cutoff_kind", pa.string(), nullable=False),  # paper_youden_internal_test / val_youden_ensemble
     pa.field("cutoff", pa.float64()),
     pa.field(C.COL_CALL, pa.string()),  # GBM where predictive_index >= cutoff
 ])
@@ -156,6 +163,9 @@ READS = pa.schema([
     pa.field(C.COL_ASSISTED, pa.bool_(), nullable=False),
     pa.field(C.COL_CALL, pa.string(), nullable=False),  # GBM / MET
     pa.field(C.COL_CONFIDENCE, pa.int16()),  # 1 (guess) .. 5 (certain), optional
+    # where the read came from: "import:<file name>", or "simulated:<run_id>" for a synthetic
+    # cohort's assisted reads, which depend on that run's model calls (null in older lakes: imported)
+    pa.field(C.COL_READ_SOURCE, pa.string()),
 ])
 
 METRICS = pa.schema([
@@ -169,7 +179,7 @@ METRICS = pa.schema([
     pa.field("value", pa.float64()),
     pa.field("ci_low", pa.float64()),
     pa.field("ci_high", pa.float64()),
-    pa.field("ci_method", pa.string()),  # what made the interval: paper_subsample90, bootstrap_bca, bootstrap_percentile, delong
+    pa.field("ci_method", pa.string()),  # what made the interval: bootstrap_bca, bootstrap_percentile, paper_subsample90, delong
     # the CI asked for (one row per metric and choice); differs from ci_method where BCa was
     # undefined (a resample without a GBM call, a constant statistic) and percentile stands in
     pa.field("ci_choice", pa.string()),
@@ -183,21 +193,48 @@ METRICS = pa.schema([
     pa.field("fn", pa.int32()),
 ])
 
-COMPARISONS = pa.schema([
+DIFFERENCES = pa.schema([
     pa.field("run_id", pa.string(), nullable=False),
     pa.field("cohort", pa.string(), nullable=False),
-    pa.field("test", pa.string(), nullable=False),  # delong_auc / mcnemar_correct
-    pa.field("a", pa.string(), nullable=False),  # e.g. model, reader1, reader1+assisted
-    pa.field("b", pa.string(), nullable=False),
-    pa.field("n", pa.int32()),
-    pa.field("estimate_a", pa.float64()),  # AUC (DeLong) or accuracy (McNemar)
+    pa.field("kind", pa.string()),  # model_vs_reader / assisted_vs_unassisted
+    pa.field("a", pa.string(), nullable=False),  # model@<cutoff kind>, reader1+assisted, ...
+    pa.field("b", pa.string(), nullable=False),  # reader1, ...
+    pa.field("metric", pa.string(), nullable=False),  # accuracy, recall, specificity, auc, auc_confidence
+    pa.field("n", pa.int32()),  # patients both rated
+    pa.field("n_gbm", pa.int32()),
+    pa.field("estimate_a", pa.float64()),
     pa.field("estimate_b", pa.float64()),
-    pa.field("diff", pa.float64()),
-    pa.field("ci_low", pa.float64()),  # 95 % CI of the difference (DeLong)
+    pa.field("diff", pa.float64()),  # a - b
+    pa.field("ci_low", pa.float64()),  # paired stratified bootstrap (DeLong for auc_confidence)
     pa.field("ci_high", pa.float64()),
-    pa.field("statistic", pa.float64()),  # z (DeLong) or chi-square / exact count (McNemar)
-    pa.field("p", pa.float64()),
-    pa.field("note", pa.string()),
+    pa.field("ci_method", pa.string()),
+    pa.field("test", pa.string()),  # mcnemar (on all / GBMs / METs) or delong
+    pa.field("statistic", pa.float64()),
+    pa.field("p", pa.float64()),  # unadjusted
+    pa.field("p_holm", pa.float64()),  # Holm-adjusted over the cohort's family
+    pa.field("family_size", pa.int32()),
+    pa.field("is_primary", pa.bool_()),  # the comparison named in the evaluation's settings
+    pa.field("note", pa.string()),  # which scores and test were used
+])
+
+CALIBRATION = pa.schema([
+    pa.field("run_id", pa.string(), nullable=False),
+    pa.field("cohort", pa.string(), nullable=False),
+    pa.field("curve", pa.string(), nullable=False),  # reliability / decision
+    pa.field("x", pa.float64()),  # mean predicted P(GBM) of the bin / threshold probability
+    pa.field("y", pa.float64()),  # observed share of GBM in the bin / the model's net benefit
+    pa.field("n", pa.int32()),  # patients in the bin / in the cohort
+    pa.field("treat_all", pa.float64()),  # decision curve: net benefit of calling every patient GBM
+    pa.field("treat_none", pa.float64()),  # decision curve: 0
+])
+
+PATIENT_FLOW = pa.schema([
+    pa.field("run_id", pa.string(), nullable=False),
+    pa.field("cohort", pa.string(), nullable=False),  # the manifest's split
+    pa.field(C.COL_SITE, pa.string()),
+    pa.field("stage", pa.string(), nullable=False),  # in_manifest, preprocessed, failed, evaluated, read
+    pa.field("detail", pa.string()),  # failed: the error kind; read: the reader
+    pa.field("n", pa.int32()),
 ])
 
 CAMS = pa.schema([
@@ -223,7 +260,9 @@ SCHEMAS: dict[str, pa.Schema] = {
     C.TABLE_PATIENT_PREDICTIONS: PATIENT_PREDICTIONS,
     C.TABLE_READS: READS,
     C.TABLE_METRICS: METRICS,
-    C.TABLE_COMPARISONS: COMPARISONS,
+    C.TABLE_DIFFERENCES: DIFFERENCES,
+    C.TABLE_CALIBRATION: CALIBRATION,
+    C.TABLE_FLOW: PATIENT_FLOW,
     C.TABLE_CAMS: CAMS,
 }
 

@@ -14,13 +14,14 @@ import sys
 from pathlib import Path
 
 from gbmmet import constants as C
+from gbmmet.evaluation import EvaluationSettings
 from gbmmet.model.backbones import RANDOM18
 from gbmmet.model.train import HeadConfig
 from gbmmet.preprocess.params import PreprocessParams
-from pipelines.evaluate import run_evaluate
 from pipelines.features import run_features
 from pipelines.preprocess import run_preprocess
 from pipelines.readers import import_reads
+from pipelines.run import evaluate_synthetic
 from pipelines.train import run_train
 from storage.lake import SECRET_DIR, Lake
 
@@ -38,7 +39,8 @@ def pipeline(cohort: Path, lake: Path, *, pin_sites: bool, address: str | None) 
               show_progress=False, echo=lambda *_: None)
     for s in SITES:
         import_reads(cohort / s / C.READS_FILE, str(lake))
-    run_evaluate(str(lake), RUN, n_resamples=100, address=address, show_progress=False, echo=lambda *_: None)
+    evaluate_synthetic(str(lake), RUN, settings=EvaluationSettings(n_resamples=100), address=address,
+                       show_progress=False, echo=lambda *_: None)
 
 
 def main(cohort: str, lake_multi: str, lake_single: str) -> None:

@@ -7,6 +7,7 @@ import csv
 import itertools
 import json
 import math
+import time
 import warnings
 from pathlib import Path
 
@@ -15,13 +16,18 @@ import pytest
 from scipy import stats as sps
 
 from gbmmet.stats import (
+    CALL_METRICS,
+    SCORE_METRICS,
     auc_score,
     binary_metrics,
     ci_bootstrap,
+    ci_paired_difference,
     ci_paper_subsample,
     confusion,
     delong_roc_test,
     delong_roc_variance,
+    holm,
+    mcnemar_test,
     metrics,
     roc_curve,
     youden_cutoff,
@@ -126,17 +132,23 @@ def test_the_papers_confusion_counts_against_its_reported_metrics():
         ("external", "accuracy"), ("external", "recall")}
 
 
-def test_metrics_confusion_brier_and_zero_denominators():
+def test_metrics_confusion_and_zero_denominators():
     y = [1, 1, 1, 0, 0]
     c = [1, 0, 1, 0, 1]
     assert confusion(y, c) == {"tp": 2, "fp": 1, "tn": 1, "fn": 1}
     m = metrics(y, c, [0.9, 0.4, 0.8, 0.2, 0.6])
     assert m["accuracy"] == pytest.approx(0.6) and m["specificity"] == pytest.approx(0.5)
     assert m["npv"] == pytest.approx(0.5) and m["auc"] == pytest.approx(5 / 6)
-    assert m["brier"] == pytest.approx(np.mean([0.01, 0.36, 0.04, 0.04, 0.36]))
     none_called = metrics([1, 0, 0], [0, 0, 0])
     assert math.isnan(none_called["precision"]) and none_called["recall"] == 0.0
     assert none_called["auc"] == 0.5  # from calls alone: one operating point
+
+
+def test_metrics_has_no_brier_score_the_index_is_not_a_probability():
+    assert SCORE_METRICS == ("auc",) and "specificity" in CALL_METRICS and "npv" in CALL_METRICS
+    assert set(metrics([1, 0], [1, 0], [0.9, 0.1])) == set(CALL_METRICS + SCORE_METRICS)
+    with pytest.raises(ValueError, match="names must be among"):
+        ci_bootstrap([1, 1, 0, 0], [1, 0, 0, 0], names=("brier",))
 
 
 def test_youden_cutoff_by_hand():
@@ -193,3 +205,159 @@ def test_roc_curve_by_hand_and_against_scikit_learn(rng):
         s = rng.integers(0, 8, 25) / 7  # ties
         for a, b in zip(roc_curve(y, s), sk_roc_curve(y, s, drop_intermediate=False), strict=True):
             assert np.allclose(a, b)
+
+
+# ---------------------------------------------------------------------------------------------
+# resampling: vectorised, re-chosen cutoffs, paired differences, McNemar, Holm
+# ---------------------------------------------------------------------------------------------
+def _binormal(rng, n_gbm=40, n_met=30, mu=1.5):
+    y = np.r_[np.ones(n_gbm, int), np.zeros(n_met, int)]
+    score = np.round(rng.normal(mu * y, 1), 1)  # rounded: ties, as in a share of slices
+    return y, score
+
+
+def _old_statistic(y, call, score, names):
+    """The former slow path: ``metrics()`` on the patients of each resample."""
+    pos, neg = np.flatnonzero(y == 1), np.flatnonzero(y == 0)
+
+    def stat(i_pos, i_neg):
+        idx = np.concatenate([pos[i_pos], neg[i_neg]])
+        m = metrics(y[idx], call[idx], score[idx])
+        return np.array([m[k] for k in names])
+
+    return (np.arange(len(pos)), np.arange(len(neg))), stat
+
+
+def test_vectorised_bootstrap_equals_metrics_on_each_resample(rng):
+    y, score = _binormal(rng)
+    call = (score >= 0.6).astype(int)
+    names = CALL_METRICS + SCORE_METRICS
+    data, stat = _old_statistic(y, call, score, names)
+    for method in ("percentile", "BCa"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ref = sps.bootstrap(data, stat, vectorized=False, n_resamples=300, method=method,
+                                rng=np.random.default_rng(0)).confidence_interval
+        ours = ci_bootstrap(y, call, score, n_resamples=300, method=method)
+        for j, name in enumerate(names):
+            # the same resamples give the same values; BCa's acceleration sums them in another order
+            assert ours[name].low == pytest.approx(ref.low[j], abs=1e-12), (method, name)
+            assert ours[name].high == pytest.approx(ref.high[j], abs=1e-12), (method, name)
+
+
+def test_vectorised_paper_subsample_equals_metrics_on_each_subset(rng):
+    y, score = _binormal(rng, 20, 10)
+    call = (score >= 0.6).astype(int)
+    draws_rng, k = np.random.default_rng(0), round(0.9 * len(y))
+    accs = []
+    for _ in range(200):
+        idx = draws_rng.choice(len(y), size=k, replace=False)
+        accs.append(metrics(y[idx], call[idx], score[idx])["accuracy"])
+    ours = ci_paper_subsample(y, call, score, n_resamples=200, names=("accuracy",))["accuracy"]
+    assert (ours.low, ours.high) == tuple(np.quantile(accs, [0.025, 0.975]))
+
+
+def test_bca_bootstrap_of_1000_resamples_on_100_patients_is_fast(rng):
+    y, score = _binormal(rng, 67, 33)
+    call = (score >= 0.6).astype(int)
+    ci_bootstrap(y, call, score)  # warm-up (imports)
+    best = math.inf
+    for _ in range(3):
+        t0 = time.perf_counter()
+        ci_bootstrap(y, call, score, n_resamples=1000, method="BCa")
+        best = min(best, time.perf_counter() - t0)
+    assert best < 0.1
+
+
+def test_choose_cutoff_point_estimate_is_the_full_sample_youden_rule(rng):
+    y, score = _binormal(rng)
+    best = metrics(y, (score >= youden_cutoff(y, score)).astype(int), score)
+    ci = ci_bootstrap(y, None, score, choose_cutoff=youden_cutoff, n_resamples=200)
+    for name in ("accuracy", "recall", "specificity", "auc"):
+        assert ci[name].estimate == best[name]
+        assert ci[name].low <= best[name] <= ci[name].high
+
+
+def test_vectorised_youden_equals_youden_cutoff_in_each_resample(rng):
+    y, score = _binormal(rng, 15, 12)
+    names = ("accuracy", "recall", "specificity")
+
+    def plain(y_b, s_b):  # not youden_cutoff itself, so the generic per-resample path runs
+        return youden_cutoff(y_b, s_b)
+
+    for method in ("percentile", "BCa"):
+        fast = ci_bootstrap(y, None, score, names=names, method=method, n_resamples=200, choose_cutoff=youden_cutoff)
+        slow = ci_bootstrap(y, None, score, names=names, method=method, n_resamples=200, choose_cutoff=plain)
+        assert fast == slow
+    fast = ci_paper_subsample(y, None, score, names=names, n_resamples=200, choose_cutoff=youden_cutoff)
+    assert fast == ci_paper_subsample(y, None, score, names=names, n_resamples=200, choose_cutoff=plain)
+
+
+def test_choose_cutoff_needs_a_score():
+    with pytest.raises(ValueError, match="needs a score"):
+        ci_bootstrap([1, 1, 0, 0], [1, 0, 0, 0], choose_cutoff=youden_cutoff)
+
+
+def test_paired_difference_of_identical_raters_is_exactly_zero(rng):
+    y, score = _binormal(rng)
+    call = (score >= 0.6).astype(int)
+    for name, d in ci_paired_difference(y, (call, score), (call, score), n_resamples=200).items():
+        assert (d.diff, d.low, d.high) == (0.0, 0.0, 0.0), name
+        assert d.method == "bootstrap_percentile"  # BCa is undefined on a constant distribution
+
+
+def test_paired_difference_point_is_metric_a_minus_metric_b(rng):
+    y, score = _binormal(rng)
+    call_a = (score >= 0.6).astype(int)
+    call_b = np.where(rng.random(len(y)) < 0.2, 1 - call_a, call_a)  # a reader without a score
+    d = ci_paired_difference(y, (call_a, score), (call_b, None), n_resamples=200)
+    ma, mb = metrics(y, call_a, score), metrics(y, call_b)
+    for name in ("accuracy", "recall", "specificity", "auc"):
+        assert d[name].diff == pytest.approx(ma[name] - mb[name], abs=1e-15)
+        assert d[name].low <= d[name].diff <= d[name].high
+
+
+def test_paired_difference_with_the_models_cutoff_rechosen(rng):
+    y, score = _binormal(rng)
+    call_b = (score >= 1.0).astype(int)
+    d = ci_paired_difference(y, (None, score), (call_b, None), names=("accuracy",), n_resamples=200,
+                             choose_cutoff_a=youden_cutoff)["accuracy"]
+    chosen = (score >= youden_cutoff(y, score)).astype(int)
+    assert d.diff == pytest.approx(metrics(y, chosen)["accuracy"] - metrics(y, call_b)["accuracy"], abs=1e-15)
+
+
+def test_paired_bootstrap_is_narrower_than_unpaired_for_correlated_raters(rng):
+    y, score = _binormal(rng)
+    call_a = (score >= 0.6).astype(int)
+    call_b = np.where(rng.random(len(y)) < 0.1, 1 - call_a, call_a)  # agrees with a on ~90 %
+    paired = ci_paired_difference(y, (call_a, None), (call_b, None), names=("accuracy",), method="percentile")
+    wa = ci_bootstrap(y, call_a, names=("accuracy",), method="percentile")["accuracy"]
+    wb = ci_bootstrap(y, call_b, names=("accuracy",), method="percentile", seed=1)["accuracy"]
+    # independent resamples of the two raters would give about the root sum of squares of the widths
+    unpaired = math.hypot(wa.high - wa.low, wb.high - wb.low)
+    assert paired["accuracy"].high - paired["accuracy"].low < 0.6 * unpaired
+
+
+def test_holm_by_hand_and_nan_left_out_of_the_family():
+    # sorted 0.01, 0.03, 0.04 -> x3, x2, x1 = 0.03, 0.06, 0.04 -> running maximum 0.03, 0.06, 0.06
+    assert holm([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])
+    out = holm([0.01, float("nan"), 0.04, 0.03])
+    assert math.isnan(out[1]) and out[[0, 2, 3]] == pytest.approx([0.03, 0.06, 0.06])
+    assert holm([0.5, 0.9]).tolist() == [1.0, 1.0]  # capped at 1
+
+
+def test_mcnemar_exact_by_hand():
+    # 3 both right, 1 only a right, 5 only b right, 2 both wrong: 6 discordant -> exact binomial,
+    # p = 2 P(X <= 1 | 6, 1/2) = 2 (1 + 6) / 64
+    a = [1] * 3 + [1] + [0] * 5 + [0] * 2
+    b = [1] * 3 + [0] + [1] * 5 + [0] * 2
+    r = mcnemar_test(a, b)
+    assert (r.b_only_a_right, r.c_only_b_right, r.n, r.exact) == (1, 5, 11, True)
+    assert r.p == pytest.approx(14 / 64) and r.statistic == 1.0
+
+
+def test_mcnemar_chi_square_with_continuity_correction_by_hand():
+    # 20 only a right, 10 only b right: 30 discordant -> (|20 - 10| - 1)^2 / 30 = 2.7 on 1 df
+    r = mcnemar_test([1] * 20 + [0] * 10 + [1] * 5, [0] * 20 + [1] * 10 + [1] * 5)
+    assert not r.exact and r.statistic == pytest.approx(2.7)
+    assert r.p == pytest.approx(sps.chi2.sf(2.7, 1))

@@ -7,4 +7,4 @@ Modules: ``anatomy`` (template), ``lesion`` (class distributions), ``sites`` (sc
 
 #: Bumped whenever the generator draws different images for the same settings; recorded in
 #: ``cohort.json``, so an older cohort folder is regenerated rather than mixed with new patients.
-GENERATOR_VERSION = "2"
+GENERATOR_VERSION = "3"

@@ -250,7 +250,9 @@ def patient_lesion(spec: PatientSpec, difficulty: float = 0.5, anatomy: Anatomy 
 
 
 def patient_reads(spec: PatientSpec, difficulty: float = 0.5, lesion: L.LesionParams | None = None) -> list[dict]:
-    """The readers' reads of a test-cohort patient (none for train / val); needs no images."""
+    """The readers' unassisted reads of a test-cohort patient (none for train / val); needs no
+    images. Assisted reads depend on a trained model's calls and are made later
+    (``readers.simulate_assisted_reads``; in the lake ``pipelines.readers.simulate_assisted``)."""
     if spec.split not in TEST_COHORTS:
         return []
     lesion = lesion if lesion is not None else patient_lesion(spec, difficulty)

@@ -18,12 +18,13 @@ BROKEN = "A9999"
 
 @pytest.fixture(scope="session")
 def dash_lake(tiny_lake, tmp_path_factory, ray_local, fast_params) -> Path:
+    from gbmmet.evaluation import EvaluationSettings
     from gbmmet.model.backbones import RANDOM18
     from gbmmet.model.train import HeadConfig
-    from pipelines.evaluate import run_evaluate
     from pipelines.features import run_features
     from pipelines.preprocess import run_preprocess
     from pipelines.readers import import_reads
+    from pipelines.run import evaluate_synthetic
     from pipelines.train import run_train
 
     src, _, cohort = tiny_lake
@@ -51,5 +52,6 @@ def dash_lake(tiny_lake, tmp_path_factory, ray_local, fast_params) -> Path:
               show_progress=False, echo=lambda *_: None)
     for site in ("siteA", "siteB"):
         import_reads(cohort / site / C.READS_FILE, str(lake))
-    run_evaluate(str(lake), RUN, show_progress=False, n_resamples=200, echo=lambda *_: None)
+    evaluate_synthetic(str(lake), RUN, settings=EvaluationSettings(n_resamples=200), show_progress=False,
+                       echo=lambda *_: None)
     return lake

@@ -5,6 +5,7 @@ the lake's own rows."""
 from __future__ import annotations
 
 import csv
+import json
 import shutil
 
 import numpy as np
@@ -12,13 +13,15 @@ import pyarrow.compute as pc
 import pytest
 
 from gbmmet import constants as C
+from gbmmet.evaluation import EvaluationSettings
 from gbmmet.model.backbones import RANDOM18
 from gbmmet.model.train import HeadConfig
 from gbmmet.stats import metrics, youden_cutoff
 from pipelines.cli import main
-from pipelines.evaluate import CUT_OOF, CUT_PAPER, run_evaluate
+from pipelines.evaluate import CUT_PAPER, CUT_VAL, run_evaluate
 from pipelines.features import run_features
 from pipelines.readers import ReadsError, import_reads
+from pipelines.run import evaluate_synthetic
 from pipelines.train import run_train
 from storage import catalog
 from storage.lake import Lake
@@ -66,23 +69,35 @@ def test_reads_are_validated_all_at_once_and_nothing_is_written(trained_lake, tm
     assert main(["readers", "import", str(bad), "--lake", str(lake_dir)]) == 2
 
 
-def test_evaluate_writes_what_the_lake_itself_confirms(trained_lake, capsys):
+@pytest.fixture(scope="module")
+def evaluated_lake(trained_lake):
+    """The trained tiny lake with its reads imported, assisted reads simulated and evaluated."""
     lake_dir, cohort = trained_lake
-    n_reads = 0
     for site in ("siteA", "siteB"):
-        s = import_reads(cohort / site / "reads.csv", str(lake_dir))
-        n_reads += s.rows
+        import_reads(cohort / site / "reads.csv", str(lake_dir))
+    s = evaluate_synthetic(str(lake_dir), "ev", settings=EvaluationSettings(n_resamples=200), show_progress=False,
+                           echo=lambda *_: None)
+    return lake_dir, cohort, s
+
+
+def _pp(lake):
+    return lake.read(C.TABLE_PATIENT_PREDICTIONS, filter=pc.field("run_id") == "ev").to_pandas()
+
+
+def test_reads_are_imported_pseudonymised_and_replaced_on_a_second_import(evaluated_lake):
+    lake_dir, cohort, _ = evaluated_lake
     again = import_reads(cohort / "siteA" / "reads.csv", str(lake_dir))  # same file: replaced, not doubled
-    lake = Lake(lake_dir)
-    reads = lake.read(C.TABLE_READS)
-    assert reads.num_rows == n_reads and again.rows > 0
+    reads = Lake(lake_dir).read(C.TABLE_READS).to_pandas()
+    imported = reads[reads[C.COL_READ_SOURCE].str.startswith(C.READ_SOURCE_IMPORT)]
+    n_csv = sum(1 for site in ("siteA", "siteB") for _ in csv.DictReader((cohort / site / "reads.csv").open()))
+    assert len(imported) == n_csv and again.rows > 0 and not imported[C.COL_ASSISTED].any()
     raw_ids = {r["patient_id"] for site in ("siteA", "siteB") for r in csv.DictReader((cohort / site / "reads.csv").open())}
-    assert not raw_ids & set(reads.column(C.COL_PATIENT_ID).to_pylist())  # pseudonymised
+    assert not raw_ids & set(reads[C.COL_PATIENT_ID])  # pseudonymised
 
-    s = run_evaluate(str(lake_dir), show_progress=False, n_resamples=200, echo=lambda *_: None)
-    assert s.run_id == "ev" and set(s.cutoffs) == {CUT_PAPER, CUT_OOF}
 
-    # ensemble rows follow from the fold rows
+def test_ensemble_rows_follow_from_the_fold_rows(evaluated_lake):
+    lake_dir, _, s = evaluated_lake
+    lake = Lake(lake_dir)
     sp = lake.read(C.TABLE_SLICE_PREDICTIONS, filter=(pc.field("run_id") == "ev")
                    & (pc.field(C.COL_SPLIT) != C.TRAIN)).to_pandas()
     wide = sp.pivot_table(index=[C.COL_PATIENT_ID, "slice_index"], columns="model", values="prob_gbm")
@@ -91,59 +106,127 @@ def test_evaluate_writes_what_the_lake_itself_confirms(trained_lake, capsys):
     np.testing.assert_allclose(wide["ensemble_vote"], (folds >= 0.5).mean(axis=1), atol=1e-6)
     n_eval_slices = lake.read(C.TABLE_SLICES, columns=["slice_index"], filter=pc.field(C.COL_SPLIT) != C.TRAIN).num_rows
     assert len(wide) == n_eval_slices == s.slices
-
-    # predictive index = share of slices the majority vote calls GBM; cutoffs recomputed
-    pp = lake.read(C.TABLE_PATIENT_PREDICTIONS, filter=pc.field("run_id") == "ev").to_pandas()
     votes = sp[sp.model == "ensemble_vote"].groupby(C.COL_PATIENT_ID)["vote"].apply(lambda v: (v == C.GBM).mean())
-    paper = pp[pp.cutoff_kind == CUT_PAPER].set_index(C.COL_PATIENT_ID)
+    paper = _pp(lake).query("cutoff_kind == @CUT_PAPER").set_index(C.COL_PATIENT_ID)
     np.testing.assert_allclose(paper.loc[votes.index, "predictive_index"], votes.values)
-    test = paper[paper[C.COL_SPLIT] == C.TEST]
-    assert s.cutoffs[CUT_PAPER] == youden_cutoff((test[C.COL_LABEL] == C.GBM).astype(int), test.predictive_index)
-    train = pp[(pp.cutoff_kind == CUT_OOF) & (pp[C.COL_SPLIT] == C.TRAIN)]
-    assert len(train) == 10  # every training patient, by its out-of-fold model
-    assert s.cutoffs[CUT_OOF] == youden_cutoff((train[C.COL_LABEL] == C.GBM).astype(int), train.predictive_index)
-    assert ((pp.predictive_index >= pp.cutoff) == (pp[C.COL_CALL] == C.GBM)).all()
 
-    # metrics equal a recomputation from patient_predictions; every CI method present
+
+def test_both_cutoffs_are_youden_on_the_ensemble_index_of_their_own_cohort(evaluated_lake):
+    lake_dir, _, s = evaluated_lake
+    pp = _pp(Lake(lake_dir))
+    assert set(s.cutoffs) == {CUT_PAPER, CUT_VAL} and set(pp[C.COL_SPLIT]) == {C.VAL, C.TEST, C.EXTERNAL}
+    for kind, cohort in ((CUT_PAPER, C.TEST), (CUT_VAL, C.VAL)):
+        sel = pp[(pp.cutoff_kind == kind) & (pp[C.COL_SPLIT] == cohort)]
+        assert s.cutoffs[kind] == youden_cutoff((sel[C.COL_LABEL] == C.GBM).astype(int), sel.predictive_index)
+    assert ((pp.predictive_index >= pp.cutoff) == (pp[C.COL_CALL] == C.GBM)).all()
+    record = json.loads(catalog.query(Lake(lake_dir), "select config from runs where run_id = ? and kind = 'evaluate'",
+                                      ["ev"]).to_pylist()[-1]["config"])
+    assert record["cutoffs"][CUT_VAL]["chosen_on"] == C.VAL
+    assert record["cutoffs"][CUT_VAL]["score"] == "ensemble predictive index"
+
+
+def test_probability_of_gbm_is_monotone_in_the_index_and_fitted_on_validation(evaluated_lake):
+    lake_dir, _, _ = evaluated_lake
+    pp = _pp(Lake(lake_dir)).query("cutoff_kind == @CUT_PAPER").sort_values("predictive_index")
+    assert pp.prob_gbm.between(0, 1).all() and (np.diff(pp.prob_gbm) >= -1e-12).all()
+    config = json.loads(catalog.query(Lake(lake_dir), "select config from runs where run_id = ? and kind = 'evaluate'",
+                                      ["ev"]).to_pylist()[-1]["config"])
+    assert config["calibrator"]["n"] == len(pp[pp[C.COL_SPLIT] == C.VAL])
+
+
+def test_model_metrics_equal_a_recomputation_from_patient_predictions(evaluated_lake):
+    lake_dir, _, _ = evaluated_lake
+    lake = Lake(lake_dir)
+    pp = _pp(lake)
     m = catalog.query(lake, "select * from metrics where run_id = ? and rater = 'model' and cohort = 'external' "
-                      "and subgroup = 'all' and cutoff_kind = ?", ["ev", CUT_OOF]).to_pandas()
-    ext = pp[(pp.cutoff_kind == CUT_OOF) & (pp[C.COL_SPLIT] == C.EXTERNAL)]
+                      "and subgroup = 'all' and cutoff_kind = ?", ["ev", CUT_VAL]).to_pandas()
+    ext = pp[(pp.cutoff_kind == CUT_VAL) & (pp[C.COL_SPLIT] == C.EXTERNAL)]
     want = metrics((ext[C.COL_LABEL] == C.GBM).astype(int), (ext[C.COL_CALL] == C.GBM).astype(int), ext.predictive_index)
     for name in ("accuracy", "precision", "recall", "f1", "specificity", "npv", "auc"):
-        got = m[m.metric == name]["value"]
-        assert np.allclose(got, want[name], equal_nan=True), name
-    assert set(m[m.metric == "auc"].ci_method) >= {"paper_subsample90", "bootstrap_percentile", "delong"}
+        assert np.allclose(m[m.metric == name]["value"], want[name], equal_nan=True), name
+    assert set(m[m.metric == "auc"].ci_choice) == {*C.CI_METHODS, C.CI_DELONG}
+    assert "brier" not in set(m.metric)  # Brier is on the probability (calibration rows), not on the index
     assert set(m.n) == {len(ext)}
 
-    # readers: metrics unassisted and assisted, DeLong against the model, McNemar per reader
-    readers = catalog.query(lake, "select distinct rater, assisted from metrics where run_id = ? and rater <> 'model'",
-                            ["ev"]).to_pylist()
-    assert {(r["rater"], r["assisted"]) for r in readers} == {("reader1", False), ("reader1", True),
-                                                             ("reader2", False), ("reader2", True)}
-    r_auc = catalog.query(lake, "select metric, value from metrics where run_id = ? and rater = 'reader1' and "
-                          "cohort = 'test' and subgroup = 'all' and not assisted and ci_method = 'delong'", ["ev"]).to_pylist()
-    assert {r["metric"] for r in r_auc} == {"auc", "auc_calls"}  # with confidences, and from the calls alone
-    comp = lake.read(C.TABLE_COMPARISONS, filter=pc.field("run_id") == "ev").to_pandas()
-    assert {"delong_auc", "mcnemar_correct"} <= set(comp.test)
-    assert comp.p.between(0, 1).all()
-    mc = comp[(comp.test == "mcnemar_correct") & (comp.cohort == C.TEST) & (comp.b == "reader1")].iloc[0]
-    r1 = reads.to_pandas()
-    r1 = r1[r1.reader_id == "reader1"].merge(paper[[C.COL_LABEL]], left_on=C.COL_PATIENT_ID, right_index=True)
-    r1 = r1[r1[C.COL_PATIENT_ID].isin(test.index)]
-    acc = r1.assign(ok=r1[C.COL_CALL] == r1[C.COL_LABEL]).groupby("assisted").ok.mean()
-    assert mc.estimate_a == pytest.approx(acc[True]) and mc.estimate_b == pytest.approx(acc[False])
 
-    # the CLI prints the paper's table
+def test_readers_auc_is_from_calls_and_auc_confidence_is_separate(evaluated_lake):
+    lake_dir, _, _ = evaluated_lake
+    lake = Lake(lake_dir)
+    rows = catalog.query(lake, "select rater, assisted, metric, value, n from metrics where run_id = ? and "
+                         "rater = 'reader1' and cohort = 'test' and subgroup = 'all' and ci_choice = 'delong'",
+                         ["ev"]).to_pandas()
+    assert set(rows.metric) == {"auc", C.AUC_CONFIDENCE}
+    acc = catalog.query(lake, "select metric, value from metrics where run_id = ? and rater = 'reader1' and "
+                        "cohort = 'test' and subgroup = 'all' and not assisted and ci_choice = ?",
+                        ["ev", C.CI_BCA]).to_pandas().set_index("metric").value
+    auc = rows[(rows.metric == "auc") & ~rows.assisted.astype(bool)].value.iloc[0]
+    assert auc == pytest.approx((acc["recall"] + acc["specificity"]) / 2)  # one operating point
+
+
+def test_primary_subgroups_report_specificity_only_among_that_primarys_mets(evaluated_lake):
+    lake_dir, _, _ = evaluated_lake
+    rows = catalog.query(Lake(lake_dir), "select distinct subgroup, metric, n, n_gbm from metrics where run_id = ? "
+                         "and subgroup like 'primary=%'", ["ev"]).to_pandas()
+    assert len(rows) and set(rows.metric) == {"specificity"} and (rows.n_gbm == 0).all()
+
+
+def test_paired_differences_cover_model_vs_readers_and_assistance_with_holm(evaluated_lake):
+    lake_dir, _, _ = evaluated_lake
+    d = Lake(lake_dir).read(C.TABLE_DIFFERENCES, filter=pc.field("run_id") == "ev").to_pandas()
+    assert set(d.kind) == {"model_vs_reader", "assisted_vs_unassisted"}
+    assert {"model@" + CUT_PAPER, "model@" + CUT_VAL, "reader1+assisted"} <= set(d.a)
+    assert set(d.metric) >= set(C.DIFFERENCE_METRICS)
+    for _, fam in d.groupby("cohort"):
+        ok = fam.p.notna()
+        assert (fam.family_size == ok.sum()).all()
+        assert (fam.p_holm[ok] >= fam.p[ok] - 1e-12).all() and fam.p_holm[ok].le(1).all()
+        assert fam.is_primary.sum() == 1  # model@val_youden_ensemble vs reader1, accuracy
+    np.testing.assert_allclose(d["diff"], d.estimate_a - d.estimate_b, atol=1e-12)
+
+
+def test_simulated_assisted_reads_follow_the_models_calls_of_this_run(evaluated_lake):
+    lake_dir, _, _ = evaluated_lake
+    lake = Lake(lake_dir)
+    reads = lake.read(C.TABLE_READS).to_pandas()
+    sim = reads[reads[C.COL_ASSISTED]]
+    assert len(sim) and (sim[C.COL_READ_SOURCE] == C.READ_SOURCE_SIMULATED + "ev").all()
+    model = _pp(lake).query("cutoff_kind == @CUT_VAL").set_index(C.COL_PATIENT_ID)[C.COL_CALL]
+    alone = reads[~reads[C.COL_ASSISTED]].set_index([C.COL_READER_ID, C.COL_PATIENT_ID])[C.COL_CALL]
+    helped = sim.set_index([C.COL_READER_ID, C.COL_PATIENT_ID])[C.COL_CALL]
+    agree_alone = np.mean([alone[k] == model[k[1]] for k in helped.index])
+    agree_helped = np.mean([helped[k] == model[k[1]] for k in helped.index])
+    assert agree_helped >= agree_alone
+
+
+def test_calibration_and_patient_flow_tables_are_written(evaluated_lake):
+    lake_dir, _, s = evaluated_lake
+    lake = Lake(lake_dir)
+    cal = lake.read(C.TABLE_CALIBRATION, filter=pc.field("run_id") == "ev").to_pandas()
+    assert set(cal.curve) == {"reliability", "decision"} and set(cal.cohort) == {C.TEST, C.EXTERNAL}
+    flow = lake.read(C.TABLE_FLOW, filter=pc.field("run_id") == "ev").to_pandas()
+    evaluated = flow[flow.stage == "evaluated"].n.sum()
+    tested = flow[(flow.stage == "preprocessed") & (flow.cohort != C.TRAIN)].n.sum()
+    assert evaluated == s.patients == tested
+    assert flow[(flow.stage == "evaluated") & (flow.cohort == C.TRAIN)].empty
+    assert set(flow[flow.stage == "read"].detail) == {"reader1", "reader2"}
+
+
+def test_the_cli_prints_the_table_differences_and_flow(evaluated_lake, capsys):
+    lake_dir, _, _ = evaluated_lake
     assert main(["evaluate", "--lake", str(lake_dir), "--resamples", "100"]) == 0
     out = capsys.readouterr().out
     assert "reader1 + model" in out and "external" in out and "cutoffs paper_youden_internal_test" in out
+    assert "bootstrap_bca" in out and "paired differences" in out and "patient flow" in out
+    assert main(["evaluate", "--lake", str(lake_dir), "--resamples", "100", "--ci", "paper_subsample90"]) == 0
+    assert "reproduction" in capsys.readouterr().out
+    assert main(["evaluate", "--lake", str(lake_dir), "--primary", "model,reader1"]) == 2
 
 
 def test_class_activation_maps_are_stored_for_test_and_external_slices(trained_lake):
     lake_dir, _ = trained_lake
     lake = Lake(lake_dir)
-    if not lake.read(C.TABLE_RUNS, filter=pc.field("kind") == "evaluate").num_rows:
-        run_evaluate(str(lake_dir), show_progress=False, n_resamples=50, echo=lambda *_: None)
+    if not lake.read(C.TABLE_RUNS, filter=pc.field("kind") == "score").num_rows:
+        run_evaluate(str(lake_dir), show_progress=False, predictions_only=True, echo=lambda *_: None)
     cams = lake.read(C.TABLE_CAMS, filter=pc.field("run_id") == "ev")
     want = lake.read(C.TABLE_SLICES, columns=[C.COL_PATIENT_ID, "slice_index"],
                      filter=pc.field(C.COL_SPLIT).isin([C.TEST, C.EXTERNAL]))
