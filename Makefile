@@ -44,6 +44,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/run.py
 	$(BIN)/python bench/dashboard.py
 	$(BIN)/python bench/scale.py
+	$(BIN)/python bench/coverage.py
 
 clean:
 	rm -rf $(DATA) $(LAKE) .pytest_cache

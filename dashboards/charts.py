@@ -64,6 +64,77 @@ def forest(df: pd.DataFrame, *, y: str, color: str, column: str, title: str,
     ).properties(title=title)
 
 
+def difference_forest(df: pd.DataFrame, *, title: str, column_order: list[str] | None = None) -> alt.FacetChart:
+    """Paired differences a - b with their 95 % CI bars and a line at zero: one row per
+    ``comparison``, dodged by ``metric``, one panel per ``cohort`` (in ``column_order``). ``df`` has
+    ``comparison``, ``metric``, ``cohort``, ``diff``, ``ci_low``, ``ci_high``, ``primary`` (yes / no)
+    and ``p_holm`` (text)."""
+    df = df.assign(ci=[format_estimate(v, lo, hi) for v, lo, hi in zip(df["diff"], df["ci_low"], df["ci_high"], strict=True)])
+    x_scale = alt.Scale(domain=[-1, 1])
+    base = alt.Chart().encode(
+        y=alt.Y("comparison:N", sort=list(dict.fromkeys(df["comparison"])), title=None, axis=alt.Axis(labelLimit=320)),
+        yOffset=alt.YOffset("metric:N", sort=list(dict.fromkeys(df["metric"]))),
+        color=alt.Color("metric:N", sort=list(dict.fromkeys(df["metric"])), scale=alt.Scale(range=PALETTE),
+                        legend=alt.Legend(orient="top")),
+        tooltip=["comparison", "metric", "cohort", alt.Tooltip("ci:N", title="a - b (95% CI)"),
+                 alt.Tooltip("p_holm:N", title="Holm p"), "primary"],
+    )
+    zero = alt.Chart().mark_rule(color="#666", strokeDash=[4, 4]).encode(x=alt.datum(0, scale=x_scale))
+    bars = base.mark_rule(strokeWidth=2).encode(x=alt.X("ci_low:Q", scale=x_scale, title="a - b"), x2="ci_high:Q")
+    points = base.mark_point(filled=True, size=55).encode(
+        x=alt.X("diff:Q", scale=x_scale),
+        shape=alt.Shape("primary:N", title="primary comparison", scale=alt.Scale(domain=["yes", "no"],
+                                                                                   range=["diamond", "circle"])))
+    columns = [c for c in (column_order or []) if c in set(df["cohort"])] or list(dict.fromkeys(df["cohort"]))
+    return alt.layer(zero, bars, points, data=df).properties(width=WIDTH + 60).facet(
+        column=alt.Column("cohort:N", title=None, sort=columns)).properties(title=title)
+
+
+def reliability(points: pd.DataFrame, title: str) -> alt.LayerChart:
+    """The reliability curve (``points``: x = mean predicted P(GBM) of a bin, y = observed share of
+    GBM, n = patients in the bin) against the diagonal of perfect calibration."""
+    diag = alt.Chart(pd.DataFrame({"x": [0, 1], "y": [0, 1]})).mark_line(
+        strokeDash=[4, 4], color="#999").encode(x="x:Q", y="y:Q")
+    tip = [alt.Tooltip("x:Q", title="mean P(GBM)", format=".3f"), alt.Tooltip("y:Q", title="observed GBM", format=".3f"),
+           alt.Tooltip("n:Q", title="patients")]
+    enc = {"x": alt.X("x:Q", title="predicted P(GBM), bin mean", scale=alt.Scale(domain=[0, 1])),
+           "y": alt.Y("y:Q", title="observed share of GBM", scale=alt.Scale(domain=[0, 1]))}
+    line = alt.Chart(points).mark_line(color="#333").encode(**enc)
+    dots = alt.Chart(points).mark_point(filled=True, color="#1f77b4").encode(
+        **enc, size=alt.Size("n:Q", title="patients in bin", scale=alt.Scale(range=[40, 400])), tooltip=tip)
+    return alt.layer(diag, line, dots).properties(title=title, width=300, height=300)
+
+
+DECISION_STRATEGIES = ["model", "treat all as GBM", "treat none"]
+
+
+def decision_curve(points: pd.DataFrame, title: str) -> alt.LayerChart:
+    """Net benefit against threshold probability (``points``: x threshold, y the model's net
+    benefit, treat_all, treat_none) for the model, calling every patient GBM, and calling none.
+    The axis stops a little below zero: treating all falls steeply at high thresholds."""
+    long = pd.concat([pd.DataFrame({"threshold": points["x"], "strategy": name, "net_benefit": points[col]})
+                      for name, col in zip(DECISION_STRATEGIES, ("y", "treat_all", "treat_none"), strict=True)],
+                     ignore_index=True)
+    top = float(pd.concat([points["y"], points["treat_all"]]).max())
+    top = top + 0.05 if top == top else 1.0
+    low = min(-0.05, float(points["y"].min()) - 0.02) if len(points) else -0.05
+    low = max(low, -0.25)
+    return alt.Chart(long).mark_line(clip=True, point=alt.OverlayMarkDef(size=20)).encode(
+        x=alt.X("threshold:Q", title="threshold probability of GBM", scale=alt.Scale(domain=[0, 1])),
+        y=alt.Y("net_benefit:Q", title="net benefit", scale=alt.Scale(domain=[low, top])),
+        color=alt.Color("strategy:N", sort=DECISION_STRATEGIES, title=None,
+                        scale=alt.Scale(domain=DECISION_STRATEGIES, range=["#1f77b4", "#d62728", "#7f7f7f"])),
+        strokeDash=alt.StrokeDash("strategy:N", sort=DECISION_STRATEGIES, legend=None,
+                                  scale=alt.Scale(domain=DECISION_STRATEGIES, range=[[1, 0], [6, 3], [2, 2]])),
+        tooltip=["strategy", alt.Tooltip("threshold:Q", format=".2f"), alt.Tooltip("net_benefit:Q", format=".4f")],
+    ).properties(title=title, width=300, height=300)
+
+
+def panels(charts_: list[alt.TopLevelMixin]) -> alt.HConcatChart:
+    """Charts side by side (one per cohort), one legend."""
+    return alt.hconcat(*charts_).resolve_scale(color="shared", shape="shared", size="shared")
+
+
 def roc_panels(panels: list[alt.LayerChart]) -> alt.HConcatChart:
     """ROC charts side by side (one per cohort), one legend."""
     return alt.hconcat(*panels).resolve_scale(color="shared", shape="shared")

@@ -13,6 +13,8 @@ import pandas as pd
 import streamlit as st
 
 from dashboards import charts, data
+from gbmmet import constants as C
+from storage.queries import FALLBACK_MARK, FALLBACK_NOTE, SUBSAMPLE_MARK, SUBSAMPLE_NOTE, format_estimate
 
 LAKE_ENV = "GBMMET_LAKE"
 RUN_ENV = "GBMMET_RUN"
@@ -94,6 +96,50 @@ def evaluated_patients(ctx: Context) -> pd.DataFrame:
         st.info("No evaluated patients in the chosen cohorts and sites.", icon=":material/info:")
         st.stop()
     return pats
+
+
+# The CI choices, the default first. The paper's subsampling is a labelled reproduction: it under-covers.
+CI_NAMES = {
+    C.CI_BCA: "bootstrap, BCa (stratified; the default)",
+    C.CI_PERCENTILE: "bootstrap, percentile (stratified)",
+    C.CI_SUBSAMPLE: f"the paper's: subsets of 90 % {SUBSAMPLE_MARK}",
+}
+
+
+def ci_name(method: str) -> str:
+    return "DeLong" if method == C.CI_DELONG else CI_NAMES.get(method, method)
+
+
+def subsample_note() -> str:
+    """The note that goes wherever paper_subsample90 is shown: the same text as the printed report
+    (``pipelines.report.subsample_note``), from the same two constants."""
+    from gbmmet.stats import SUBSAMPLE_COVERAGE_NOTE
+
+    return SUBSAMPLE_NOTE.format(coverage=SUBSAMPLE_COVERAGE_NOTE)
+
+
+def estimate_cell(value, low, high, ci_method: str | None, ci_choice: str | None) -> str:
+    """``format_estimate`` with the marks of its interval: the dagger where percentile stood in
+    for BCa, the section sign where the paper's subsampling made it."""
+    text = format_estimate(value, low, high)
+    if text and ci_method != ci_choice:
+        text += FALLBACK_MARK
+    if text and ci_method == C.CI_SUBSAMPLE:
+        text += SUBSAMPLE_MARK
+    return text
+
+
+def ci_notes(long: pd.DataFrame) -> None:
+    """The notes for the marks ``estimate_cell`` put in a table of ``metrics`` rows."""
+    if (long["ci_method"] != long["ci_choice"]).any():
+        st.caption(FALLBACK_NOTE)
+    if (long["ci_method"] == C.CI_SUBSAMPLE).any():
+        st.caption(subsample_note())
+
+
+def md(text: str) -> str:
+    """Plain text for a markdown element: a leading ``*`` would start a list, a pair would italicise."""
+    return text.replace("*", "\\*")
 
 
 def _slug(text: str) -> str:

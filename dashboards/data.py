@@ -137,29 +137,58 @@ def metric_table(src: Source, run: str, ci_method: str, auc_ci: str, cohorts: tu
     return pd.DataFrame(rows, columns=cols)
 
 
+def _rows(src: Source, query, *args, columns: list[str]) -> pd.DataFrame:
+    """A ``storage.queries`` function's rows as a frame (its columns even where it found none)."""
+    with _QUERY_LOCK:
+        rows = query(_connection(src.uri, src.stamp), *args)
+    return pd.DataFrame(rows, columns=columns)
+
+
+DIFFERENCE_COLUMNS = ["cohort", "kind", "a", "b", "metric", "n", "n_gbm", "estimate_a", "estimate_b", "diff", "ci_low",
+                      "ci_high", "ci_method", "test", "p", "p_holm", "family_size", "is_primary", "note"]
+
+
 @st.cache_data(show_spinner=False, max_entries=16, hash_funcs={Source: _key})
-def comparisons(src: Source, run: str, cohorts: tuple[str, ...]) -> pd.DataFrame:
-    return _df(src.uri, src.stamp, """
-        select cohort, test, a, b, n, estimate_a, estimate_b, diff, ci_low, ci_high, statistic, p, note
-        from comparisons where run_id = ? and list_contains(?, cohort)
-        order by cohort = 'external', test, b, a""", [run, list(cohorts)])
+def differences(src: Source, run: str, cohorts: tuple[str, ...]) -> pd.DataFrame:
+    """``storage.queries.difference_rows``: paired differences a - b with their CIs, p and Holm p."""
+    return _rows(src, queries.difference_rows, run, cohorts, columns=DIFFERENCE_COLUMNS)
+
+
+@st.cache_data(show_spinner=False, max_entries=16, hash_funcs={Source: _key})
+def patient_flow(src: Source, run: str) -> pd.DataFrame:
+    """``storage.queries.flow_rows``: patients per cohort, site, stage and detail (STARD)."""
+    return _rows(src, queries.flow_rows, run, columns=["cohort", "site", "stage", "detail", "n"])
+
+
+@st.cache_data(show_spinner=False, max_entries=16, hash_funcs={Source: _key})
+def calibration(src: Source, run: str, cohorts: tuple[str, ...]) -> pd.DataFrame:
+    """``storage.queries.calibration_points``: reliability bins and decision-curve thresholds."""
+    return _rows(src, queries.calibration_points, run, cohorts,
+                 columns=["cohort", "curve", "x", "y", "n", "treat_all", "treat_none"])
+
+
+@st.cache_data(show_spinner=False, max_entries=16, hash_funcs={Source: _key})
+def calibration_summary(src: Source, run: str, cohorts: tuple[str, ...]) -> pd.DataFrame:
+    """``storage.queries.calibration_summary``: Brier, calibration intercept and slope per cohort."""
+    return _rows(src, queries.calibration_summary, run, cohorts, columns=["cohort", "metric", "value", "n", "n_gbm"])
 
 
 @st.cache_data(show_spinner=False, max_entries=16, hash_funcs={Source: _key})
 def patient_predictions(src: Source, run: str, cohorts: tuple[str, ...], sites: tuple[str, ...]) -> pd.DataFrame:
-    """One row per patient of the cohorts at the sites: label, index, and the call at each cutoff."""
+    """One row per patient of the cohorts at the sites: label, index, P(GBM) (``prob_gbm``, null
+    where the run has none) and the call at each cutoff (``*_paper``, ``*_val``)."""
     return _df(src.uri, src.stamp, """
         select patient_id, site, split as cohort,
-               label, n_slices, predictive_index, soft_index,
+               label, n_slices, predictive_index, soft_index, max(prob_gbm) as prob_gbm,
                max(cutoff) filter (where cutoff_kind = ?) as cutoff_paper,
                max(call) filter (where cutoff_kind = ?) as call_paper,
-               max(cutoff) filter (where cutoff_kind = ?) as cutoff_oof,
-               max(call) filter (where cutoff_kind = ?) as call_oof
+               max(cutoff) filter (where cutoff_kind = ?) as cutoff_val,
+               max(call) filter (where cutoff_kind = ?) as call_val
         from patient_predictions
         where run_id = ? and list_contains(?, split) and list_contains(?, site)
         group by patient_id, site, split, label, n_slices, predictive_index, soft_index
         order by cohort = 'external', cohort, site, patient_id""",
-               [C.CUTOFF_PAPER, C.CUTOFF_PAPER, C.CUTOFF_OOF, C.CUTOFF_OOF, run, list(cohorts), list(sites)])
+               [C.CUTOFF_PAPER, C.CUTOFF_PAPER, C.CUTOFF_VAL, C.CUTOFF_VAL, run, list(cohorts), list(sites)])
 
 
 @st.cache_data(show_spinner=False, max_entries=16, hash_funcs={Source: _key})
@@ -171,12 +200,16 @@ def cutoffs(src: Source, run: str) -> dict[str, float]:
 
 
 @st.cache_data(show_spinner=False, max_entries=16, hash_funcs={Source: _key})
-def reads(src: Source, patient_ids: tuple[str, ...]) -> pd.DataFrame:
+def reads(src: Source, run: str, patient_ids: tuple[str, ...]) -> pd.DataFrame:
+    """The reads of the patients that run ``run``'s evaluation used: imported ones, and the assisted
+    reads simulated for this run (``source`` simulated:<run>; other runs' simulations left out)."""
     return _df(src.uri, src.stamp, """
         select reader_id as reader, patient_id, assisted,
-               call, confidence
-        from reads where list_contains(?, patient_id) order by reader, assisted""",
-               [list(patient_ids)])
+               call, confidence, source
+        from reads where list_contains(?, patient_id)
+          and (not starts_with(coalesce(source, ''), ?) or source = ?)
+        order by reader, assisted""",
+               [list(patient_ids), C.READ_SOURCE_SIMULATED, C.READ_SOURCE_SIMULATED + run])
 
 
 # -- one patient ------------------------------------------------------------------------------

@@ -468,7 +468,12 @@ def _metrics_and_differences(pat, cutoffs, reads, attempts, settings, show_progr
     out = {o.key: o.value[0] for o in report.outcomes}
     for note in sorted({m for o in report.outcomes for m in o.value[1]}):
         echo("  note: " + note)
-    return ([r for k, *_ in jobs for r in out[k]], [r for k, *_ in diffs for r in out[k]])
+    drows = [r for k, *_ in diffs for r in out[k]]
+    if drows and not any(r["is_primary"] for r in drows):
+        p = settings.primary
+        echo(f"  note: the primary comparison {p.a} - {p.b} ({p.metric}) matches no paired difference; "
+             f"pairs here: {sorted({(r['a'], r['b']) for r in drows})}")
+    return [r for k, *_ in jobs for r in out[k]], drows
 
 
 def _call(fn, *args):

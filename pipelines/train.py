@@ -39,12 +39,12 @@ from pathlib import Path
 
 from gbmmet import __version__
 from gbmmet import constants as C
+from gbmmet.model.ensemble import MODES
 from gbmmet.model.train import HeadConfig
 
 STATE_FILE = "state.pt"
 CONFIG_FILE = "train_config.json"
 DONE_FILE = "done.json"
-MODES = ("frozen", "finetune")
 
 
 @dataclass
@@ -416,10 +416,12 @@ def run_train(lake_root: str, run: str, *, folds: int = 5, epochs: int = 100, wo
         store.remove()
         for table, filename in _run_files(run).items():
             lake.delete(table, filename)
-        for table, filename in ((C.TABLE_SLICE_PREDICTIONS, f"{run}-eval.parquet"), (C.TABLE_RUNS, f"{run}-evaluate.parquet"),
-                                (C.TABLE_PATIENT_PREDICTIONS, f"{run}.parquet"), (C.TABLE_METRICS, f"{run}.parquet"),
-                                (C.TABLE_COMPARISONS, f"{run}.parquet")):
-            lake.delete(table, filename)  # its evaluation belongs to the replaced run
+        evaluation = ((C.TABLE_SLICE_PREDICTIONS, f"{run}-eval.parquet"), (C.TABLE_RUNS, f"{run}-evaluate.parquet"),
+                      (C.TABLE_RUNS, f"{run}-score.parquet"), (C.TABLE_READS, f"reads-simulated-{run}.parquet"),
+                      *((t, f"{run}.parquet") for t in (C.TABLE_PATIENT_PREDICTIONS, C.TABLE_METRICS, C.TABLE_CAMS,
+                                                       C.TABLE_DIFFERENCES, C.TABLE_CALIBRATION, C.TABLE_FLOW)))
+        for table, filename in evaluation:
+            lake.delete(table, filename)  # its evaluation (and reads simulated from it) belong to the replaced run
         previous, recorded = None, []
     if previous is not None and previous != settings:
         was, now = _flat(previous), _flat(settings)

@@ -108,3 +108,57 @@ def flow_rows(con: duckdb.DuckDBPyConnection, run: str) -> list[dict]:
     """, [run, list(C.SPLITS)])
     cols = [d[0] for d in res.description]
     return [dict(zip(cols, r, strict=True)) for r in res.fetchall()]
+
+
+MODEL_AT = C.MODEL_RATER + "@"  # how ``differences`` names the model at a cutoff: model@<cutoff kind>
+ASSISTED_SUFFIX = "+assisted"  # how ``differences`` names a reader with the model's result
+
+
+def difference_label(key: str) -> str:
+    """How a ``differences`` rater key is shown, as ``rater_label`` shows a metrics row:
+    ``model@val_youden_ensemble`` -> ``model, validation cutoff``; ``reader1+assisted`` ->
+    ``reader1 + model``; anything else as it is."""
+    if key.startswith(MODEL_AT):
+        return rater_label(C.MODEL_RATER, None, key[len(MODEL_AT):])
+    if key.endswith(ASSISTED_SUFFIX):
+        return rater_label(key[: -len(ASSISTED_SUFFIX)], True, None)
+    return key
+
+
+def format_p(p: float | None) -> str:
+    """A p value as the printed report shows it: ``<0.001`` below 0.001, else three decimals;
+    empty for none."""
+    if p is None or p != p:
+        return ""
+    return "<0.001" if p < 0.001 else f"{p:.3f}"
+
+
+CALIBRATION_METRICS = ("brier", "calibration_intercept", "calibration_slope")
+
+
+def calibration_points(con: duckdb.DuckDBPyConnection, run: str,
+                       cohorts: tuple[str, ...] = C.TEST_COHORTS) -> list[dict]:
+    """Rows of ``calibration`` for run ``run``: per cohort, the reliability curve's bins and the
+    decision curve's thresholds (``curve``, ``x``, ``y``, ``n``, ``treat_all``, ``treat_none``),
+    internal before external, each curve in order of ``x``."""
+    res = con.execute("""
+        select cohort, curve, x, y, n, treat_all, treat_none from calibration
+        where run_id = ? and list_contains(?, cohort)
+        order by list_position(?, cohort), curve desc, x
+    """, [run, list(cohorts), list(C.SPLITS)])
+    cols = [d[0] for d in res.description]
+    return [dict(zip(cols, r, strict=True)) for r in res.fetchall()]
+
+
+def calibration_summary(con: duckdb.DuckDBPyConnection, run: str,
+                        cohorts: tuple[str, ...] = C.TEST_COHORTS) -> list[dict]:
+    """The model's calibration summary per cohort from ``metrics`` (Brier score, calibration
+    intercept and slope of P(GBM); no interval): one row per cohort and metric, with n and n_gbm."""
+    res = con.execute("""
+        select cohort, metric, value, n, n_gbm from metrics
+        where run_id = ? and list_contains(?, cohort) and subgroup = 'all' and rater = ?
+          and list_contains(?, metric)
+        order by list_position(?, cohort), list_position(?, metric)
+    """, [run, list(cohorts), C.MODEL_RATER, list(CALIBRATION_METRICS), list(C.SPLITS), list(CALIBRATION_METRICS)])
+    cols = [d[0] for d in res.description]
+    return [dict(zip(cols, r, strict=True)) for r in res.fetchall()]

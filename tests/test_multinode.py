@@ -55,7 +55,9 @@ def test_sites_pinned_to_their_nodes_and_results_equal_a_single_node_run(tiny_co
                         (C.TABLE_SLICE_PREDICTIONS, [C.COL_PATIENT_ID, "slice_index", "model"]),
                         (C.TABLE_PATIENT_PREDICTIONS, [C.COL_PATIENT_ID, "cutoff_kind"]),
                         (C.TABLE_CAMS, [C.COL_PATIENT_ID, "slice_index"]),
-                        (C.TABLE_COMPARISONS, ["cohort", "test", "a", "b"])):
+                        (C.TABLE_DIFFERENCES, ["cohort", "a", "b", "metric"]),
+                        (C.TABLE_CALIBRATION, ["cohort", "curve", "x"]),
+                        (C.TABLE_FLOW, ["cohort", "site", "stage", "detail"])):
         assert _sorted(M, table, keys) == _sorted(S, table, keys), table
     metric_keys = ["cohort", "subgroup", "rater", "assisted", "cutoff_kind", "metric", "ci_choice"]
     m, s = _sorted(M, C.TABLE_METRICS, metric_keys), _sorted(S, C.TABLE_METRICS, metric_keys)
