@@ -26,6 +26,7 @@ PAGES = (
     ("overview.py", "Overview", ":material/dashboard:"),
     ("readers.py", "Model vs readers", ":material/groups:"),
     ("roc.py", "ROC", ":material/show_chart:"),
+    ("calibration.py", "Calibration", ":material/tune:"),
     ("subgroups.py", "Subgroups", ":material/category:"),
     ("patient.py", "Patient viewer", ":material/image_search:"),
     ("training.py", "Training", ":material/model_training:"),

@@ -112,7 +112,8 @@ def decision_curve(points: pd.DataFrame, title: str) -> alt.LayerChart:
     """Net benefit against threshold probability (``points``: x threshold, y the model's net
     benefit, treat_all, treat_none) for the model, calling every patient GBM, and calling none.
     The axis stops a little below zero: treating all falls steeply at high thresholds."""
-    long = pd.concat([pd.DataFrame({"threshold": points["x"], "strategy": name, "net_benefit": points[col]})
+    cohort = {"cohort": points["cohort"]} if "cohort" in points else {}
+    long = pd.concat([pd.DataFrame({**cohort, "threshold": points["x"], "strategy": name, "net_benefit": points[col]})
                       for name, col in zip(DECISION_STRATEGIES, ("y", "treat_all", "treat_none"), strict=True)],
                      ignore_index=True)
     top = float(pd.concat([points["y"], points["treat_all"]]).max())

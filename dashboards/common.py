@@ -14,7 +14,13 @@ import streamlit as st
 
 from dashboards import charts, data
 from gbmmet import constants as C
-from storage.queries import FALLBACK_MARK, FALLBACK_NOTE, SUBSAMPLE_MARK, SUBSAMPLE_NOTE, format_estimate
+from storage.queries import (
+    FALLBACK_MARK,
+    FALLBACK_NOTE,
+    SUBSAMPLE_MARK,
+    SUBSAMPLE_NOTE,
+    format_estimate,
+)
 
 LAKE_ENV = "GBMMET_LAKE"
 RUN_ENV = "GBMMET_RUN"

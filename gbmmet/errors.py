@@ -76,3 +76,45 @@ class RegistrationError(PatientError):
 
 class NormalizationError(PatientError):
     kind = "normalization_failed"
+
+
+class TruncatedImageError(ImageFileError):
+    """The image file ends early or its compression is damaged (e.g. a ``.nii.gz`` cut short)."""
+
+    kind = "truncated_image"
+
+
+class ImageHeaderError(ImageContentError):
+    """The header is unusable: zero or negative voxel spacing, no usable orientation, sform and
+    qform that disagree beyond the tolerance, a complex or otherwise non-real voxel type."""
+
+    kind = "bad_header"
+
+
+class RoiGridError(RoiError):
+    """The ROI's grid (size, spacing, origin, direction) does not match the T2 it was drawn on."""
+
+    kind = "roi_grid_mismatch"
+
+
+class RegistrationSuspectError(RegistrationError):
+    """Registration ran but its QC rule says the CE-T1 and T2 do not match (e.g. another
+    patient's CE-T1); the rule and its numbers are in the message."""
+
+    kind = "registration_suspect"
+
+
+class LakeError(GbmmetError, ValueError):
+    """The lake cannot be used as asked: its root is a file, read-only for a job that writes, or
+    its pseudonym key is missing or damaged. Nothing was processed."""
+
+
+class InputWarning(UserWarning):
+    """Input accepted but questionable (e.g. an ROI partly outside the image). Recorded with the
+    patient's attempt in ``preprocess_runs.warnings`` as ``{"kind": ..., "message": ...}``."""
+
+    def __init__(self, message: str, *, kind: str, patient_id: str | None = None, path: str | None = None):
+        super().__init__(message)
+        self.kind = kind
+        self.patient_id = patient_id
+        self.path = path

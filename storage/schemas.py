@@ -79,6 +79,10 @@ PREPROCESS_RUNS = pa.schema([
     pa.field("params", pa.string()),  # JSON of the full preprocessing parameters
     pa.field("versions", pa.string()),  # JSON: gbmmet, SimpleITK, numpy, ...
     pa.field("ray_node", pa.string()),  # the Ray node that ran the attempt (null: recorded by the driver)
+    # input accepted but questionable: JSON list of {"kind", "message"} (gbmmet.errors.InputWarning)
+    pa.field("warnings", pa.string()),
+    # registration QC: the rule (preprocess_runs.warnings says which) flagged this patient
+    pa.field("registration_suspect", pa.bool_()),
 ])
 
 FEATURES = pa.schema([

@@ -48,20 +48,23 @@ if pid != requested:
 row = pats.set_index("patient_id").loc[pid]
 info = data.patients(ctx.src).set_index("patient_id").loc[pid]
 
-c = st.columns(5)
+c = st.columns(6)
 c[0].metric("Diagnosis", row["label"])
 c[1].metric("Predictive index", f"{row['predictive_index']:.3f}",
             help="Share of the patient's slices the ensemble's majority vote calls GBM.")
-c[2].metric("Call, out-of-fold cutoff", row["call_oof"] or "", help=f"cutoff {row['cutoff_oof']:.3f}")
-c[3].metric("Call, paper cutoff*", row["call_paper"] or "", help=f"cutoff {row['cutoff_paper']:.3f} "
+c[2].metric("P(GBM)", "" if pd.isna(row["prob_gbm"]) else f"{row['prob_gbm']:.3f}",
+            help="From the predictive index by a logistic fit on the validation patients (see Calibration).")
+c[3].metric("Call, validation cutoff", row["call_val"] or "", help=f"cutoff {row['cutoff_val']:.3f} "
+            "(Youden on the validation patients)")
+c[4].metric("Call, paper cutoff*", row["call_paper"] or "", help=f"cutoff {row['cutoff_paper']:.3f} "
             "(Youden on the internal test: optimistic there)")
-c[4].metric("ROI slices", int(row["n_slices"]))
+c[5].metric("ROI slices", int(row["n_slices"]))
 facts = [f"site {info['site']}", f"cohort {data.cohort_name(row['cohort'])}"]
 facts += [f"{k} {info[k]}" for k in ("age", "sex", "location") if pd.notna(info[k]) and info[k] != ""]
 if row["label"] == C.MET and pd.notna(info["primary_tumor"]) and info["primary_tumor"]:
     facts.append(f"primary {info['primary_tumor']}")
 st.caption(" · ".join(facts))
-cut = {RATER_LABELS[C.CUTOFF_PAPER]: row["cutoff_paper"], RATER_LABELS[C.CUTOFF_OOF]: row["cutoff_oof"]}
+cut = {RATER_LABELS[C.CUTOFF_PAPER]: row["cutoff_paper"], RATER_LABELS[C.CUTOFF_VAL]: row["cutoff_val"]}
 common.chart(ctx, charts.index_vs_cutoffs(float(row["predictive_index"]), cut), f"{pid}-index")
 
 slices = data.patient_slices(ctx.src, pid)
@@ -98,7 +101,7 @@ else:
     common.table(ctx, wide.round(4), f"{pid}-slice-probs", download=probs)
 
 st.subheader("Readers' calls")
-reads = data.reads(ctx.src, (pid,))
+reads = data.reads(ctx.src, ctx.run, (pid,))
 if reads.empty:
     st.caption("No reader read this patient.")
 else:

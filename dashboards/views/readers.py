@@ -60,12 +60,20 @@ def is_primary(diff: pd.DataFrame) -> list[bool]:
 
 def flow_view(flow: pd.DataFrame) -> pd.DataFrame:
     """One row per cohort and site, one column per stage (failures by kind, reads by reader)."""
-    stage = [s if not d else f"{s}: {d}" for s, d in zip(flow["stage"], flow["detail"].fillna(""), strict=True)]
-    long = flow.assign(step=stage, cohort=flow["cohort"].map(data.cohort_name))
+    long = flow.assign(step=[flow_step(s, d) for s, d in zip(flow["stage"], flow["detail"], strict=True)],
+                       cohort=flow["cohort"].map(lambda c: "training" if c == C.TRAIN else data.cohort_name(c)))
     order = list(dict.fromkeys(long["step"]))
     wide = long.pivot_table(index=["cohort", "site"], columns="step", values="n", aggfunc="sum", fill_value=0,
                             sort=False)
-    return wide[[c for c in order if c in wide.columns]].reset_index()
+    wide = wide[[c for c in order if c in wide.columns]].reset_index()
+    wide.columns.name = None
+    return wide
+
+
+def flow_step(stage: str, detail: str | None) -> str:
+    """A flow table's column: the stage, and the detail where it has one (``failed: unreadable_image``)."""
+    stage = stage.replace("_", " ")
+    return f"{stage}: {detail}" if isinstance(detail, str) and detail else stage
 
 
 ctx = common.context()

@@ -22,7 +22,7 @@ def operating_points(pats: pd.DataFrame, reads: pd.DataFrame) -> pd.DataFrame:
     """(who, kind, fpr, tpr, n) of each cutoff and each reader, alone and with the model."""
     y = (pats["label"] == C.GBM).to_numpy()
     rows = []
-    for kind, col in ((C.CUTOFF_PAPER, "call_paper"), (C.CUTOFF_OOF, "call_oof")):
+    for kind, col in ((C.CUTOFF_PAPER, "call_paper"), (C.CUTOFF_VAL, "call_val")):
         called = (pats[col] == C.GBM).to_numpy()
         rows.append({"who": RATER_LABELS[kind], "kind": "cutoff", "fpr": called[~y].mean(),
                      "tpr": called[y].mean(), "n": len(y)})
@@ -42,10 +42,11 @@ st.title("ROC")
 common.require(ctx, run=True, evaluated=True)
 pats_all = common.evaluated_patients(ctx)
 cut = data.cutoffs(ctx.src, ctx.run)
-st.caption("Predictive index: the share of a patient's slices the 5-fold ensemble (majority vote) calls GBM. "
+st.caption("Predictive index: the share of a patient's slices the folds' ensemble (majority vote) calls GBM. "
            "Cutoffs: " + "; ".join(f"{RATER_LABELS.get(k, k)} = {v:.3f}" for k, v in cut.items())
-           + ". Diamonds: the model at each cutoff; circles: the readers.")
-reads_all = data.reads(ctx.src, tuple(pats_all["patient_id"]))
+           + ". Diamonds: the model at each cutoff; circles: the readers. The model's calibration "
+           "(P(GBM), reliability and decision curves) is on the Calibration page.")
+reads_all = data.reads(ctx.src, ctx.run, tuple(pats_all["patient_id"]))
 summary, panels = [], []
 cohorts = [c for c in ctx.cohorts if c in set(pats_all["cohort"])]
 cols = st.columns(max(len(cohorts), 1) + 1)

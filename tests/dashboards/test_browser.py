@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from dashboards.headless import CHROMIUM, browser, open_page, served
+from gbmmet import constants as C
 from storage import catalog
 from storage.lake import Lake
 from tests.dashboards.conftest import RUN
@@ -53,7 +54,7 @@ def test_every_page_in_headless_chromium(dash_lake):
     n_slices = _one(dash_lake, "select count(*) n from slices")[0]["n"]
     auc = {r["cohort"]: r["value"] for r in _one(
         dash_lake, "select cohort, value from metrics where run_id = ? and subgroup = 'all' and rater = 'model' "
-        "and metric = 'auc' and ci_method = 'delong' and cutoff_kind = 'oof_youden_train'", RUN)}
+        "and metric = 'auc' and ci_method = 'delong' and cutoff_kind = ?", RUN, C.CUTOFF_VAL)}
     last = _one(dash_lake, "select fold, val_acc from train_history where run_id = ? "
                 "qualify epoch = max(epoch) over (partition by fold) order by fold", RUN)
 
@@ -82,16 +83,32 @@ def test_every_page_in_headless_chromium(dash_lake):
         page.get_by_role("link", name="Model vs readers").click()
         page.wait_for_url("**/readers**", timeout=30000)
         # the previous page's elements stay until the new page replaces them: wait for this page's own
-        page.get_by_text("Paired tests").wait_for(state="visible", timeout=30000)
+        page.get_by_text("Patient flow").wait_for(state="visible", timeout=30000)
         page.wait_for_selector('[data-testid="stStatusWidget"]', state="detached", timeout=30000)
-        assert page.get_by_text("The paper's table").is_visible()
-        page.wait_for_selector(".vega-embed canvas, .vega-embed svg", state="visible", timeout=30000)
+        assert page.get_by_text("Model and readers", exact=True).is_visible()
+        assert page.get_by_text("Paired differences", exact=True).is_visible()
+        assert page.get_by_text("not evidence of equivalence", exact=False).is_visible()
+        page.wait_for_function("() => document.querySelectorAll('.vega-embed canvas, .vega-embed svg').length >= 2",
+                               timeout=30000)  # the headline forest plot and the differences'
         page.screenshot(path=SHOTS / "2-model-vs-readers.png", full_page=True)
+        # the paper's subsampling, chosen: its coverage note appears
+        page.get_by_text("the paper's: subsets of 90 %", exact=False).click()
+        page.get_by_text("covered 29-52 %", exact=False).wait_for(state="visible", timeout=30000)
 
         open_page(page, f"{url}/roc?run={RUN}", ".vega-embed")
         m = _metrics(page)
         assert m["AUC, internal test"] == f"{auc['test']:.3f}" and m["AUC, external"] == f"{auc['external']:.3f}"
         page.screenshot(path=SHOTS / "3-roc.png", full_page=True)
+
+        open_page(page, f"{url}/calibration?run={RUN}", ".vega-embed")
+        page.wait_for_function("() => document.querySelectorAll('.vega-embed canvas, .vega-embed svg').length >= 2",
+                               timeout=30000)  # reliability and decision curves
+        brier = {r["cohort"]: r["value"] for r in _one(
+            dash_lake, "select cohort, value from metrics where run_id = ? and metric = 'brier'", RUN)}
+        m = _metrics(page)
+        assert m["Brier score, internal test"] == f"{brier['test']:.3f}"
+        assert m["Brier score, external"] == f"{brier['external']:.3f}"
+        page.screenshot(path=SHOTS / "3b-calibration.png", full_page=True)
 
         open_page(page, f"{url}/subgroups?run={RUN}", ".vega-embed")
         assert page.get_by_text("auc by subgroup", exact=False).first.is_visible()
@@ -117,4 +134,4 @@ def test_every_page_in_headless_chromium(dash_lake):
         page.screenshot(path=SHOTS / "7-unknown-run.png", full_page=True)
 
     shots = sorted(SHOTS.glob("*.png"))
-    assert len(shots) == 7 and all(s.stat().st_size > 10_000 for s in shots)
+    assert len(shots) == 8 and all(s.stat().st_size > 10_000 for s in shots)

@@ -39,13 +39,35 @@ def test_charts_render_to_png_and_carry_the_numbers_given():
                            "patients": [3, 2], "slices": [30, 20]})
     probs = pd.DataFrame({"slice_index": [1, 1, 2, 2], "model": ["fold0", "ensemble_mean"] * 2,
                           "prob_gbm": [0.2, 0.3, 0.8, 0.7], "vote": ["MET", None, "GBM", None]})
+    diffs = pd.DataFrame({"comparison": ["model - reader1", "model - reader1", "reader1 + model - reader1"],
+                          "metric": ["accuracy", "AUC", "accuracy"], "cohort": ["internal test"] * 3,
+                          "diff": [-0.1, 0.05, 0.0], "ci_low": [-0.3, -0.1, None], "ci_high": [0.1, 0.2, None],
+                          "primary": ["yes", "no", "no"], "p_holm": ["0.400", "1.000", ""]})
+    rel = pd.DataFrame({"cohort": ["test"] * 3, "x": [0.2, 0.5, 0.8], "y": [0.1, 0.5, 0.9], "n": [5, 3, 6]})
+    dec = pd.DataFrame({"cohort": ["test"] * 3, "x": [0.1, 0.5, 0.9], "y": [0.4, 0.2, 0.01],
+                        "treat_all": [0.44, 0.0, -4.0], "treat_none": [0.0] * 3})
     built = [forest, charts.roc_panels([charts.roc(curve, points, "internal test")]),
              charts.training_curves(history), charts.counts_bar(counts),
              charts.fold_bar(counts.rename(columns={"site": "fold"}).assign(fold=[0, 1])),
-             charts.slice_probs(probs), charts.index_vs_cutoffs(0.6, {"a": 0.5, "b": 0.7})]
+             charts.slice_probs(probs), charts.index_vs_cutoffs(0.6, {"a": 0.5, "b": 0.7}),
+             charts.difference_forest(diffs, title="d"), charts.panels([charts.reliability(rel, "internal test")]),
+             charts.panels([charts.decision_curve(dec, "internal test")])]
     for chart in built:
         png = charts.png(chart)
         assert png[:8] == PNG and len(png) > 5_000
+    rows = _data(built[7])
+    assert sorted(r["diff"] for r in rows) == [-0.1, 0.0, 0.05]
+    assert {r["ci"] for r in rows} == {"-0.100 (-0.300 to 0.100)", "0.050 (-0.100 to 0.200)", "0.000"}
+    spec = json.loads(built[7].to_json())
+    assert {"datum": 0} in [{k: v for k, v in layer["encoding"]["x"].items() if k == "datum"}
+                            for layer in spec["spec"]["layer"]]  # the line at zero
+    rows = _data(built[8])
+    assert sorted((r["x"], r["y"], r.get("n")) for r in rows) == [(0, 0, None), (0.2, 0.1, 5), (0.5, 0.5, 3),
+                                                                 (0.8, 0.9, 6), (1, 1, None)]  # bins and the diagonal
+    rows = _data(built[9])
+    assert len(rows) == 3 * 3  # model, treat all, treat none at each threshold
+    assert [r["net_benefit"] for r in rows if r["strategy"] == "treat all as GBM"] == [0.44, 0.0, -4.0]
+    assert [r["net_benefit"] for r in rows if r["strategy"] == "model"] == [0.4, 0.2, 0.01]
     rows = _data(built[2])
     assert len(rows) == 4 * 4  # (loss, accuracy) x (training, held-out) per epoch and fold
     assert {(r["metric"], r["part"], r["value"]) for r in rows if r["fold"] == "1" and r["epoch"] == 1} == {
@@ -90,6 +112,29 @@ def test_dashboard_command_checks_before_serving(tmp_path, capsys):
     err = capsys.readouterr().err
     assert f"cannot serve on 127.0.0.1:{port}" in err and "--port" in err
     assert main(["dashboard", "--lake", str(tmp_path / "lake"), "--port", "70000"]) == 2
+
+
+def test_difference_labels_and_p_values():
+    from storage.queries import difference_label, format_p
+
+    assert difference_label("model@val_youden_ensemble") == "model, validation cutoff"
+    assert difference_label("model@paper_youden_internal_test") == "model, paper cutoff*"
+    assert difference_label("reader1+assisted") == "reader1 + model"
+    assert difference_label("reader1") == "reader1"
+    assert [format_p(p) for p in (0.0004, 0.0123, 1.0, None, float("nan"))] == ["<0.001", "0.012", "1.000", "", ""]
+
+
+def test_subsample_note_is_the_reports():
+    from dashboards.common import estimate_cell, subsample_note
+    from gbmmet import constants as C
+    from gbmmet.stats import SUBSAMPLE_COVERAGE_NOTE
+    from pipelines.report import subsample_note as report_note
+
+    assert subsample_note() == report_note() and SUBSAMPLE_COVERAGE_NOTE in subsample_note()
+    assert estimate_cell(0.8, 0.7, 0.9, C.CI_SUBSAMPLE, C.CI_SUBSAMPLE) == "0.800 (0.700 to 0.900)\u00a7"
+    assert estimate_cell(0.8, 0.7, 0.9, C.CI_PERCENTILE, C.CI_BCA) == "0.800 (0.700 to 0.900)\u2020"
+    assert estimate_cell(0.8, 0.7, 0.9, C.CI_BCA, C.CI_BCA) == "0.800 (0.700 to 0.900)"
+    assert estimate_cell(None, None, None, C.CI_SUBSAMPLE, C.CI_SUBSAMPLE) == ""
 
 
 @pytest.mark.parametrize("value,low,high,text", [(0.8, 0.6, 0.95, "0.800 (0.600 to 0.950)"),

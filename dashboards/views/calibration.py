@@ -1,0 +1,79 @@
+"""Calibration: how well the model's P(GBM) matches what happened (reliability curve, Brier score,
+calibration intercept and slope) and what acting on it is worth (decision curve: net benefit of the
+model against calling every patient GBM and calling none), per cohort, as the lake stores them.
+
+A page of its own rather than a section of ROC: ROC is about ranking by the predictive index at
+the chosen sites (computed here from per-patient rows), calibration about a different score,
+P(GBM) from a fit on the validation patients, with curves the evaluation stored per cohort.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+import streamlit as st
+
+from dashboards import charts, common, data
+from gbmmet import constants as C
+
+SUMMARY = {"brier": "Brier score", "calibration_intercept": "Calibration intercept",
+           "calibration_slope": "Calibration slope"}
+SUMMARY_HELP = {
+    "brier": "Mean squared difference between P(GBM) and the outcome (0 is perfect; 0.25 is a coin at 50 %).",
+    "calibration_intercept": "Calibration-in-the-large: 0 when P(GBM) is right on average; above 0, it is too low.",
+    "calibration_slope": "1 when P(GBM) is as spread as it should be; below 1, too extreme; above 1, too timid.",
+}
+
+ctx = common.context()
+st.title("Calibration")
+common.require(ctx, run=True, evaluated=True)
+pats = common.evaluated_patients(ctx)
+st.caption("P(GBM) is the predictive index turned into a probability by a logistic fit on the validation "
+           "patients only, so it is judged on the internal test and external cohorts. Curves and summaries "
+           "are the evaluation's, over all of a cohort's patients; the site filter chooses which cohorts are "
+           "shown.")
+cohorts = tuple(c for c in ctx.cohorts if c in set(pats["cohort"]) and c != C.VAL)
+if C.VAL in ctx.cohorts:
+    st.caption("Validation: P(GBM) was fitted on these patients, so their calibration says nothing; not shown.")
+if not cohorts:
+    st.info("Choose the internal test or external cohort in the sidebar.", icon=":material/info:")
+    st.stop()
+points = data.calibration(ctx.src, ctx.run, cohorts)
+summary = data.calibration_summary(ctx.src, ctx.run, cohorts)
+if points.empty:
+    st.info("No calibration for these cohorts in this run: P(GBM) needs validation patients of both diagnoses "
+            f"(a run evaluated before calibration was stored needs `gbmmet evaluate --lake {ctx.lake} --run "
+            f"{ctx.run}` again).", icon=":material/info:")
+    st.stop()
+
+shown = [c for c in cohorts if c in set(points["cohort"])]
+st.subheader("Summary")
+for cohort in shown:
+    name = data.cohort_name(cohort)
+    rows = summary[summary["cohort"] == cohort].set_index("metric")
+    cols = st.columns(len(SUMMARY) + 1)
+    for k, (metric, label) in enumerate(SUMMARY.items()):
+        value = rows["value"].get(metric)
+        cols[k].metric(f"{label}, {name}", "" if value is None or pd.isna(value) else f"{value:.3f}",
+                       help=SUMMARY_HELP[metric])
+    if len(rows):
+        cols[-1].caption(f"{name}: {int(rows['n'].iloc[0])} patients, {int(rows['n_gbm'].iloc[0])} GBM")
+if summary["value"].isna().any():
+    st.caption("A blank value: undefined on this cohort (e.g. P(GBM) takes one value there, so no slope).")
+
+st.subheader("Reliability")
+st.caption("Patients binned by P(GBM): each point is a bin's mean P(GBM) against the share of GBM in it (size: "
+           "patients in the bin). On the dashed diagonal, P(GBM) is right.")
+rel = points[points["curve"] == "reliability"]
+common.chart(ctx, charts.panels([charts.reliability(rel[rel["cohort"] == c], data.cohort_name(c)) for c in shown]),
+             "reliability")
+
+st.subheader("Decision curve")
+st.caption("Net benefit of calling GBM where P(GBM) is at least the threshold, against calling every patient "
+           "GBM and calling none (0). The model is worth using at thresholds where its curve is above both.")
+dec = points[points["curve"] == "decision"]
+common.chart(ctx, charts.panels([charts.decision_curve(dec[dec["cohort"] == c], data.cohort_name(c)) for c in shown]),
+             "decision-curve")
+
+with st.expander("The curves' points"):
+    view = points.assign(cohort=points["cohort"].map(data.cohort_name))
+    common.table(ctx, view.round(4), "calibration-points", download=points)
