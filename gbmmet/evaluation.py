@@ -344,11 +344,12 @@ _MCNEMAR_ON = {"accuracy": "all patients", "recall": "GBMs", "specificity": "MET
 
 
 def paired_differences(cohort: str, a: Rater, b: Rater, label_of: dict[str, int],
-                       settings: EvaluationSettings, *, seed: int = 0, kind: str = "") -> list[dict]:
-    """Rows of ``differences``: metric(a) - metric(b) on the patients both rated, with a paired
-    stratified bootstrap CI and a p value (McNemar for accuracy / sensitivity / specificity on
-    all / GBMs / METs; DeLong for AUC, and for ``auc_confidence`` where ``b`` has confidences).
-    ``p_holm`` is filled by ``adjust_family``."""
+                       settings: EvaluationSettings, *, seed: int = 0, kind: str = "",
+                       names: Sequence[str] = C.DIFFERENCE_METRICS) -> list[dict]:
+    """Rows of ``differences``: metric(a) - metric(b) for each of ``names`` on the patients both
+    rated, with a paired stratified bootstrap CI and a p value (McNemar for accuracy / sensitivity
+    / specificity on all / GBMs / METs; DeLong for AUC, and for ``auc_confidence`` where ``b`` has
+    confidences and AUC is asked for). ``p_holm`` is filled by ``adjust_family``."""
     common = sorted(set(a.patients) & set(b.patients))
     y = np.array([label_of[p] for p in common], dtype=int)
     n_gbm = int(y.sum())
@@ -360,13 +361,13 @@ def paired_differences(cohort: str, a: Rater, b: Rater, label_of: dict[str, int]
                   a.choose_cutoff)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
-        diffs = stats.ci_paired_difference(y, (a.call, a.score), (b.call, b.score), names=C.DIFFERENCE_METRICS,
+        diffs = stats.ci_paired_difference(y, (a.call, a.score), (b.call, b.score), names=tuple(names),
                                            n_resamples=settings.n_resamples, level=settings.level, seed=seed,
                                            choose_cutoff_a=a.choose_cutoff)
     base = {"cohort": cohort, "a": a.name, "b": b.name, "kind": kind, "n": len(y), "n_gbm": n_gbm}
-    pa_, pb_ = _point(y, a.call, a.score, C.DIFFERENCE_METRICS), _point(y, b.call, b.score, C.DIFFERENCE_METRICS)
+    pa_, pb_ = _point(y, a.call, a.score, names), _point(y, b.call, b.score, names)
     rows = []
-    for m in C.DIFFERENCE_METRICS:
+    for m in names:
         iv = diffs[m]
         row = {**base, "metric": m, "estimate_a": pa_[m], "estimate_b": pb_[m], "diff": iv.diff,
                "ci_low": iv.low, "ci_high": iv.high, "ci_method": iv.method}
@@ -382,7 +383,7 @@ def paired_differences(cohort: str, a: Rater, b: Rater, label_of: dict[str, int]
                             f"discordant: {res.b_only_a_right} right only by {a.name}, "
                             f"{res.c_only_b_right} right only by {b.name}")
         rows.append(row)
-    if b.signed is not None and a.score is not None:
+    if "auc" in names and b.signed is not None and a.score is not None:
         t = stats.delong_roc_test(y, a.score, b.signed)
         rows.append({**base, "metric": C.AUC_CONFIDENCE, "estimate_a": t.auc_a, "estimate_b": t.auc_b, "diff": t.diff,
                      "ci_low": t.ci_low, "ci_high": t.ci_high, "ci_method": C.CI_DELONG, "test": "delong",

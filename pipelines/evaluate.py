@@ -333,16 +333,22 @@ def _group_rows(group, labels: dict, raters, y_failed, settings_dict: dict, seed
 
 def _difference_rows(cohort: str, labels: dict, raters, settings_dict: dict, seed: int) -> list[dict]:
     """Ray task: one cohort's paired differences, Holm-adjusted as one family."""
-    from gbmmet.evaluation import EvaluationSettings, adjust_family, paired_differences
+    from gbmmet.evaluation import EvaluationSettings, Rater, adjust_family, paired_differences
 
     settings = EvaluationSettings.from_dict(settings_dict)
     models = [r for base, r in raters if base["rater"] == C.MODEL_RATER]
     alone = {base["rater"]: r for base, r in raters if base["rater"] != C.MODEL_RATER and not base[C.COL_ASSISTED]}
     helped = {base["rater"]: r for base, r in raters if base["rater"] != C.MODEL_RATER and base[C.COL_ASSISTED]}
     rows = []
+    at_cutoff = tuple(m for m in C.DIFFERENCE_METRICS if m != "auc")
     for reader, r in sorted(alone.items()):
-        for m in models:
-            rows += paired_differences(cohort, m, r, labels, settings, seed=seed, kind="model_vs_reader")
+        for m in models:  # the operating point at each cutoff
+            rows += paired_differences(cohort, m, r, labels, settings, seed=seed, kind="model_vs_reader",
+                                       names=at_cutoff)
+        if models:  # AUC does not depend on the cutoff: once, as the model's index
+            index = Rater(C.MODEL_RATER, models[0].patients, models[0].call, models[0].score)
+            rows += paired_differences(cohort, index, r, labels, settings, seed=seed, kind="model_vs_reader",
+                                       names=("auc",))
         if reader in helped:
             rows += paired_differences(cohort, helped[reader], r, labels, settings, seed=seed,
                                        kind="assisted_vs_unassisted")

@@ -91,6 +91,8 @@ def evaluate_synthetic(lake: str, run: str, *, settings=None, address: str | Non
     """Evaluate a run on synthetic cohorts whose simulated readers also read with the model: the
     model's calls first, then the readers' assisted reads from those calls (``gbmmet readers
     simulate-assisted``), then the statistics. Returns the ``EvaluateSummary``."""
+    import warnings
+
     from gbmmet import constants as C
     from pipelines.evaluate import run_evaluate
     from pipelines.readers import simulate_assisted
@@ -99,7 +101,11 @@ def evaluate_synthetic(lake: str, run: str, *, settings=None, address: str | Non
     e = run_evaluate(lake, run, settings=settings, address=address, workers=workers, predictions_only=True,
                      show_progress=show_progress, echo=echo)
     cutoff = C.CUTOFF_VAL if C.CUTOFF_VAL in e.cutoffs else C.CUTOFF_PAPER
-    r = simulate_assisted(lake, run, cutoff_kind=cutoff, seed=seed)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", UserWarning)
+        r = simulate_assisted(lake, run, cutoff_kind=cutoff, seed=seed)
     echo(f"{r.rows} assisted reads by {', '.join(r.readers)}, shown the model's call at {cutoff}")
+    for note in sorted({str(w.message) for w in caught}):
+        echo("  note: " + note)
     return run_evaluate(lake, run, settings=settings, address=address, workers=workers, show_progress=show_progress,
                         echo=echo)

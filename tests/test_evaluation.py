@@ -161,6 +161,17 @@ def test_auc_confidence_difference_says_it_used_the_signed_calls():
     assert "calls signed by confidence" in row["note"]
 
 
+def test_paired_differences_report_only_the_metrics_asked_for():
+    ps = [f"p{i}" for i in range(6)]
+    labels = dict(zip(ps, [1, 1, 1, 0, 0, 0], strict=True))
+    model = _rater("model", ps, [1, 1, 0, 0, 0, 1], [0.9, 0.8, 0.4, 0.3, 0.2, 0.6])
+    reader = _rater("r", ps, [1, 1, 0, 0, 1, 0], signed=np.array([5.0, 3, -2, -4, 2, -5]))
+    assert [r["metric"] for r in E.paired_differences(C.TEST, model, reader, labels, FAST, names=("auc",))] == \
+        ["auc", C.AUC_CONFIDENCE]
+    assert [r["metric"] for r in E.paired_differences(C.TEST, model, reader, labels, FAST, names=("recall",))] == \
+        ["recall"]
+
+
 def test_holm_adjustment_over_a_family_flags_the_primary_comparison():
     rows = [{"a": "model@x", "b": "reader1", "metric": "accuracy", "p": 0.01},
             {"a": "model@x", "b": "reader1", "metric": "recall", "p": 0.04},

@@ -176,6 +176,8 @@ def test_paired_differences_cover_model_vs_readers_and_assistance_with_holm(eval
     assert set(d.kind) == {"model_vs_reader", "assisted_vs_unassisted"}
     assert {"model@" + CUT_PAPER, "model@" + CUT_VAL, "reader1+assisted"} <= set(d.a)
     assert set(d.metric) >= set(C.DIFFERENCE_METRICS)
+    auc = d[(d.kind == "model_vs_reader") & d.metric.isin(["auc", C.AUC_CONFIDENCE])]
+    assert set(auc.a) == {C.MODEL_RATER}  # AUC does not depend on the cutoff: compared once
     for _, fam in d.groupby("cohort"):
         ok = fam.p.notna()
         assert (fam.family_size == ok.sum()).all()
