@@ -325,12 +325,24 @@ app.add_typer(readers_app, name="readers")
 def readers_import(
     reads: Annotated[Path, typer.Argument(help="CSV: reader_id, patient_id, assisted, call[, confidence].")],
     lake: Annotated[str, typer.Option(help="Lake folder or URI.")] = "lake",
+    replace: Annotated[bool, typer.Option("--replace", help="Where the lake holds a read of the same reader, patient "
+                                          "and assisted flag from another file (or simulated), keep this file's and "
+                                          "remove the older one.")] = False,
 ) -> None:
-    """Import reader reads (validated; with any problem nothing is written)."""
+    """Import reader reads (validated; with any problem nothing is written). Reads that conflict
+    with reads from another file are refused unless --replace; identical ones are skipped."""
     from pipelines.readers import import_reads
 
-    s = import_reads(reads, lake)
-    typer.echo(f"readers: {s.rows} reads by {', '.join(s.readers)} imported into {lake} ({s.file})")
+    s = import_reads(reads, lake, replace=replace)
+    typer.echo(f"readers: {s.rows} reads by {', '.join(s.readers) or 'nobody'} imported into {lake} ({s.file})")
+    notes = ((f"{len(s.replaced)} older read(s) replaced by this file's:", s.replaced),
+             (f"{len(s.skipped)} read(s) skipped, identical to reads already in the lake (--replace moves them "
+              "to this file):", s.skipped))
+    for title, clashes in notes:
+        if clashes:
+            typer.echo(title)
+            for c in clashes:
+                typer.echo(f"  {c}")
 
 
 @readers_app.command("simulate-assisted")

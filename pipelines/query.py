@@ -1,11 +1,15 @@
-"""``gbmmet query``: SQL over the lake's DuckDB catalog, printed or saved."""
+"""``gbmmet query``: SQL over the lake's tables, printed or saved.
+
+Read-only (``storage.catalog.query``): one SELECT over the lake's views; it writes nothing to the
+lake, reads no file but the tables, and works on a lake this user cannot write.
+"""
 
 from __future__ import annotations
 
 import sys
 from pathlib import Path
 
-from gbmmet.errors import ConfigError
+from gbmmet.errors import ConfigError, LakeError
 
 FORMATS = ("table", "csv", "parquet")
 
@@ -22,8 +26,14 @@ def run_query(sql: str, lake_root: str, *, params: list[str], fmt: str = "table"
     if fmt == "parquet" and out is None:
         raise ConfigError("--format parquet needs --out FILE")
     lake = Lake(lake_root)
+    if lake.local_root is not None and lake.local_root.is_file():
+        raise LakeError(f"the lake {lake_root} is a file, not a lake folder: give --lake the folder "
+                        f"`gbmmet preprocess` wrote")
     if lake.local_root is not None and not lake.local_root.is_dir():
         raise ConfigError(f"no lake at {lake_root}: run `gbmmet preprocess --lake {lake_root}` first")
+    if out is not None and lake.local_root is not None and out.resolve().is_relative_to(lake.local_root):
+        raise ConfigError(f"--out {out} is inside the lake {lake_root}: gbmmet query is read-only; "
+                          f"write its output elsewhere")
     try:
         table = catalog.query(lake, sql, params)
     except duckdb.Error as exc:

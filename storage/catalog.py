@@ -4,7 +4,8 @@
 Each view reads the table's Parquet files with ``read_parquet(..., hive_partitioning = true)``;
 a table without files yet is an empty view with the table's columns, so queries never fail for a
 missing table. Views hold the lake's absolute path, so the catalog is rebuilt (``refresh``)
-whenever a job writes, and by ``gbmmet query`` itself: moving a lake folder is harmless.
+whenever a job writes. ``gbmmet query`` and the dashboard never write it: they read through an
+in-memory, read-only database of views (``memory_connection``), which works on a read-only lake.
 
 SQL values always travel as parameters (``?``). The only text built here is the views' DDL, from
 the lake's own path (quoted) and the fixed table names: DuckDB does not take parameters in DDL.
@@ -19,6 +20,7 @@ import duckdb
 import pyarrow as pa
 import pyarrow.fs as pafs
 
+from gbmmet.errors import ConfigError
 from storage.lake import Lake
 from storage.schemas import PARTITIONS, SCHEMAS
 
@@ -91,21 +93,31 @@ def refresh(lake: Lake) -> Path:
 
 
 def memory_connection(lake: Lake) -> duckdb.DuckDBPyConnection:
-    """An in-memory DuckDB database with one view per table of ``lake``; writes nothing anywhere.
+    """An in-memory DuckDB database with one view per table of ``lake``, read-only; writes nothing.
 
-    For readers that must not touch the lake (the dashboard), and for lakes on object storage: there
-    the views read the tables as Arrow datasets through pyarrow's filesystem (DuckDB's own S3
-    extension downloads at run time and is pinned to other DuckDB versions). The views list the
-    table's files when made: a table that gains files needs a new connection (``stamp`` tells when).
+    For readers that must not touch the lake (the dashboard, ``gbmmet query``), local or on object
+    storage. The views read the tables as Arrow datasets through pyarrow's filesystem (DuckDB's own
+    S3 extension downloads at run time and is pinned to other DuckDB versions), so DuckDB itself
+    needs no file access: once the views exist, external access is turned off and the configuration
+    locked. A query on this connection can then neither write a file (``COPY ... TO``,
+    ``ATTACH``, ``INSTALL``) nor read one (``read_blob``, ``read_csv``: the pseudonym key, or
+    anything else the process can read), and cannot turn that back on. Statements still run in
+    memory (``CREATE TABLE``); ``query`` refuses every statement but one SELECT.
+
+    The views list the table's files when made: a table that gains files needs a new connection
+    (``stamp`` tells when). Raises LakeError where the lake's root is a file.
     """
     con = duckdb.connect(":memory:")
     for name in SCHEMAS:
-        if lake.local_root is None and lake.files(name):
-            con.register(f"_arrow_{name}", lake.dataset(name))
-            con.execute(f'CREATE OR REPLACE VIEW "{name}" AS SELECT * FROM "_arrow_{name}" '
-                        f"UNION ALL BY NAME {_typed_empty(name)}")
+        data = lake.dataset(name)
+        if data is None:
+            con.execute(f'CREATE VIEW "{name}" AS {_typed_empty(name)}')
         else:
-            con.execute(view_sql(lake, name))
+            con.register(f"_arrow_{name}", data)
+            con.execute(f'CREATE VIEW "{name}" AS SELECT * FROM "_arrow_{name}" '
+                        f"UNION ALL BY NAME {_typed_empty(name)}")
+    con.execute("SET enable_external_access = false")
+    con.execute("SET lock_configuration = true")
     return con
 
 
@@ -127,18 +139,44 @@ def stamp(lake: Lake) -> str:
 
 
 def connect(lake: Lake, *, refresh_first: bool = True) -> duckdb.DuckDBPyConnection:
-    """A read-only connection to the lake's catalog (rebuilt first by default); for a lake on
-    object storage, an in-memory one (``memory_connection``)."""
+    """A read-only connection to the lake's catalog (rebuilt first by default: for the job that
+    just wrote the lake); for a lake on object storage, an in-memory one (``memory_connection``)."""
     if lake.local_root is None:
         return memory_connection(lake)
     path = refresh(lake) if refresh_first else lake.local_root / CATALOG_FILE
     return duckdb.connect(str(path), read_only=True)
 
 
+#: Statements ``query`` runs: one SELECT (which includes WITH, VALUES, FROM-first, DESCRIBE,
+#: SHOW and SUMMARIZE).
+READ_STATEMENTS = (duckdb.StatementType.SELECT,)
+
+
 def query(lake: Lake, sql: str, params: list | tuple | None = None) -> pa.Table:
-    """Run ``sql`` with ``?`` parameters against the lake; return an Arrow table."""
-    con = connect(lake)
+    """Run one SELECT ``sql`` with ``?`` parameters against the lake; return an Arrow table.
+
+    Read-only for everything, and works on a lake this process cannot write: nothing is written
+    (not even ``catalog.duckdb``) and no file is read but the lake's tables, through their views
+    (``memory_connection``).
+
+    Raises:
+        ConfigError: ``sql`` is not exactly one SELECT statement (``COPY``, ``ATTACH``,
+            ``INSTALL``, ``SET``, ``PRAGMA``, DDL, several statements...), or reaches for a file
+            (``read_blob``, ``read_csv``, ``read_parquet``...).
+        duckdb.Error: any other failure of the query (a syntax error, an unknown column).
+    """
+    con = memory_connection(lake)
     try:
-        return con.sql(sql, params=list(params or [])).to_arrow_table()
+        statements = con.extract_statements(sql)
+        kinds = [s.type.name for s in statements]
+        if len(statements) != 1 or statements[0].type not in READ_STATEMENTS:
+            got = ", ".join(kinds) or "no statement"
+            raise ConfigError(f"gbmmet query is read-only: it runs exactly one SELECT statement "
+                              f"(or DESCRIBE / SHOW / SUMMARIZE) over the lake's views; got {got}")
+        try:
+            return con.sql(sql, params=list(params or [])).to_arrow_table()
+        except duckdb.PermissionException as exc:
+            raise ConfigError(f"gbmmet query is read-only and reads the lake only through its views "
+                              f"(`show tables` lists them), never a file: {exc}") from None
     finally:
         con.close()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import posixpath
+import secrets
 from pathlib import Path
 
 import pyarrow as pa
@@ -18,10 +19,15 @@ import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from gbmmet import constants as C
+from gbmmet.errors import LakeError
 from storage.schemas import PARTITIONS, SCHEMAS
 
 SECRET_DIR = ".gbmmet"
 SECRET_FILE = "pseudonym.key"
+KEY_BYTES = 32
+#: Tables keyed by pseudonyms: a lake with files in any of them was written with a key.
+KEYED_TABLES = (C.TABLE_PATIENTS, C.TABLE_PREPROCESS_RUNS, C.TABLE_SLICES)
 
 
 def is_remote(uri: str | os.PathLike) -> bool:
@@ -70,6 +76,7 @@ class Lake:
             self.local_root = Path(self.base)
             self.uri = self.base
         self.base = self.base.rstrip("/")
+        self._root_is_dir = False
 
     def child_uri(self, *parts: str) -> str:
         """The URI (or local path) of a place inside the lake, e.g. its ``runs`` folder."""
@@ -82,6 +89,8 @@ class Lake:
         return posixpath.join(self.base, *parts)
 
     def ensure(self) -> Lake:
+        """Create the lake's folder if missing; return ``self``. LakeError if the root is a file."""
+        self._refuse_file_root()
         self.fs.create_dir(self.base, recursive=True)
         return self
 
@@ -105,7 +114,11 @@ class Lake:
             raise ValueError(f"bad lake file name {filename!r}")
         schema = SCHEMAS[name]
         folder = self.table_dir(name, partition)
-        self.fs.create_dir(folder, recursive=True)
+        try:
+            self.fs.create_dir(folder, recursive=True)
+        except OSError:
+            self._refuse_file_root()  # the usual cause, said clearly; otherwise the OS's own error
+            raise
         final = posixpath.join(folder, filename)
         tmp = posixpath.join(folder, f".{filename}.tmp")
         pq.write_table(table.select(schema.names).cast(schema), tmp, filesystem=self.fs, compression="zstd")
@@ -121,6 +134,7 @@ class Lake:
         """Visible Parquet files of a table (hidden temporaries excluded)."""
         root = self.path(name)
         if self.fs.get_file_info(root).type != pafs.FileType.Directory:
+            self._refuse_file_root()  # a file given as the lake is an error, not an empty lake
             return []
         infos = self.fs.get_file_info(pafs.FileSelector(root, recursive=True))
         return sorted(i.path for i in infos if i.type == pafs.FileType.File and i.base_name.endswith(".parquet")
@@ -149,25 +163,89 @@ class Lake:
             return empty.select(columns) if columns else empty
         return data.to_table(columns=columns, filter=filter)
 
+    # -- checks ---------------------------------------------------------------------------
+    def _refuse_file_root(self) -> None:
+        """LakeError if the lake's root is a file (a lake is a folder, or an object prefix)."""
+        if self._root_is_dir:
+            return
+        kind = self.fs.get_file_info(self.base).type
+        self._root_is_dir = kind == pafs.FileType.Directory  # then never asked again (object storage)
+        if kind == pafs.FileType.File:
+            raise LakeError(f"the lake {self.uri} is a file, not a folder: give --lake a folder "
+                            f"(an empty or missing one starts a new lake)")
+
+    def check_writable(self) -> Lake:
+        """Check, before any work, that a job can write to this lake; return ``self``.
+
+        The root must be a folder (created if missing), writable (a hidden probe file is created
+        and removed, locally or on object storage), and its pseudonym key usable (``secret``: an
+        empty lake gets its key here).
+
+        Raises:
+            LakeError: naming the lake and what to do.
+        """
+        self._refuse_file_root()
+        try:
+            self.fs.create_dir(self.base, recursive=True)
+        except OSError as exc:
+            raise LakeError(f"cannot create the lake folder {self.uri}: {exc}") from None
+        probe = self.path(f".gbmmet-probe-{os.getpid()}-{secrets.token_hex(4)}")
+        try:
+            with self.fs.open_output_stream(probe) as fh:
+                fh.write(b"probe")
+            self.fs.delete_file(probe)
+        except OSError as exc:
+            raise LakeError(f"the lake {self.uri} is not writable ({exc}): make it writable for this user, "
+                            f"or give --lake a folder this job may write to") from None
+        self.secret()
+        return self
+
     # -- secret ---------------------------------------------------------------------------
+    def _holds_patients(self) -> bool:
+        return any(self.files(name) for name in KEYED_TABLES)
+
     def secret(self) -> bytes:
-        """The lake's pseudonymisation key (32 random bytes), created on first use.
+        """The lake's pseudonymisation key (32 random bytes), created for a new lake only.
 
         It lives beside the tables (``.gbmmet/pseudonym.key``, hidden from every reader) and never
         in them; keep it with the site: whoever holds it and a raw id can recompute the pseudonym.
+
+        Raises:
+            LakeError: the key is unreadable or damaged, or missing from a lake that already holds
+                patients (a new key would store every patient again under new pseudonyms). It is
+                never recreated: copy ``.gbmmet/pseudonym.key`` from the original lake.
         """
+        self._refuse_file_root()
         path = self.path(SECRET_DIR, SECRET_FILE)
-        if self.fs.get_file_info(path).type == pafs.FileType.File:
-            with self.fs.open_input_stream(path) as fh:
-                key = fh.read()
-            if len(key) < 16:
-                raise ValueError(f"the lake's pseudonym key {path} is damaged ({len(key)} bytes)")
+        restore = (f"copy {SECRET_DIR}/{SECRET_FILE} from the lake these patients were first written to "
+                   f"into {self.child_uri(SECRET_DIR)}; the key is never recreated, or every patient "
+                   f"would be stored again under new pseudonyms")
+        kind = self.fs.get_file_info(path).type
+        if kind == pafs.FileType.File:
+            try:
+                with self.fs.open_input_stream(path) as fh:
+                    key = fh.read()
+            except OSError as exc:
+                raise LakeError(f"the lake's pseudonym key {path} cannot be read ({exc}): make it readable "
+                                f"for this user, or {restore}") from None
+            if len(key) != KEY_BYTES:
+                raise LakeError(f"the lake's pseudonym key {path} is damaged ({len(key)} bytes, not "
+                                f"{KEY_BYTES}): {restore}")
             return key
-        self.fs.create_dir(self.path(SECRET_DIR), recursive=True)
-        key = os.urandom(32)
-        tmp = self.path(SECRET_DIR, f".{SECRET_FILE}.tmp")
-        with self.fs.open_output_stream(tmp) as fh:
-            fh.write(key)
+        if kind != pafs.FileType.NotFound:
+            raise LakeError(f"the lake's pseudonym key {path} is not a file: {restore}")
+        if self._holds_patients():
+            raise LakeError(f"the lake {self.uri} holds patients but no pseudonym key ({path} is missing): "
+                            f"{restore}")
+        key = os.urandom(KEY_BYTES)
+        tmp = self.path(SECRET_DIR, f".{SECRET_FILE}.{os.getpid()}.tmp")
+        try:
+            self.fs.create_dir(self.path(SECRET_DIR), recursive=True)
+            with self.fs.open_output_stream(tmp) as fh:
+                fh.write(key)
+        except OSError as exc:
+            raise LakeError(f"cannot create the pseudonym key of the new lake {self.uri} ({exc}): "
+                            f"make the lake writable for this user") from None
         if self.local_root is not None:
             os.chmod(tmp, 0o600)
             try:  # never replace a key another process created meanwhile
