@@ -34,7 +34,7 @@ def test_whole_pipeline_on_object_storage_and_the_dashboard_reads_it(s3_server, 
     lake_uri = s3_uri(s3_server, "gbmmet-lake", "lake")
     monkeypatch.chdir(tmp_path)  # anything written to a relative local path would show up here
     args = ["run", "--preset", "tiny", "--lake", lake_uri, "--data", str(tmp_path / "data"), "--epochs", "3",
-            "--resamples", "50"]
+            "--resamples", "100"]
     assert main(args) == 0
     out = capsys.readouterr().out
     assert "reader2 + model" in out  # the paper's table, printed from the lake on object storage

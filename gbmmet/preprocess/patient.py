@@ -62,7 +62,12 @@ def preprocess_patient(t1c_path: str, t2_path: str, roi_path: str, params: Prepr
 
     Raises:
         PatientError subclasses naming the patient and the file: missing or unreadable images,
-        bad content (2D, 4D, NaN), empty ROI or ROI outside the T2, images that do not overlap.
+        truncated files, unusable headers (spacing, orientation, sform / qform, voxel type), bad
+        content (2D, 4D, NaN), empty ROI, ROI off the T2's grid or outside it, images that do not
+        overlap.
+
+    Warns:
+        InputWarning: questionable but usable input (e.g. ROI boxes clipped to the T2).
     """
     p = (params or PreprocessParams()).check()
     sec: dict[str, float] = {}

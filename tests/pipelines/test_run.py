@@ -17,7 +17,7 @@ from storage.lake import Lake
 def test_gbmmet_run_end_to_end_and_rerun_reuses(tmp_path, ray_local, capsys):
     lake, data = tmp_path / "lake", tmp_path / "data"
     args = ["run", "--preset", "tiny", "--lake", str(lake), "--data", str(data), "--epochs", "3",
-            "--resamples", "50"]
+            "--resamples", "100"]
     assert main(args) == 0
     out = capsys.readouterr().out
     for stage in ("== synth", "== preprocess", "== features", "== train", "== readers", "== evaluate"):
