@@ -15,7 +15,7 @@ Choices, each stated once here:
   validation patients' ensemble index: the same kind of score it is applied to, and no test
   patient involved.
 - **Intervals**: the default is the stratified patient-level bootstrap, BCa (percentile where BCa
-  is undefined, marked by ``ci_method``); ``bootstrap_percentile``; the paper's
+  is undefined, Wilson where a proportion's interval has zero width; ``ci_method`` says which); ``bootstrap_percentile``; the paper's
   ``paper_subsample90`` as a labelled reproduction (it under-covers: see ``gbmmet.stats``); DeLong
   for AUC.
 - **Readers**: ``auc`` from the binary calls (the paper's figure); ``auc_confidence`` from calls
@@ -25,7 +25,9 @@ Choices, each stated once here:
   of those METs called MET), with its n. Subgroups with one class report the metrics defined on it.
 - **Zero denominators** give NaN with a ``RuntimeWarning`` naming the metric and the group.
 - **Paired differences** (a minus b, same patients): accuracy, sensitivity (recall), specificity
-  and AUC with a paired stratified bootstrap CI; p values: McNemar on all patients (accuracy), on
+  at each operating point and AUC once per model; CIs by ``stats.ci_paired_difference``'s
+  default (Newcombe's paired score interval for proportions, DeLong for AUC; the paired BCa
+  bootstrap where the cutoff is re-chosen); p values: McNemar on all patients (accuracy), on
   GBMs (sensitivity) and on METs (specificity), DeLong for AUC; Holm-adjusted over every
   difference reported for the cohort. The primary comparison (``EvaluationSettings.primary``) is
   flagged and keeps its unadjusted p.

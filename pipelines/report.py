@@ -60,7 +60,8 @@ def difference_table(con, run: str) -> list:
     rows = difference_rows(con, run)
     if not rows:
         return ["No paired differences: the lake has no reads for the test cohorts (gbmmet readers import)."]
-    table = Table(title=f"run {run}: paired differences (a - b, same patients; 95 % paired stratified bootstrap CI)",
+    table = Table(title=f"run {run}: paired differences (a - b, same patients; 95 % CI: Newcombe for proportions, "
+                        "DeLong for AUC, paired BCa bootstrap where the paper's cutoff is re-chosen)",
                   caption="p: McNemar on all patients (accuracy), on GBMs (sensitivity), on METs (specificity); "
                           "DeLong for AUC. Holm: adjusted over every difference of the cohort. "
                           "! the primary comparison (its unadjusted p stands on its own). "

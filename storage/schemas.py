@@ -209,7 +209,7 @@ DIFFERENCES = pa.schema([
     pa.field("estimate_a", pa.float64()),
     pa.field("estimate_b", pa.float64()),
     pa.field("diff", pa.float64()),  # a - b
-    pa.field("ci_low", pa.float64()),  # paired stratified bootstrap (DeLong for auc_confidence)
+    pa.field("ci_low", pa.float64()),  # Newcombe (proportions) / DeLong (AUC) / paired BCa (re-chosen cutoff)
     pa.field("ci_high", pa.float64()),
     pa.field("ci_method", pa.string()),
     pa.field("test", pa.string()),  # mcnemar (on all / GBMs / METs) or delong

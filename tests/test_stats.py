@@ -17,6 +17,10 @@ from scipy import stats as sps
 
 from gbmmet.stats import (
     CALL_METRICS,
+    CI_DELONG,
+    CI_NEWCOMBE,
+    CI_WILSON,
+    PAIRED_METHODS,
     SCORE_METRICS,
     auc_score,
     binary_metrics,
@@ -29,7 +33,9 @@ from gbmmet.stats import (
     holm,
     mcnemar_test,
     metrics,
+    newcombe_paired_ci,
     roc_curve,
+    wilson_interval,
     youden_cutoff,
 )
 from tests.conftest import SHARED
@@ -301,9 +307,15 @@ def test_choose_cutoff_needs_a_score():
 def test_paired_difference_of_identical_raters_is_exactly_zero(rng):
     y, score = _binormal(rng)
     call = (score >= 0.6).astype(int)
-    for name, d in ci_paired_difference(y, (call, score), (call, score), n_resamples=200).items():
+    for name, d in ci_paired_difference(y, (call, score), (call, score), n_resamples=200, method="BCa").items():
         assert (d.diff, d.low, d.high) == (0.0, 0.0, 0.0), name
         assert d.method == "bootstrap_percentile"  # BCa is undefined on a constant distribution
+    # the default: Newcombe has width (no discordant pair is still a finite sample), DeLong 0 to 0
+    d = ci_paired_difference(y, (call, score), (call, score))
+    assert (d["auc"].diff, d["auc"].low, d["auc"].high, d["auc"].method) == (0.0, 0.0, 0.0, CI_DELONG)
+    for name in ("accuracy", "recall", "specificity"):
+        assert d[name].diff == 0.0 and d[name].low == pytest.approx(-d[name].high) and d[name].high > 0
+        assert d[name].method == CI_NEWCOMBE
 
 
 def test_paired_difference_point_is_metric_a_minus_metric_b(rng):
@@ -361,3 +373,138 @@ def test_mcnemar_chi_square_with_continuity_correction_by_hand():
     r = mcnemar_test([1] * 20 + [0] * 10 + [1] * 5, [0] * 20 + [1] * 10 + [1] * 5)
     assert not r.exact and r.statistic == pytest.approx(2.7)
     assert r.p == pytest.approx(sps.chi2.sf(2.7, 1))
+
+
+# ---------------------------------------------------------------------------------------------
+# Wilson for a degenerate proportion, Newcombe and DeLong for paired differences
+# ---------------------------------------------------------------------------------------------
+Z = 1.959963984540054
+
+
+def test_wilson_interval_by_hand():
+    # 15 / 15: lower limit 15 / (15 + z^2) = 15 / 18.8415 = 0.7961, upper 1
+    assert wilson_interval(15, 15) == (pytest.approx(15 / (15 + Z**2)), 1.0)
+    assert round(wilson_interval(15, 15)[0], 3) == 0.796
+    # 0 / 10: (0, z^2 / (10 + z^2)); 12 / 15: centre (12 + z^2/2) / (15 + z^2), half-width
+    # z / (15 + z^2) * sqrt(12 * 3 / 15 + z^2 / 4) -> 0.5481 to 0.9295
+    assert wilson_interval(0, 10) == (0.0, pytest.approx(Z**2 / (10 + Z**2)))
+    assert wilson_interval(12, 15) == pytest.approx((0.5481455, 0.9295245), abs=1e-7)
+    with pytest.raises(ValueError, match="0 <= k <= m"):
+        wilson_interval(3, 2)
+
+
+def test_wilson_stands_in_for_a_zero_width_proportion_interval():
+    # every one of 15 GBMs called GBM, 5 of 15 METs called GBM: recall is 1 in every resample
+    y = np.r_[np.ones(15, int), np.zeros(15, int)]
+    call = np.r_[np.ones(15, int), np.ones(5, int), np.zeros(10, int)]
+    names = ("recall", "specificity")
+    data, stat = _old_statistic(y, call, call.astype(float), ("specificity",))
+    for method in ("BCa", "percentile"):
+        ci = ci_bootstrap(y, call, names=names, method=method, n_resamples=300)
+        assert ci["recall"].method == CI_WILSON and ci["recall"].estimate == 1.0
+        assert (round(ci["recall"].low, 3), ci["recall"].high) == (0.796, 1.0)
+        # the non-degenerate specificity is as before: scipy's own interval on the same resamples
+        ref = sps.bootstrap(data, lambda a, b: stat(a, b)[0], vectorized=False, n_resamples=300, method=method,
+                            rng=np.random.default_rng(0)).confidence_interval
+        assert ci["specificity"].method == f"bootstrap_{method.lower()}"
+        assert ci["specificity"].low == pytest.approx(ref.low, abs=1e-12)
+        assert ci["specificity"].high == pytest.approx(ref.high, abs=1e-12)
+
+
+def test_wilson_not_for_f1_or_auc_and_for_precision_where_defined():
+    # a perfect rater: accuracy 30 / 30, precision 15 / 15 get Wilson; F1 and AUC (not
+    # proportions) keep the percentile interval 1 to 1
+    y = np.r_[np.ones(15, int), np.zeros(15, int)]
+    ci = ci_bootstrap(y, y, names=("accuracy", "precision", "f1", "auc"), n_resamples=200)
+    assert ci["accuracy"].method == CI_WILSON and ci["accuracy"].low == pytest.approx(30 / (30 + Z**2))
+    assert ci["precision"].method == CI_WILSON and ci["precision"].low == pytest.approx(15 / (15 + Z**2))
+    for name in ("f1", "auc"):
+        assert (ci[name].low, ci[name].high, ci[name].method) == (1.0, 1.0, "bootstrap_percentile")
+    # no GBM called: specificity 15 / 15 -> Wilson; precision undefined everywhere stays NaN
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        ci = ci_bootstrap(y, np.zeros(30, int), names=("specificity", "precision"), n_resamples=200)
+    assert ci["specificity"].method == CI_WILSON and math.isnan(ci["precision"].low)
+    # the paper's scheme is kept as the paper computed it
+    assert ci_paper_subsample(y, y, names=("accuracy",), n_resamples=50)["accuracy"].method == "paper_subsample90"
+
+
+def test_wilson_with_a_rechosen_cutoff_uses_the_full_sample_counts():
+    # separated scores: the Youden cutoff separates every resample, recall 15 / 15 throughout
+    y = np.r_[np.ones(15, int), np.zeros(15, int)]
+    score = np.r_[np.linspace(0.6, 1, 15), np.linspace(0, 0.4, 15)]
+    ci = ci_bootstrap(y, None, score, names=("recall", "auc"), choose_cutoff=youden_cutoff, n_resamples=200)
+    assert ci["recall"].method == CI_WILSON and ci["recall"].low == pytest.approx(15 / (15 + Z**2))
+    assert ci["auc"].method == "bootstrap_percentile"
+
+
+def test_newcombe_paired_ci_against_the_published_example_and_by_hand():
+    # Cavo et al. 2012 (Fagerland, Lydersen & Laake 2017, ch. 8; R contingencytables'
+    # Newcombe_square_and_add_CI_paired_2x2): -0.0621 (95 % CI -0.1186 to -0.0046)
+    diff, low, high = newcombe_paired_ci([[59, 6], [16, 80]])
+    assert (round(diff, 4), round(low, 4), round(high, 4)) == (-0.0621, -0.1186, -0.0046)
+    # the demo's case: 15 GBMs, the reader right on all, the model on 12 (3 discordant pairs, all
+    # against the model; McNemar exact p = 0.25). A marginal total is 0 -> phi = 0. Wilson 12/15 =
+    # (0.54815, 0.92952), 15/15 = (0.79612, 1): low = -0.2 - (0.8 - 0.54815) = -0.45185,
+    # high = -0.2 + sqrt((0.92952 - 0.8)^2 + (1 - 0.79612)^2) = -0.2 + 0.24155 = 0.04155: includes 0
+    diff, low, high = newcombe_paired_ci([[12, 0], [3, 0]])
+    assert diff == pytest.approx(-0.2)
+    assert low == pytest.approx(-0.2 - (0.8 - 0.5481455), abs=1e-7)
+    assert high == pytest.approx(-0.2 + math.hypot(0.9295245 - 0.8, 1 - 15 / (15 + Z**2)), abs=1e-7)
+    assert low < 0 < high
+    # a negative correlation: [[1, 5], [5, 1]], A = 1 - 25 = -24, phi = -24 / sqrt(6^4) = -2/3;
+    # both 6/12, Wilson half-width d = z / (12 + z^2) sqrt(3 + z^2 / 4) = 0.24622;
+    # limits -+ d sqrt(2 + 4/3)
+    diff, low, high = newcombe_paired_ci([[1, 5], [5, 1]])
+    d = Z / (12 + Z**2) * math.sqrt(3 + Z**2 / 4)
+    assert diff == 0 and high == pytest.approx(d * math.sqrt(2 + 4 / 3)) and low == pytest.approx(-high)
+    # 0 <= A <= N/2 -> phi = 0: [[3, 2], [2, 3]] has A = 9 - 4 = 5 = N/2; both 5/10
+    diff, low, high = newcombe_paired_ci([[3, 2], [2, 3]])
+    d = Z / (10 + Z**2) * math.sqrt(2.5 + Z**2 / 4)
+    assert high == pytest.approx(d * math.sqrt(2))
+    with pytest.raises(ValueError, match="2 x 2"):
+        newcombe_paired_ci([[1, 2, 3], [4, 5, 6]])
+
+
+def test_paired_difference_default_is_newcombe_and_delong():
+    assert PAIRED_METHODS[0] == "newcombe_delong"
+    # the demo's case: 15 GBMs, the reader right on all, the model misses 3
+    rng = np.random.default_rng(0)
+    y = np.r_[np.ones(15, int), np.zeros(15, int)]
+    reader = np.r_[np.ones(15, int), (rng.random(15) < 0.3).astype(int)]
+    model = reader.copy()
+    model[:3] = 0
+    score = np.r_[rng.normal(1.5, 1, 15), rng.normal(0, 1, 15)]
+    d = ci_paired_difference(y, (model, score), (reader, None))
+    assert d["recall"].method == CI_NEWCOMBE and d["recall"].n_resamples == 0
+    assert (d["recall"].diff, d["recall"].low, d["recall"].high) == newcombe_paired_ci([[12, 0], [3, 0]])
+    assert d["recall"].low < 0 < d["recall"].high  # as McNemar (p = 0.25); the bootstrap excluded 0
+    assert ci_paired_difference(y, (model, score), (reader, None), method="BCa")["recall"].high < 0
+    right_m, right_r = model == y, reader == y
+    table = [[(right_m & right_r).sum(), (right_m & ~right_r).sum()],
+             [(~right_m & right_r).sum(), (~right_m & ~right_r).sum()]]
+    assert (d["accuracy"].diff, d["accuracy"].low, d["accuracy"].high) == newcombe_paired_ci(table)
+    assert d["specificity"].diff == 0 and d["specificity"].method == CI_NEWCOMBE
+    # the AUC: DeLong's interval of the difference (the reader's AUC from the calls)
+    t = delong_roc_test(y, score, reader)
+    assert d["auc"].method == CI_DELONG
+    assert (d["auc"].diff, d["auc"].low, d["auc"].high) == pytest.approx((t.diff, t.ci_low, t.ci_high), abs=1e-12)
+    half90 = (t.ci_high - t.ci_low) / 2 * sps.norm.ppf(0.95) / Z
+    d90 = ci_paired_difference(y, (model, score), (reader, None), names=("auc",), level=0.9)["auc"]
+    assert d90.high - d90.diff == pytest.approx(half90)
+    # the rest (precision, NPV, F1) by the percentile bootstrap
+    rest = ci_paired_difference(y, (model, score), (reader, None), names=("precision", "f1"), n_resamples=200)
+    assert {iv.method for iv in rest.values()} == {"bootstrap_percentile"}
+    with pytest.raises(ValueError, match="method must be one of"):
+        ci_paired_difference(y, (model, score), (reader, None), method="newcombe")
+
+
+def test_paired_difference_default_with_a_rechosen_cutoff_bootstraps_the_proportions(rng):
+    y, score = _binormal(rng, 20, 15)
+    call_b = (score >= 1.0).astype(int)
+    d = ci_paired_difference(y, (None, score), (call_b, None), choose_cutoff_a=youden_cutoff, n_resamples=200)
+    assert {d[k].method for k in ("accuracy", "recall", "specificity")} <= {"bootstrap_bca", "bootstrap_percentile"}
+    assert d["accuracy"].method == "bootstrap_bca" and d["auc"].method == CI_DELONG
+    bca = ci_paired_difference(y, (None, score), (call_b, None), choose_cutoff_a=youden_cutoff, n_resamples=200,
+                               method="BCa", names=("accuracy",))
+    assert d["accuracy"] == bca["accuracy"]
