@@ -29,6 +29,7 @@ PAGES = (  # (file, url path, the element that says the page is drawn)
     ("overview.py", "", '[data-testid="stMetric"]'),
     ("readers.py", "readers", ".vega-embed canvas, .vega-embed svg"),
     ("roc.py", "roc", ".vega-embed canvas, .vega-embed svg"),
+    ("calibration.py", "calibration", ".vega-embed canvas, .vega-embed svg"),
     ("subgroups.py", "subgroups", ".vega-embed canvas, .vega-embed svg"),
     ("patient.py", "patient", '[data-testid="stImage"] img'),
     ("training.py", "training", ".vega-embed canvas, .vega-embed svg"),

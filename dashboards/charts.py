@@ -124,8 +124,9 @@ def decision_curve(points: pd.DataFrame, title: str) -> alt.LayerChart:
         x=alt.X("threshold:Q", title="threshold probability of GBM", scale=alt.Scale(domain=[0, 1])),
         y=alt.Y("net_benefit:Q", title="net benefit", scale=alt.Scale(domain=[low, top])),
         color=alt.Color("strategy:N", sort=DECISION_STRATEGIES, title=None,
-                        scale=alt.Scale(domain=DECISION_STRATEGIES, range=["#1f77b4", "#d62728", "#7f7f7f"])),
-        strokeDash=alt.StrokeDash("strategy:N", sort=DECISION_STRATEGIES, legend=None,
+                        scale=alt.Scale(domain=DECISION_STRATEGIES, range=["#1f77b4", "#d62728", "#7f7f7f"]),
+                        legend=alt.Legend(symbolType="stroke", symbolStrokeWidth=3)),
+        strokeDash=alt.StrokeDash("strategy:N", sort=DECISION_STRATEGIES, title=None,
                                   scale=alt.Scale(domain=DECISION_STRATEGIES, range=[[1, 0], [6, 3], [2, 2]])),
         tooltip=["strategy", alt.Tooltip("threshold:Q", format=".2f"), alt.Tooltip("net_benefit:Q", format=".4f")],
     ).properties(title=title, width=300, height=300)

@@ -198,9 +198,13 @@ def delong_roc_test(y_true, score_a, score_b) -> DelongTest:
     auc, cov = _delong_cov(y, s)
     diff = float(auc[0] - auc[1])
     var = float(cov[0, 0] + cov[1, 1] - 2 * cov[0, 1])
-    if var <= 0:
-        z, p = (0.0, 1.0) if diff == 0 else (math.copysign(math.inf, diff), 0.0)
-        half = 0.0
+    if var <= 0 and diff == 0:
+        z, p, half = 0.0, 1.0, 0.0
+    elif var <= 0:  # e.g. 2 cases of a class, each rater separating them: no variance to test with
+        warnings.warn(f"DeLong's variance of the AUC difference ({diff:+.3f}) is zero with {int(y.sum())} positive and "
+                      f"{len(y) - int(y.sum())} negative cases: too few to test; p and the CI are NaN",
+                      RuntimeWarning, stacklevel=2)
+        z, p, half = math.nan, math.nan, math.nan
     else:
         z = diff / math.sqrt(var)
         p = float(2 * sps.norm.sf(abs(z)))
@@ -385,6 +389,16 @@ class _Rater:
         self.s_auc = np.r_[sp, sn]  # GBMs first, then METs: for DeLong
         # Mann-Whitney kernel of every GBM-MET pair: the AUC of a resample is its weighted mean
         self.kernel = (sp[:, None] > sn[None, :]) + 0.5 * (sp[:, None] == sn[None, :])
+
+    def right(self) -> np.ndarray:
+        """Whether each case is called right on the full sample (GBMs first, then METs); with a
+        re-chosen cutoff, at the cutoff chosen on the full sample."""
+        if self.choose is None:
+            return np.r_[self.c_pos == 1, self.c_neg == 0]
+        n_pos = len(self.s_pos)
+        y = np.r_[np.ones(n_pos, np.int8), np.zeros(len(self.s_neg), np.int8)]
+        call = self.s_auc >= self.choose(y, self.s_auc)
+        return np.r_[call[:n_pos], ~call[n_pos:]]
 
     def _chosen_counts(self, wp, wn):
         if self.youden is not None:
@@ -646,6 +660,8 @@ def _delong_difference(y: np.ndarray, score_a: np.ndarray, score_b: np.ndarray, 
     auc, cov = _delong_cov(y, np.vstack([score_a, score_b]))
     diff = float(auc[0] - auc[1])
     var = max(0.0, float(cov[0, 0] + cov[1, 1] - 2 * cov[0, 1]))
+    if var == 0 and diff != 0:  # too few cases to estimate a variance: no interval (not a zero-width one)
+        return diff, math.nan, math.nan
     half = float(sps.norm.ppf(0.5 + level / 2)) * math.sqrt(var)
     return diff, max(-1.0, diff - half), min(1.0, diff + half)
 
@@ -707,8 +723,7 @@ def ci_paired_difference(y_true, a, b, *, names=("accuracy", "recall", "specific
     rechosen = choose_cutoff_a is not None or choose_cutoff_b is not None
     if method == "newcombe_delong":
         if not rechosen:
-            right_a = np.r_[raters[0].c_pos == 1, raters[0].c_neg == 0]  # GBMs first, then METs
-            right_b = np.r_[raters[1].c_pos == 1, raters[1].c_neg == 0]
+            right_a, right_b = raters[0].right(), raters[1].right()  # GBMs first, then METs
             on = {"accuracy": slice(None), "recall": slice(0, len(pos)), "specificity": slice(len(pos), None)}
             for name in names:
                 if name in PAIRED_PROPORTION_METRICS:
@@ -728,6 +743,18 @@ def ci_paired_difference(y_true, a, b, *, names=("accuracy", "recall", "specific
         cis = _stratified_bootstrap(len(pos), len(neg), values, rest, boot, n_resamples, level, seed)
         out.update({k: DiffInterval(iv.estimate, iv.low, iv.high, iv.n_resamples, iv.n_degenerate, iv.method)
                     for k, iv in cis.items()})
+        # a proportion difference whose bootstrap interval has zero width (every resample gives the
+        # same difference: a few patients, a rater always right) gets Newcombe's interval of the
+        # full-sample calls instead, as a single proportion gets Wilson's (default method only)
+        for name in rest if method == "newcombe_delong" else ():
+            iv = out[name]
+            if name in PAIRED_PROPORTION_METRICS and iv.low == iv.high:
+                ra, rb = raters[0].right(), raters[1].right()
+                part = {"accuracy": slice(None), "recall": slice(0, len(pos)), "specificity": slice(len(pos), None)}[name]
+                ra, rb = ra[part], rb[part]
+                table = [[(ra & rb).sum(), (ra & ~rb).sum()], [(~ra & rb).sum(), (~ra & ~rb).sum()]]
+                d, low, high = newcombe_paired_ci(table, level)
+                out[name] = DiffInterval(iv.diff, low, high, iv.n_resamples, iv.n_degenerate, CI_NEWCOMBE)
     return {name: out[name] for name in names}
 
 

@@ -508,3 +508,20 @@ def test_paired_difference_default_with_a_rechosen_cutoff_bootstraps_the_proport
     bca = ci_paired_difference(y, (None, score), (call_b, None), choose_cutoff_a=youden_cutoff, n_resamples=200,
                                method="BCa", names=("accuracy",))
     assert d["accuracy"] == bca["accuracy"]
+
+
+def test_a_zero_width_bootstrap_difference_falls_back_to_newcombe():
+    # 3 GBMs and 3 METs; the model's re-chosen cutoff separates them perfectly in every resample,
+    # the reader is always right too: every resample's sensitivity difference is 0
+    y = np.array([1, 1, 1, 0, 0, 0])
+    score = np.array([0.9, 0.8, 0.7, 0.3, 0.2, 0.1])
+    d = ci_paired_difference(y, (None, score), (y, None), names=("recall",), n_resamples=200,
+                             choose_cutoff_a=youden_cutoff)["recall"]
+    assert d.method == "newcombe" and d.diff == 0 and d.low < 0 < d.high
+
+
+def test_delong_test_without_variance_gives_no_p_value_rather_than_zero():
+    y = np.array([1, 1, 0, 0])
+    with pytest.warns(RuntimeWarning, match="too few to test"):
+        t = delong_roc_test(y, [0.9, 0.8, 0.2, 0.1], [0.1, 0.2, 0.8, 0.9])
+    assert t.diff == 1.0 and np.isnan(t.p) and np.isnan(t.ci_low)

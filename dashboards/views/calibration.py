@@ -23,6 +23,15 @@ SUMMARY_HELP = {
     "calibration_slope": "1 when P(GBM) is as spread as it should be; below 1, too extreme; above 1, too timid.",
 }
 
+
+def three(value: float | None) -> str:
+    """Three decimals; empty for none; no "-0.000" for a value that rounds to zero from below."""
+    if value is None or pd.isna(value):
+        return ""
+    text = f"{value:.3f}"
+    return "0.000" if text == "-0.000" else text
+
+
 ctx = common.context()
 st.title("Calibration")
 common.require(ctx, run=True, evaluated=True)
@@ -53,8 +62,7 @@ for cohort in shown:
     cols = st.columns(len(SUMMARY) + 1)
     for k, (metric, label) in enumerate(SUMMARY.items()):
         value = rows["value"].get(metric)
-        cols[k].metric(f"{label}, {name}", "" if value is None or pd.isna(value) else f"{value:.3f}",
-                       help=SUMMARY_HELP[metric])
+        cols[k].metric(f"{label}, {name}", three(value), help=SUMMARY_HELP[metric])
     if len(rows):
         cols[-1].caption(f"{name}: {int(rows['n'].iloc[0])} patients, {int(rows['n_gbm'].iloc[0])} GBM")
 if summary["value"].isna().any():

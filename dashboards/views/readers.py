@@ -14,8 +14,9 @@ HEADINGS = {"recall": "sensitivity", "precision": "PPV", "auc": "AUC", "f1": "F1
             C.AUC_CONFIDENCE: "AUC (confidence)"}
 ITD_METRICS = tuple(m + C.ITD_SUFFIX for m in ("accuracy", "recall", "specificity"))
 DIFFERENCES_NOTE = (
-    "a - b on the patients both rated; 95 % CI: paired stratified bootstrap (the same resampled patients "
-    "for both; DeLong for AUC from confidence), whatever CI is chosen above. p: McNemar on all patients "
+    "a - b on the patients both rated; 95 % CI (the CI column says which, whatever is chosen above): "
+    "Newcombe's score interval for paired proportions, DeLong for AUC, the paired BCa bootstrap where the "
+    "paper's cutoff is re-chosen in each resample (internal test). p: McNemar on all patients "
     "(accuracy), on GBMs (sensitivity), on METs (specificity); DeLong for AUC. Holm p: adjusted over every "
     "difference of the cohort (the family). ★ the primary comparison, named in the evaluation's settings "
     "before looking: its unadjusted p stands on its own. **A CI that includes 0 is not evidence of "

@@ -198,7 +198,8 @@ def test_calibration_draws_the_lakes_curves_and_summary(dash_lake, monkeypatch):
               "calibration_slope": "Calibration slope"}
     assert len(summary) == 6
     for r in summary.itertuples():
-        assert metric_value(at, f"{labels[r.metric]}, {NAMES[r.cohort]}") == ("" if r.value != r.value else f"{r.value:.3f}")
+        text = "" if r.value != r.value else f"{r.value:.3f}".replace("-0.000", "0.000")
+        assert metric_value(at, f"{labels[r.metric]}, {NAMES[r.cohort]}") == text
     reliability, decision = chart_data(at)
     rel = points[points.curve == "reliability"]
     drawn = reliability[reliability.get("curve", pd.Series(dtype=str)) == "reliability"]
