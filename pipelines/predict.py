@@ -5,6 +5,11 @@ lake's patients were processed with (``preprocess_runs.params``), the run's back
 models, the ensemble's majority vote per slice, the predictive index, the call at each of the
 run's cutoffs (from its evaluation), per-slice probabilities per fold, and Grad-CAM overlays as
 PNG files. Nothing is written to the lake.
+
+The registration QC rule of ``gbmmet preprocess`` (``gbmmet.preprocess.qc``) is applied to the
+patient against the lake's patients preprocessed with the same parameters (every site: the new
+patient's site is not known) and returned with the prediction, so a CE-T1 from another patient
+is reported before the call.
 """
 
 from __future__ import annotations
@@ -36,6 +41,18 @@ class Prediction:
     slice_vote: np.ndarray  # the ensemble's call per slice (True: GBM)
     overlays: list[str] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=dict)
+    registration_qc: object = None  # gbmmet.preprocess.qc.RegistrationQC
+
+
+def registration_check(lake, params, metric: float):
+    """The registration QC rule (``gbmmet.preprocess.qc``) for a new patient's final Mattes value
+    ``metric`` against the lake's ok patients preprocessed with ``params`` (every site)."""
+    from gbmmet.preprocess import qc
+
+    cols = [C.COL_PATIENT_ID, C.COL_SITE, "attempt_id", "status", "params_hash", "registration_metric",
+            "registration_suspect"]
+    latest = qc.latest_ok_runs(lake.read(C.TABLE_PREPROCESS_RUNS, columns=cols).to_pylist(), params.hash())
+    return qc.registration_qc(metric, (), qc.cohort_values(latest.values()))
 
 
 def _lake_params(lake):
@@ -75,6 +92,7 @@ def run_predict(t1c: str, t2: str, roi: str, *, lake_root: str = "lake", run: st
 
     sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(threads or os.cpu_count() or 1)
     out_p = preprocess_patient(t1c, t2, roi, params, patient_id="new patient")
+    qc = registration_check(lake, params, out_p.registration_metric)
     sec["preprocess"] = time.perf_counter() - t
     t = time.perf_counter()
 
@@ -86,7 +104,7 @@ def run_predict(t1c: str, t2: str, roi: str, *, lake_root: str = "lake", run: st
     index = float(vote.mean())
     pred = Prediction(rec["run_id"], ensemble.info.id, len(vote), index, float(mean_p.mean()), cutoffs,
                       {k: (C.GBM if index >= v else C.MET) for k, v in cutoffs.items()}, probs,
-                      [b.slice_index for b in out_p.boxes], vote, seconds=sec)
+                      [b.slice_index for b in out_p.boxes], vote, seconds=sec, registration_qc=qc)
     if cam and out is not None:
         t = time.perf_counter()
         from PIL import Image

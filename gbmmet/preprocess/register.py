@@ -17,7 +17,7 @@ from gbmmet.errors import RegistrationError
 @dataclass(frozen=True)
 class RegistrationResult:
     transform: sitk.Euler3DTransform  # maps T2 (fixed) points to CE-T1 (moving) points
-    metric: float  # final Mattes MI (more negative = better)
+    metric: float  # final Mattes MI (more negative = better); the QC rule compares it with the cohort (qc.py)
     iterations: int
     stop: str
 

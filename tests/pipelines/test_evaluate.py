@@ -238,13 +238,13 @@ def test_class_activation_maps_are_stored_for_test_and_external_slices(trained_l
     assert maps.max(axis=(1, 2)).min() >= 230  # each map is scaled to its own maximum (then halved: bilinear)
 
 
-def test_predict_one_real_patient_with_the_lakes_run(trained_lake, tmp_path, capsys):
+def test_predict_one_real_patient_with_the_lakes_run(evaluated_lake, tmp_path, capsys):
     from tests.conftest import SHARED
 
     case = SHARED / "data" / "brats2018" / "Brats18_2013_3_1"
     if not case.is_dir():
         pytest.skip(f"real cases not found at {case}")
-    lake_dir, _ = trained_lake
+    lake_dir, _, _ = evaluated_lake
     out = tmp_path / "cams"
     code = main(["predict", "--t1c", str(case / "Brats18_2013_3_1_t1ce.nii.gz"), "--t2", str(case / "Brats18_2013_3_1_t2.nii.gz"),
                  "--roi", str(case / "Brats18_2013_3_1_seg.nii.gz"), "--lake", str(lake_dir), "--out", str(out)])

@@ -141,13 +141,23 @@ def _bad_cohort(tiny_cohort: Path, root: Path, rng) -> Path:
     src = site / "images" / good[0]["patient_id"]
     rows = [dict(r, site="siteX") for r in good]
 
+    def own_copy(role, folder, pid):
+        """The good patient's file with this patient's header description: the same image bytes
+        under two ids of one site are refused before any patient runs."""
+        import nibabel as nib
+
+        img = nib.load(str(src / f"{role}.nii.gz"))
+        img.header["descrip"] = pid.encode()
+        nib.save(img, str(folder / f"{role}.nii.gz"))
+        return folder / f"{role}.nii.gz"
+
     def add(pid, **paths):
         folder = site / "bad" / pid
         folder.mkdir(parents=True)
         files = {}
         for role in ("t1c", "t2", "roi"):
             made = paths.get(role)
-            files[role] = made(folder) if made else str(src / f"{role}.nii.gz")
+            files[role] = made(folder) if made else own_copy(role, folder, pid)
         rows.append(dict(good[0], patient_id=pid, site="siteX", t1c_path=str(files["t1c"]),
                          t2_path=str(files["t2"]), roi_path=str(files["roi"])))
 
