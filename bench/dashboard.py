@@ -26,7 +26,8 @@ import time
 from _common import ROOT, save
 
 PAGES = (  # (file, url path, the element that says the page is drawn)
-    ("overview.py", "", '[data-testid="stMetric"]'),
+    ("summary.py", "", '[data-testid="stGraphVizChart"] svg'),  # the default page
+    ("overview.py", "overview", '[data-testid="stMetric"]'),
     ("readers.py", "readers", ".vega-embed canvas, .vega-embed svg"),
     ("roc.py", "roc", ".vega-embed canvas, .vega-embed svg"),
     ("calibration.py", "calibration", ".vega-embed canvas, .vega-embed svg"),

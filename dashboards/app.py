@@ -17,12 +17,15 @@ import streamlit as st
 if __package__ in (None, ""):  # launched as a script by `streamlit run`: make the project importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from dashboards import common, data  # noqa: E402
-from gbmmet import constants as C  # noqa: E402
+from dashboards import common, data, names  # noqa: E402
 from storage.lake import Lake  # noqa: E402
 
 VIEWS = Path(__file__).resolve().parent / "views"
+# Material icons are drawn in the sidebar from the font Streamlit serves itself; the browser tab's
+# icon is ``common.page_icon()`` (set after st.navigation, which would otherwise make the page's
+# Material icon the tab's icon, fetched from Google's font server: nothing may leave the host).
 PAGES = (
+    ("summary.py", "Summary", ":material/summarize:"),  # first: the default page
     ("overview.py", "Overview", ":material/dashboard:"),
     ("readers.py", "Model vs readers", ":material/groups:"),
     ("roc.py", "ROC", ":material/show_chart:"),
@@ -31,7 +34,7 @@ PAGES = (
     ("patient.py", "Patient viewer", ":material/image_search:"),
     ("training.py", "Training", ":material/model_training:"),
 )
-COHORT_CHOICES = (C.TEST, C.EXTERNAL, C.VAL)
+COHORT_CHOICES = names.COHORT_ORDER
 
 
 def sidebar() -> common.Context:
@@ -60,18 +63,24 @@ def sidebar() -> common.Context:
                                help="A finished training run; its evaluation is what the pages show.")
     if run is not None and run != st.query_params.get("run"):
         st.query_params["run"] = run  # the address bar now names the run: a link others can open
-    cohorts = st.sidebar.multiselect("Cohorts", COHORT_CHOICES, default=[C.TEST, C.EXTERNAL],
-                                     format_func=data.cohort_name)
-    sites = st.sidebar.multiselect("Sites", all_sites, default=list(all_sites))
+    # the choices live in session state (not a widget default) so a page's "show it" button can extend them
+    st.session_state[common.COHORTS_KEY] = [c for c in st.session_state.get(common.COHORTS_KEY, common.DEFAULT_COHORTS)
+                                            if c in COHORT_CHOICES]
+    st.session_state[common.SITES_KEY] = [s for s in st.session_state.get(common.SITES_KEY, all_sites) if s in all_sites]
+    cohorts = st.sidebar.multiselect("Cohorts", COHORT_CHOICES, key=common.COHORTS_KEY, format_func=names.cohort_name)
+    sites = st.sidebar.multiselect("Sites", all_sites, key=common.SITES_KEY)
+    common.glossary()
     st.sidebar.caption(f"lake: `{lake}` · state `{src.stamp[:8]}`")
     return common.Context(lake, src, run, requested, run_ids, bool(run and evaluated.get(run)),
                           tuple(c for c in COHORT_CHOICES if c in cohorts), tuple(sorted(sites)), len(pats))
 
 
 def main() -> None:
-    st.set_page_config(page_title="gbmmet", page_icon=":material/neurology:", layout="wide")
+    st.set_page_config(page_title="gbmmet", page_icon=common.page_icon(), layout="wide")
     pages = [st.Page(VIEWS / f, title=t, icon=i, default=(k == 0)) for k, (f, t, i) in enumerate(PAGES)]
     page = st.navigation(pages)
+    st.set_page_config(page_icon=common.page_icon())  # the tab's icon, never the page's Material icon
+    common.contrast()
     st.session_state[common.CTX_KEY] = sidebar()
     page.run()
 

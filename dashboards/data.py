@@ -17,15 +17,11 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
+from dashboards import names
+from dashboards.names import COHORT_NAMES, cohort_name  # noqa: F401  (the names live in ``names``)
 from gbmmet import constants as C
 from storage import catalog, queries
 from storage.lake import Lake
-
-COHORT_NAMES = {C.TEST: "internal test", C.EXTERNAL: "external", C.VAL: "validation", C.TRAIN: "training (out-of-fold)"}
-
-
-def cohort_name(cohort: str) -> str:
-    return COHORT_NAMES.get(cohort, cohort)
 
 
 @st.cache_data(ttl=5, show_spinner=False, max_entries=8)
@@ -77,12 +73,13 @@ def patients(src: Source) -> pd.DataFrame:
 
 @st.cache_data(show_spinner=False, max_entries=16, hash_funcs={Source: _key})
 def counts(src: Source, sites: tuple[str, ...]) -> pd.DataFrame:
-    """Patients and slices per site, split and label."""
+    """Patients and slices per split (in the one cohort order), site and label."""
     return _df(src.uri, src.stamp, """
         select site, split, label,
                count(*) as patients, coalesce(sum(n_slices), 0)::bigint as slices
         from patients where list_contains(?, site)
-        group by all order by site, split, label""", [list(sites)])
+        group by site, split, label order by list_position(?, split), site, label""",
+               [list(sites), list(names.ALL_COHORTS)])
 
 
 @st.cache_data(show_spinner=False, max_entries=16, hash_funcs={Source: _key})
@@ -128,13 +125,23 @@ def run_records(src: Source, run: str) -> dict[str, dict]:
 @st.cache_data(show_spinner=False, max_entries=32, hash_funcs={Source: _key})
 def metric_table(src: Source, run: str, ci_method: str, auc_ci: str, cohorts: tuple[str, ...],
                  subgroup: str | None, metrics: tuple[str, ...]) -> pd.DataFrame:
-    """``storage.queries.metric_rows`` as a frame (one row per cohort, subgroup, rater, metric)."""
+    """``storage.queries.metric_rows`` as a frame (one row per cohort, subgroup, rater, metric), each
+    rater named by ``names.rater_name``, in the one cohort order."""
     with _QUERY_LOCK:
         rows = queries.metric_rows(_connection(src.uri, src.stamp), run, ci_method=ci_method, auc_ci=auc_ci,
                                    cohorts=cohorts, subgroup=subgroup, metrics=metrics)
     cols = ["cohort", "subgroup", "who", "rater", "assisted", "cutoff_kind", "metric", "value", "ci_low",
             "ci_high", "ci_method", "ci_choice", "n", "n_gbm", "tp", "fp", "tn", "fn"]
-    return pd.DataFrame(rows, columns=cols)
+    df = pd.DataFrame(rows, columns=cols)
+    df["who"] = [names.rater_name(r, a if isinstance(a, bool) else None, k)
+                 for r, a, k in zip(df["rater"], df["assisted"], df["cutoff_kind"], strict=True)]
+    # in the cohort order; within a subgroup the model at the validation cutoff first (the honest
+    # operating point), then at the paper's, then the readers as the query ordered them
+    who_rank = np.where(df["rater"] == names.MODEL,
+                        df["cutoff_kind"].map({k: i for i, k in enumerate(names.CUTOFF_ORDER)}).fillna(0), 9)
+    sub_rank = df["subgroup"].map({s: i for i, s in enumerate(dict.fromkeys(df["subgroup"]))})
+    keys = (np.arange(len(df)), who_rank, sub_rank.to_numpy(), df["cohort"].map(names.cohort_rank).to_numpy())
+    return df.iloc[np.lexsort(keys)].reset_index(drop=True)
 
 
 def _rows(src: Source, query, *args, columns: list[str]) -> pd.DataFrame:
@@ -150,14 +157,16 @@ DIFFERENCE_COLUMNS = ["cohort", "kind", "a", "b", "metric", "n", "n_gbm", "estim
 
 @st.cache_data(show_spinner=False, max_entries=16, hash_funcs={Source: _key})
 def differences(src: Source, run: str, cohorts: tuple[str, ...]) -> pd.DataFrame:
-    """``storage.queries.difference_rows``: paired differences a - b with their CIs, p and Holm p."""
-    return _rows(src, queries.difference_rows, run, cohorts, columns=DIFFERENCE_COLUMNS)
+    """``storage.queries.difference_rows``: paired differences a - b with their CIs, p and Holm p,
+    in the cohort order."""
+    return names.by_cohort(_rows(src, queries.difference_rows, run, cohorts, columns=DIFFERENCE_COLUMNS))
 
 
 @st.cache_data(show_spinner=False, max_entries=16, hash_funcs={Source: _key})
 def patient_flow(src: Source, run: str) -> pd.DataFrame:
-    """``storage.queries.flow_rows``: patients per cohort, site, stage and detail (STARD)."""
-    return _rows(src, queries.flow_rows, run, columns=["cohort", "site", "stage", "detail", "n"])
+    """``storage.queries.flow_rows``: patients per cohort, site, stage and detail (STARD), in the
+    cohort order (training last)."""
+    return names.by_cohort(_rows(src, queries.flow_rows, run, columns=["cohort", "site", "stage", "detail", "n"]))
 
 
 @st.cache_data(show_spinner=False, max_entries=16, hash_funcs={Source: _key})
@@ -187,8 +196,9 @@ def patient_predictions(src: Source, run: str, cohorts: tuple[str, ...], sites: 
         from patient_predictions
         where run_id = ? and list_contains(?, split) and list_contains(?, site)
         group by patient_id, site, split, label, n_slices, predictive_index, soft_index
-        order by cohort = 'external', cohort, site, patient_id""",
-               [C.CUTOFF_PAPER, C.CUTOFF_PAPER, C.CUTOFF_VAL, C.CUTOFF_VAL, run, list(cohorts), list(sites)])
+        order by list_position(?, cohort), site, patient_id""",
+               [C.CUTOFF_PAPER, C.CUTOFF_PAPER, C.CUTOFF_VAL, C.CUTOFF_VAL, run, list(cohorts), list(sites),
+                list(names.ALL_COHORTS)])
 
 
 @st.cache_data(show_spinner=False, max_entries=16, hash_funcs={Source: _key})
@@ -261,3 +271,24 @@ def fold_sizes(src: Source, run: str, sites: tuple[str, ...]) -> pd.DataFrame:
         from folds f join patients p using (patient_id)
         where f.run_id = ? and list_contains(?, p.site)
         group by all order by f.fold, label""", [run, list(sites)])
+
+
+# -- summary and the printable report ---------------------------------------------------------
+@st.cache_data(show_spinner=False, max_entries=16, hash_funcs={Source: _key})
+def report_data(src: Source, run: str, ci: str):
+    """What the Summary page and the PDF report show (``storage.report.collect``): per
+    cohort the model at the validation cutoff and the readers, the comparisons with their
+    verdicts and sentence, the headline table, ROC inputs, calibration, flow and the run record."""
+    from storage.report import collect
+
+    with _QUERY_LOCK:
+        return collect(_connection(src.uri, src.stamp), run, ci)
+
+
+@st.cache_data(show_spinner=False, max_entries=4, hash_funcs={Source: _key})
+def report_pdf(src: Source, run: str, ci: str) -> bytes:
+    """The report as PDF bytes: ``storage.report.render`` of ``report_data``, the function
+    ``gbmmet report`` uses. Typeset outside the query lock (about a second)."""
+    from storage.report import render
+
+    return render(report_data(src, run, ci))

@@ -33,6 +33,9 @@ Choices, each stated once here:
   flagged and keeps its unadjusted p.
 - **Intention to diagnose**: a patient in the manifest whom the system could not process counts
   as wrong (a GBM as a false negative, a MET as a false positive).
+- **Verdicts** (``verdict``): a paired difference a - b is read against the non-inferiority margin
+  the settings state (``EvaluationSettings.margin``, default 0.10): superior, non-inferior,
+  inferior or inconclusive from where its confidence interval lies, never from a p value.
 """
 
 from __future__ import annotations
@@ -51,6 +54,7 @@ from gbmmet import stats
 # settings
 # ---------------------------------------------------------------------------------------------
 MODEL_AT = C.MODEL_RATER + "@"  # rater key of the model at a cutoff: model@<cutoff kind>
+DEFAULT_MARGIN = 0.10  # the non-inferiority margin of EvaluationSettings (why: see there)
 
 
 @dataclass(frozen=True)
@@ -74,6 +78,13 @@ class EvaluationSettings:
     reliability_bins: int = 5
     decision_thresholds: tuple[float, ...] = tuple(round(0.05 * k, 2) for k in range(1, 20))
     calibration_c: float = 1.0  # L2 penalty of the index -> probability fit (IndexCalibrator)
+    # Non-inferiority margin on the difference scale (a - b), for ``verdict``: 0.10 = 10 percentage
+    # points of sensitivity, specificity or accuracy (0.10 of AUC). A default, not a clinical
+    # judgement: 10 points is a margin often used for the accuracy of a diagnostic test against
+    # readers; how to justify one, before the data are seen and conservatively: Ahn, Park & Lee,
+    # "How to demonstrate similarity by using noninferiority and equivalence statistical testing in
+    # radiology research", Radiology 2013;267(2):328-338. Set your own with ``--margin``.
+    margin: float = DEFAULT_MARGIN
 
     def __post_init__(self):
         if self.n_resamples < 100:
@@ -83,6 +94,8 @@ class EvaluationSettings:
         unknown = set(self.ci_methods) - set(C.CI_METHODS)
         if unknown:
             raise ValueError(f"The 'ci_methods' parameter must hold {list(C.CI_METHODS)}. Got {sorted(unknown)} instead.")
+        if not 0 < self.margin < 1:
+            raise ValueError(f"The 'margin' parameter must be in (0, 1). Got {self.margin} instead.")
         if self.primary.metric not in C.DIFFERENCE_METRICS:
             raise ValueError(f"The primary comparison's metric must be one of {list(C.DIFFERENCE_METRICS)}. "
                              f"Got {self.primary.metric!r} instead.")
@@ -409,6 +422,53 @@ def adjust_family(rows: list[dict], primary: PrimaryComparison) -> list[dict]:
         r["family_size"] = family
         r["is_primary"] = (r["a"] == primary.a and r["b"] == primary.b and r["metric"] == primary.metric)
     return rows
+
+
+# ---------------------------------------------------------------------------------------------
+# verdicts against the non-inferiority margin
+# ---------------------------------------------------------------------------------------------
+SUPERIOR = "superior"
+NON_INFERIOR = "non-inferior"
+INCONCLUSIVE = "inconclusive"
+INFERIOR = "inferior"
+VERDICTS = (SUPERIOR, NON_INFERIOR, INCONCLUSIVE, INFERIOR)
+
+
+def verdict(diff_low: float | None, diff_high: float | None, margin: float) -> str:
+    """What a paired difference a - b (higher is better for a) shows, from its confidence
+    interval ``[diff_low, diff_high]`` and the non-inferiority margin ``margin`` (> 0):
+
+    - ``"superior"``: the lower bound is above 0 (a is better; this implies non-inferior);
+    - ``"non-inferior"``: the lower bound is above ``-margin`` (a is at worst ``margin`` worse);
+    - ``"inferior"``: the upper bound is below ``-margin`` (a is worse by more than the margin);
+    - ``"inconclusive"``: otherwise (the interval reaches below ``-margin`` and above it); also
+      where a bound is missing (None or NaN: no interval, no conclusion) and where the interval has
+      zero width (``diff_low == diff_high``: no measure of uncertainty, e.g. DeLong's variance is 0
+      where two raters' scores agree on every patient, which a few patients make likely).
+
+    Checked in that order. A bound equal to a limit does not pass it (the lower bound must be
+    strictly above; the upper strictly below). With a two-sided 95 % interval the non-inferiority
+    rule is a one-sided test at 2.5 %. Never "equivalent", and never from a p value: a difference
+    whose interval includes 0 is not shown to be small.
+
+    Raises:
+        ValueError: ``margin`` not > 0, or ``diff_low`` above ``diff_high``.
+    """
+    if not margin > 0:
+        raise ValueError(f"The 'margin' parameter of verdict must be > 0. Got {margin} instead.")
+    if diff_low is None or diff_high is None or diff_low != diff_low or diff_high != diff_high:
+        return INCONCLUSIVE
+    if diff_low > diff_high:
+        raise ValueError(f"The interval of verdict must have diff_low <= diff_high. Got {diff_low} > {diff_high} instead.")
+    if diff_low == diff_high:
+        return INCONCLUSIVE
+    if diff_low > 0:
+        return SUPERIOR
+    if diff_low > -margin:
+        return NON_INFERIOR
+    if diff_high < -margin:
+        return INFERIOR
+    return INCONCLUSIVE
 
 
 # ---------------------------------------------------------------------------------------------

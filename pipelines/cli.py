@@ -24,6 +24,9 @@ app = typer.Typer(
 
 #: Exit code of a user error (bad option value, unusable input): nothing was done.
 EXIT_USAGE = 2
+#: Exit code of a run stopped by Ctrl-C (SIGINT), as shells report it (128 + 2).
+EXIT_INTERRUPTED = 130
+RESUME_HINT = "re-run the same command to resume"
 
 # Options shared by `evaluate` and `run`, declared once.
 ResamplesOpt = Annotated[int, typer.Option(help="Resamples per confidence interval (the paper: 1000).")]
@@ -33,10 +36,15 @@ CiOpt = Annotated[str, typer.Option(help="CI shown in the printed table: bootstr
 PrimaryOpt = Annotated[str, typer.Option(help="The primary comparison, reported unadjusted beside its Holm-adjusted "
                                               "p: A,B,METRIC with A and B raters (model@<cutoff kind>, reader1, "
                                               "reader1+assisted) and METRIC accuracy, recall, specificity or auc.")]
+MarginOpt = Annotated[float, typer.Option(help="Non-inferiority margin of the paired differences (0.10 = 10 "
+                                               "percentage points): a comparison is non-inferior where its 95 % CI's "
+                                               "lower bound is above -margin (the Summary page, gbmmet report). "
+                                               "Recorded with the evaluation.")]
 DEFAULT_PRIMARY = "model@val_youden_ensemble,reader1,accuracy"
+DEFAULT_MARGIN = 0.10  # gbmmet.evaluation.DEFAULT_MARGIN (a test holds them equal): not imported, for a fast --help
 
 
-def _settings(resamples: int, seed: int, primary: str):
+def _settings(resamples: int, seed: int, primary: str, margin: float | None = None):
     """The evaluation's settings from the command line (a clear error for a bad value)."""
     from gbmmet.errors import ConfigError
     from gbmmet.evaluation import EvaluationSettings, PrimaryComparison
@@ -45,20 +53,29 @@ def _settings(resamples: int, seed: int, primary: str):
     if len(parts) != 3:
         raise ConfigError(f"--primary must be A,B,METRIC (e.g. {DEFAULT_PRIMARY}); got {primary!r}")
     try:
-        return EvaluationSettings(n_resamples=resamples, seed=seed, primary=PrimaryComparison(*parts))
+        extra = {} if margin is None else {"margin": margin}
+        return EvaluationSettings(n_resamples=resamples, seed=seed, primary=PrimaryComparison(*parts), **extra)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
 
 
 def _user_errors(fn):
-    """Print gbmmet's own errors as one clear line (no traceback) and exit with code 2."""
+    """Print gbmmet's own errors as one clear line (no traceback) and exit with code 2; a job that
+    failed after its retries exits with 1, one stopped by Ctrl-C with 130 (saying what finished)."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         from gbmmet.errors import GbmmetError, RunFailed
+        from pipelines.ray_runtime import Interrupted
 
         try:
             return fn(*args, **kwargs)
+        except Interrupted as exc:
+            typer.secho(f"interrupted: {exc}; {RESUME_HINT}", err=True, fg="red")
+            raise typer.Exit(EXIT_INTERRUPTED) from None
+        except KeyboardInterrupt:  # outside a batch of tasks: nothing was half done
+            typer.secho(f"interrupted (Ctrl-C); {RESUME_HINT}", err=True, fg="red")
+            raise typer.Exit(EXIT_INTERRUPTED) from None
         except RunFailed as exc:
             typer.secho(f"error: {exc}", err=True, fg="red")
             raise typer.Exit(1) from None
@@ -130,6 +147,22 @@ def preprocess(
     )
     for pid, reason in sorted(s.failed.items()):
         typer.secho(f"  failed {pid}: {reason}", err=True, fg="red")
+    if s.warnings:
+        from collections import Counter
+
+        kinds = Counter(w["kind"] for found in s.warnings.values() for w in found)
+        typer.secho(f"  {len(s.warnings)} patient(s) with warnings ("
+                    + ", ".join(f"{k} {n}" for k, n in sorted(kinds.items()))
+                    + "; recorded in preprocess_runs.warnings):", err=True, fg="yellow")
+        for pid, found in sorted(s.warnings.items()):
+            typer.secho(f"  warning {pid}: " + "; ".join(f"{w['kind']}: {w['message']}" for w in found),
+                        err=True, fg="yellow")
+    if s.suspect:
+        typer.secho(f"  registration suspect (flagged, kept; check the overlays): {', '.join(sorted(s.suspect))}",
+                    err=True, fg="yellow")
+    if s.qc_pending:
+        typer.echo(f"  registration QC not applied yet to {len(s.qc_pending)} patient(s): too few patients in "
+                   "the lake to compare with (judged on a later run)")
     typer.echo(f"  lake: {s.lake}" + (f"  catalog: {s.catalog}" if s.catalog else ""))
     if s.failed:
         raise typer.Exit(1)
@@ -204,6 +237,7 @@ def evaluate(
     seed: Annotated[int, typer.Option(help="Seed of the resampling.")] = 0,
     ci: CiOpt = "bootstrap_bca",
     primary: PrimaryOpt = DEFAULT_PRIMARY,
+    margin: MarginOpt = DEFAULT_MARGIN,
     force: Annotated[bool, typer.Option("--force", help="Evaluate again even where an evaluation of the same inputs exists.")] = False,
     cams: Annotated[bool, typer.Option("--cams/--no-cams", help="Grad-CAM of every test and external slice into the lake.")] = True,
     address: Annotated[str | None, typer.Option(help="Ray cluster address (default: RAY_ADDRESS, else a local Ray).")] = None,
@@ -212,7 +246,7 @@ def evaluate(
     CIs, readers, paired differences, calibration and patient flow into the lake; print the table."""
     from pipelines.evaluate import run_evaluate
 
-    settings = _settings(resamples, seed, primary)
+    settings = _settings(resamples, seed, primary, margin)
     s = run_evaluate(lake, run, settings=settings, address=address, force=force, cams=cams, echo=typer.echo)
     typer.echo(f"evaluate {s.run_id}: {s.patients} patients, {s.slices} slices scored; cutoffs "
                + ", ".join(f"{k} {v:.3f}" for k, v in s.cutoffs.items())
@@ -251,6 +285,7 @@ def run_cmd(
     resamples: ResamplesOpt = 1000,
     ci: CiOpt = "bootstrap_bca",
     primary: PrimaryOpt = DEFAULT_PRIMARY,
+    margin: MarginOpt = DEFAULT_MARGIN,
     address: Annotated[str | None, typer.Option(help="Ray cluster address (default: RAY_ADDRESS, else a local Ray).")] = None,
     workers: Annotated[int | None, typer.Option(help="CPUs of the local Ray (default: all).")] = None,
 ) -> None:
@@ -258,7 +293,7 @@ def run_cmd(
     paper's table. Re-running reuses what is done."""
     from pipelines.run import run_all
 
-    settings = _settings(resamples, seed, primary)
+    settings = _settings(resamples, seed, primary, margin)
     s = run_all(preset, lake=lake, data=data, epochs=epochs, seed=seed, backbone=backbone, weights=weights,
                 settings=settings, address=address, workers=workers, echo=typer.echo)
     typer.echo("")
@@ -285,6 +320,9 @@ def predict(
 
     p = run_predict(str(t1c), str(t2), str(roi), lake_root=lake, run=run, out=out, cam=cam)
     typer.echo(f"run {p.run_id} ({p.backbone_id}), {p.slice_probs.shape[0]} fold models, {p.n_slices} ROI slices")
+    if p.registration_qc is not None:
+        qc = p.registration_qc
+        typer.secho(qc.describe(), fg="yellow" if qc.suspect else None)
     typer.echo(f"predictive index (share of slices the ensemble calls GBM): {p.predictive_index:.3f}; "
                f"mean P(GBM) {p.soft_index:.3f}")
     if not p.cutoffs:
@@ -386,6 +424,23 @@ def version() -> None:
     from gbmmet import __version__
 
     typer.echo(__version__)
+
+
+@app.command()
+@_user_errors
+def report(
+    lake: Annotated[str, typer.Option(help="Lake folder or URI.")] = "lake",
+    run: Annotated[str | None, typer.Option(help="Evaluated run (default: the lake's latest evaluated run).")] = None,
+    out: Annotated[Path, typer.Option("--out", help="PDF file to write.")] = Path("report.pdf"),
+    ci: CiOpt = "bootstrap_bca",
+) -> None:
+    """Write the run's printable report (PDF): summary with verdicts, headline table, ROC,
+    calibration, patient flow, run record and versions; the Summary page's download is the same.
+    Reads the lake only."""
+    from storage.report import write_report
+
+    run_id, path, pages = write_report(lake, run, out, ci)
+    typer.echo(f"report {run_id}: {path} ({pages} pages)")
 
 
 def main(argv: list[str] | None = None) -> int:

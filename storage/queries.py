@@ -162,3 +162,37 @@ def calibration_summary(con: duckdb.DuckDBPyConnection, run: str,
     """, [run, list(cohorts), C.MODEL_RATER, list(CALIBRATION_METRICS), list(C.SPLITS), list(CALIBRATION_METRICS)])
     cols = [d[0] for d in res.description]
     return [dict(zip(cols, r, strict=True)) for r in res.fetchall()]
+
+
+def run_records(con: duckdb.DuckDBPyConnection, run: str) -> dict[str, dict]:
+    """Run ``run``'s ``runs`` records by kind (train, score, evaluate; the latest of each kind),
+    with their JSON fields (config, seeds, versions, fold_checkpoints, timings) decoded."""
+    import json
+
+    res = con.execute("select * from runs where run_id = ? order by finished_at nulls first", [run])
+    cols = [d[0] for d in res.description]
+    out: dict[str, dict] = {}
+    for values in res.fetchall():
+        rec = dict(zip(cols, values, strict=True))
+        for k in ("config", "seeds", "versions", "fold_checkpoints", "timings"):
+            if isinstance(rec.get(k), str):
+                try:
+                    rec[k] = json.loads(rec[k])
+                except ValueError:
+                    pass
+        out[rec["kind"]] = rec
+    return out
+
+
+def patient_index(con: duckdb.DuckDBPyConnection, run: str,
+                  cohorts: tuple[str, ...] = C.TEST_COHORTS) -> list[dict]:
+    """One row per evaluated patient of ``cohorts`` in run ``run``: cohort, patient_id, label and the
+    ensemble's predictive index (what the ROC is drawn from), internal before external."""
+    res = con.execute("""
+        select split as cohort, patient_id, label, any_value(predictive_index) as predictive_index
+        from patient_predictions where run_id = ? and list_contains(?, split)
+        group by split, patient_id, label
+        order by list_position(?, split), patient_id
+    """, [run, list(cohorts), list(C.SPLITS)])
+    cols = [d[0] for d in res.description]
+    return [dict(zip(cols, r, strict=True)) for r in res.fetchall()]

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pandas as pd
 import streamlit as st
 
-from dashboards import charts, common, data
+from dashboards import charts, common, data, names
 
 ctx = common.context()
 st.title("Overview")
@@ -22,11 +23,12 @@ c3.metric("Sites", len(ctx.sites))
 c4.metric("Preprocessing failures", len(failures),
           help="Patients whose latest preprocessing attempt failed; they are in no other table.")
 
-st.subheader("Patients and slices per site, split and diagnosis")
-wide = counts.pivot_table(index=["site", "split"], columns="label", values=["patients", "slices"],
-                          aggfunc="sum", fill_value=0)
+st.subheader("Patients and slices per cohort, site and diagnosis")
+wide = counts.pivot_table(index=["split", "site"], columns="label", values=["patients", "slices"],
+                          aggfunc="sum", fill_value=0, sort=False)
 wide.columns = [f"{what} {label}" for what, label in wide.columns]
-wide = wide.reset_index()
+wide = wide.reset_index().rename(columns={"split": "cohort"})
+wide["cohort"] = wide["cohort"].map(names.cohort_name)
 common.table(ctx, wide, "counts", download=counts)
 common.chart(ctx, charts.counts_bar(counts), "counts")
 
@@ -36,7 +38,10 @@ if failures.empty:
 else:
     st.caption("The latest attempt of each patient that failed, with the reason. Fix the input and re-run "
                "`gbmmet preprocess`: finished patients are kept, failed ones are retried.")
-    common.table(ctx, failures, "preprocessing-failures")
+    shown = failures.rename(columns={"patient_id": "patient", "error_kind": "what failed", "error_message": "reason",
+                                     "started_at": "attempted at"})
+    common.table(ctx, shown.assign(**{"what failed": shown["what failed"].str.replace("_", " ")}),
+                 "preprocessing-failures", download=failures)
 
 st.subheader("Run")
 if ctx.run is None:
@@ -62,9 +67,12 @@ facts = [
 ]
 if evaluation and isinstance(evaluation.get("timings"), dict):
     cut = evaluation["timings"].get("cutoffs", {})
-    facts += [(f"cutoff {k}", f"{v:.3f}") for k, v in cut.items()]
+    facts += [(names.cutoff_name(k), f"{cut[k]:.3f}") for k in names.CUTOFF_ORDER if k in cut]
 record = pd.DataFrame([(k, "" if v is None else str(v)) for k, v in facts], columns=["field", "value"])
-common.table(ctx, record, "run-record")
+# digests in groups of 8, so a narrow window wraps them rather than cutting them off (the CSV has them whole)
+shown = record.assign(value=[" ".join(v[i:i + 8] for i in range(0, len(v), 8)) if re.fullmatch(r"[0-9a-f]{24,}", v)
+                             else v for v in record["value"]])
+common.table(ctx, shown, "run-record", download=record)
 with st.expander("Full configuration and versions"):
     st.json({"config": train.get("config"), "versions": train.get("versions"),
              "evaluation": evaluation.get("config") if evaluation else None}, expanded=False)

@@ -1,5 +1,9 @@
 """Patient viewer: one patient's ROI slices (CE-T1, T2, the ROI, the ensemble's Grad-CAM), the
-folds' per-slice probabilities, the predictive index against both cutoffs, and the readers' calls."""
+folds' per-slice probabilities, the predictive index against both cutoffs, and every call on the
+patient (the model at each cutoff, the readers alone and with the model), right or wrong.
+
+``?patient=<pseudonym>`` opens a patient; one the sidebar's filters leave out, or that the run did
+not evaluate, or that is not in the lake, is said to be so (never silently replaced by another)."""
 
 from __future__ import annotations
 
@@ -10,10 +14,12 @@ import pandas as pd
 import streamlit as st
 from PIL import Image
 
-from dashboards import charts, common, data
+from dashboards import charts, common, data, names
 from gbmmet import constants as C
 from gbmmet import render
-from storage.queries import RATER_LABELS
+
+KEY = "patient-id"
+RIGHT, WRONG = ":blue-background[✓ right]", ":orange-background[✗ wrong]"  # colour-blind safe, and in words
 
 
 def panels(image: np.ndarray, box: tuple[int, int, int, int], cam: np.ndarray | None) -> list[np.ndarray]:
@@ -32,39 +38,101 @@ def png_bytes(rgbs: list[np.ndarray]) -> bytes:
     return buf.getvalue()
 
 
+def verdict(call, label: str) -> str:
+    if not isinstance(call, str) or not call:
+        return ""
+    return RIGHT if call == label else WRONG
+
+
+def calls_table(row: pd.Series, reads: pd.DataFrame) -> pd.DataFrame:
+    """Every call on the patient: the model at each cutoff (index against cutoff), each reader alone
+    and with the model; right or wrong against the diagnosis, in colour and in words."""
+    out = []
+    for kind in names.CUTOFF_ORDER:
+        col = "val" if kind == C.CUTOFF_VAL else "paper"
+        call, cutoff = row[f"call_{col}"], row[f"cutoff_{col}"]
+        sign = ">=" if row["predictive_index"] >= cutoff else "<"
+        out.append({"rater": names.model_name(kind), "call": call or "", "result": verdict(call, row["label"]),
+                    "how": f"index {row['predictive_index']:.3f} {sign} cutoff {cutoff:.3f}"})
+    for r in reads.itertuples(index=False):
+        how = f"confidence {r.confidence}" if pd.notna(r.confidence) else ""
+        source = "simulated" if str(r.source or "").startswith(C.READ_SOURCE_SIMULATED) else "imported"
+        out.append({"rater": names.rater_name(r.reader, bool(r.assisted), None), "call": r.call,
+                    "result": verdict(r.call, row["label"]), "how": ", ".join(p for p in (how, source) if p)})
+    return pd.DataFrame(out, columns=["rater", "call", "result", "how"])
+
+
+def explain_missing(ctx: common.Context, pid: str) -> None:
+    """Say why ``pid`` (from the address bar) is not among the patients shown, and offer to show it."""
+    every = data.patient_predictions(ctx.src, ctx.run, names.COHORT_ORDER,
+                                     tuple(sorted(data.patients(ctx.src)["site"].unique())))
+    hit = every[every["patient_id"] == pid]
+    if len(hit):
+        cohort, site = hit["cohort"].iloc[0], hit["site"].iloc[0]
+        left = [w for w, out in ((f"the {names.cohort_name(cohort)} cohort", cohort not in ctx.cohorts),
+                                 (f"site {site}", site not in ctx.sites)) if out]
+        c1, c2 = st.columns([5, 1], vertical_alignment="center")
+        c1.warning(f"Patient `{pid}` is in the {names.cohort_name(cohort)} cohort (site {site}), which the sidebar "
+                   f"filters out ({' and '.join(left)}).", icon=":material/filter_alt:")
+        c2.button("Show it", key="show-patient", on_click=common.show_in_sidebar,
+                  kwargs={"cohorts": (cohort,), "sites": (site,)})
+        return
+    known = data.patients(ctx.src)
+    known = known[known["patient_id"] == pid]
+    if len(known):
+        split, site = known["split"].iloc[0], known["site"].iloc[0]
+        st.warning(f"Patient `{pid}` ({names.cohort_name(split)} cohort, site {site}) has no evaluation in run "
+                   f"`{ctx.run}`: " + ("the model was trained on it." if split == C.TRAIN else
+                                      "it is not among the run's evaluated patients."), icon=":material/warning:")
+    else:
+        st.warning(f"There is no patient `{pid}` in this lake (ids are pseudonyms: copy one from the list below or "
+                   "from another page's link).", icon=":material/warning:")
+
+
 ctx = common.context()
 st.title("Patient viewer")
 common.require(ctx, run=True, evaluated=True)
-pats = common.evaluated_patients(ctx)
+pats = common.evaluated_patients(ctx, notes=False)
 
-labels = {r.patient_id: f"{r.patient_id} · {data.cohort_name(r.cohort)} · {r.label} · index {r.predictive_index:.2f}"
+labels = {r.patient_id: f"{r.patient_id} · {names.cohort_name(r.cohort)} · {r.label} · index {r.predictive_index:.2f}"
           for r in pats.itertuples(index=False)}
-requested = st.query_params.get("patient")
 ids = list(labels)
-pid = st.selectbox("Patient (pseudonymised id)", ids, index=ids.index(requested) if requested in labels else 0,
-                   format_func=labels.get, key="patient-id")
+requested = st.query_params.get("patient")
+if requested and requested not in labels:
+    explain_missing(ctx, requested)
+if st.session_state.get(KEY) not in labels:  # first visit, or the patient chosen before is filtered out now
+    st.session_state[KEY] = requested if requested in labels else (None if requested else ids[0])
+pid = st.selectbox("Patient (pseudonymised id)", ids, format_func=labels.get, key=KEY, placeholder="Choose a patient")
+if pid is None:
+    st.stop()
 if pid != requested:
-    st.query_params["patient"] = pid
+    st.query_params["patient"] = pid  # the user chose this patient: the address bar names it
 row = pats.set_index("patient_id").loc[pid]
 info = data.patients(ctx.src).set_index("patient_id").loc[pid]
 
-c = st.columns(6)
+c = st.columns(4)
 c[0].metric("Diagnosis", row["label"])
 c[1].metric("Predictive index", f"{row['predictive_index']:.3f}",
             help="Share of the patient's slices the ensemble's majority vote calls GBM.")
 c[2].metric("P(GBM)", "" if pd.isna(row["prob_gbm"]) else f"{row['prob_gbm']:.3f}",
             help="From the predictive index by a logistic fit on the validation patients (see Calibration).")
-c[3].metric("Call, validation cutoff", row["call_val"] or "", help=f"cutoff {row['cutoff_val']:.3f} "
-            "(Youden on the validation patients)")
-c[4].metric("Call, paper cutoff*", row["call_paper"] or "", help=f"cutoff {row['cutoff_paper']:.3f} "
-            "(Youden on the internal test: optimistic there)")
-c[5].metric("ROI slices", int(row["n_slices"]))
-facts = [f"site {info['site']}", f"cohort {data.cohort_name(row['cohort'])}"]
-facts += [f"{k} {info[k]}" for k in ("age", "sex", "location") if pd.notna(info[k]) and info[k] != ""]
+c[3].metric("ROI slices", int(row["n_slices"]))
+facts = [f"site {info['site']}", f"{names.cohort_name(row['cohort'])} cohort"]
+for key in ("age", "sex"):
+    if pd.notna(info[key]) and info[key] != "":
+        facts.append(f"{key} {info[key]}")
+if pd.notna(info["location"]) and info["location"]:
+    facts.append(names.location_name(info["location"]))
 if row["label"] == C.MET and pd.notna(info["primary_tumor"]) and info["primary_tumor"]:
-    facts.append(f"primary {info['primary_tumor']}")
+    facts.append(f"{names.primary_name(info['primary_tumor'])} primary")
 st.caption(" · ".join(facts))
-cut = {RATER_LABELS[C.CUTOFF_PAPER]: row["cutoff_paper"], RATER_LABELS[C.CUTOFF_VAL]: row["cutoff_val"]}
+
+reads = data.reads(ctx.src, ctx.run, (pid,))
+st.subheader("Calls")
+st.caption("The model calls GBM where the predictive index is at least the cutoff. Right or wrong against the "
+           f"diagnosis ({row['label']}).")
+common.table(ctx, calls_table(row, reads), f"{pid}-calls", download=reads.assign(label=row["label"]))
+cut = {names.cutoff_name(k): row["cutoff_val" if k == C.CUTOFF_VAL else "cutoff_paper"] for k in names.CUTOFF_ORDER}
 common.chart(ctx, charts.index_vs_cutoffs(float(row["predictive_index"]), cut), f"{pid}-index")
 
 slices = data.patient_slices(ctx.src, pid)
@@ -81,9 +149,13 @@ else:
     rgbs = panels(s["image"], (int(s["roi_i_min"]), int(s["roi_i_max"]), int(s["roi_j_min"]), int(s["roi_j_max"])),
                   cams.get(int(k)))
     captions = ["CE-T1 with the ROI's bounding rectangle", "T2"]
+    alts = [f"Contrast-enhanced T1 slice {k} of patient {pid}, the tumour's region of interest outlined",
+            f"T2 slice {k} of patient {pid}"]
     if len(rgbs) == 3:
         captions.append("Grad-CAM of the ensemble over CE-T1")
-    st.image(rgbs, caption=captions, width=260)
+        alts.append(f"Grad-CAM heat map of the ensemble over the CE-T1 slice {k} of patient {pid}: warm where the "
+                    "model looked")
+    st.image(rgbs, caption=captions, width=260, alt=alts)
     if len(rgbs) == 2:
         st.caption("No class activation map: evaluate stores them for internal test and external slices.")
     vote = p.loc["ensemble_vote", "vote"] if "ensemble_vote" in p.index else None
@@ -98,12 +170,6 @@ if probs.empty:
 else:
     common.chart(ctx, charts.slice_probs(probs), f"{pid}-slice-probs")
     wide = probs.pivot_table(index="slice_index", columns="model", values="prob_gbm").reset_index()
+    wide = wide.rename(columns={"slice_index": "slice", "ensemble_mean": "mean of the folds",
+                                "ensemble_vote": "share of folds voting GBM"})
     common.table(ctx, wide.round(4), f"{pid}-slice-probs", download=probs)
-
-st.subheader("Readers' calls")
-reads = data.reads(ctx.src, ctx.run, (pid,))
-if reads.empty:
-    st.caption("No reader read this patient.")
-else:
-    view = reads.assign(correct=reads["call"] == row["label"]).drop(columns=["patient_id"])
-    common.table(ctx, view, f"{pid}-reads")

@@ -1,58 +1,75 @@
-"""Model vs readers: the headline table with CIs and a forest plot; the paired differences (a - b,
-same patients) with their CIs, p and Holm-adjusted p, and a forest plot of them; the patient flow."""
+"""Model vs readers: the headline table with CIs and a forest plot; per-site rows where the site
+filter is set; the paired differences (a - b, same patients) with their CIs, p and Holm-adjusted p,
+and a forest plot of them; the patient flow."""
 
 from __future__ import annotations
 
 import pandas as pd
 import streamlit as st
 
-from dashboards import charts, common, data
+from dashboards import charts, common, compute, data, names
 from gbmmet import constants as C
-from storage.queries import CUTOFF_NOTE, difference_label, format_estimate, format_p
+from storage.queries import format_estimate, format_p
 
-HEADINGS = {"recall": "sensitivity", "precision": "PPV", "auc": "AUC", "f1": "F1",
-            C.AUC_CONFIDENCE: "AUC (confidence)"}
 ITD_METRICS = tuple(m + C.ITD_SUFFIX for m in ("accuracy", "recall", "specificity"))
 DIFFERENCES_NOTE = (
     "a - b on the patients both rated; 95 % CI (the CI column says which, whatever is chosen above): "
     "Newcombe's score interval for paired proportions, DeLong for AUC, the paired BCa bootstrap where the "
-    "paper's cutoff is re-chosen in each resample (internal test). p: McNemar on all patients "
+    "paper cutoff is re-chosen in each resample (internal test). p: McNemar on all patients "
     "(accuracy), on GBMs (sensitivity), on METs (specificity); DeLong for AUC. Holm p: adjusted over every "
-    "difference of the cohort (the family). ★ the primary comparison, named in the evaluation's settings "
-    "before looking: its unadjusted p stands on its own. **A CI that includes 0 is not evidence of "
+    "difference of the cohort (the family: {families}). ★ the primary comparison, named in the evaluation's "
+    "settings before looking: its unadjusted p stands on its own. **A CI that includes 0 is not evidence of "
     "equivalence**: it says the data cannot tell the two apart, not that they are alike.")
+SITE_RATES = ("accuracy", "sensitivity", "specificity", "PPV", "NPV")
 
 
 def wide_table(long: pd.DataFrame, metrics: tuple[str, ...]) -> pd.DataFrame:
-    """One row per cohort and rater, one column per metric: 'value (low to high)' and its marks."""
+    """One row per cohort and rater, one column per metric (its clinical name): 'value (low to
+    high)' and its marks."""
     rows: dict[tuple, dict] = {}
     for r in long.itertuples(index=False):
-        row = rows.setdefault((r.cohort, r.who), {"cohort": data.cohort_name(r.cohort), "rater": r.who, "n": r.n,
+        row = rows.setdefault((r.cohort, r.who), {"cohort": names.cohort_name(r.cohort), "rater": r.who, "n": r.n,
                                                   "GBM": r.n_gbm})
-        row[r.metric] = common.estimate_cell(r.value, r.ci_low, r.ci_high, r.ci_method, r.ci_choice)
-    cols = ["cohort", "rater", "n", "GBM", *[m for m in metrics if m in set(long["metric"])]]
+        row[names.metric_name(r.metric)] = common.estimate_cell(r.value, r.ci_low, r.ci_high, r.ci_method,
+                                                                r.ci_choice)
+    cols = ["cohort", "rater", "n", "GBM", *[names.metric_name(m) for m in metrics if m in set(long["metric"])]]
     return pd.DataFrame(list(rows.values()), columns=cols)
 
 
 def difference_view(diff: pd.DataFrame) -> pd.DataFrame:
-    """The differences as shown: raters by their labels, a - b with its CI, p and Holm p as text."""
+    """The differences as shown: the comparison (★ the primary one), a - b with its CI, p and
+    Holm p as text. How each was tested is ``test_view``."""
     return pd.DataFrame({
-        "cohort": diff["cohort"].map(data.cohort_name),
-        "primary": ["★" if p else "" for p in is_primary(diff)],
-        "a": diff["a"].map(difference_label),
-        "b": diff["b"].map(difference_label),
-        "metric": diff["metric"].map(lambda m: HEADINGS.get(m, m)),
+        "cohort": diff["cohort"].map(names.cohort_name),
+        "comparison": comparisons(diff),
+        "metric": diff["metric"].map(names.metric_name),
         "n": diff["n"],
-        "a, b": [f"{format_estimate(a)} vs {format_estimate(b)}" for a, b in
-                 zip(diff["estimate_a"], diff["estimate_b"], strict=True)],
+        "a vs b": [f"{format_estimate(a)} vs {format_estimate(b)}" for a, b in
+                   zip(diff["estimate_a"], diff["estimate_b"], strict=True)],
         "a - b (95% CI)": [format_estimate(d, lo, hi) for d, lo, hi in
                            zip(diff["diff"], diff["ci_low"], diff["ci_high"], strict=True)],
-        "CI": diff["ci_method"],
-        "test": diff["test"],
         "p": diff["p"].map(format_p),
         "Holm p": diff["p_holm"].map(format_p),
-        "family": diff["family_size"],
     })
+
+
+def test_view(diff: pd.DataFrame) -> pd.DataFrame:
+    """How each difference was tested: its CI's method, the test, and the test's note (what it
+    counted: the patients, the discordant pairs)."""
+    return pd.DataFrame({
+        "cohort": diff["cohort"].map(names.cohort_name),
+        "comparison": comparisons(diff),
+        "metric": diff["metric"].map(names.metric_name),
+        "CI": diff["ci_method"].map(names.ci_name),
+        "test": diff["test"].map(names.ci_name),
+        "what the test counted": diff["note"].fillna("").map(names.readable_note),
+    })
+
+
+def comparisons(diff: pd.DataFrame) -> list[str]:
+    """'a - b' by the raters' names, ★ before the primary comparison."""
+    return [("★ " if p else "") + f"{names.difference_name(a)} - {names.difference_name(b)}"
+            for p, a, b in zip(is_primary(diff), diff["a"], diff["b"], strict=True)]
 
 
 def is_primary(diff: pd.DataFrame) -> list[bool]:
@@ -62,7 +79,7 @@ def is_primary(diff: pd.DataFrame) -> list[bool]:
 def flow_view(flow: pd.DataFrame) -> pd.DataFrame:
     """One row per cohort and site, one column per stage (failures by kind, reads by reader)."""
     long = flow.assign(step=[flow_step(s, d) for s, d in zip(flow["stage"], flow["detail"], strict=True)],
-                       cohort=flow["cohort"].map(lambda c: "training" if c == C.TRAIN else data.cohort_name(c)))
+                       cohort=flow["cohort"].map(names.cohort_name))
     order = list(dict.fromkeys(long["step"]))
     wide = long.pivot_table(index=["cohort", "site"], columns="step", values="n", aggfunc="sum", fill_value=0,
                             sort=False)
@@ -77,13 +94,23 @@ def flow_step(stage: str, detail: str | None) -> str:
     return f"{stage}: {detail}" if isinstance(detail, str) and detail else stage
 
 
+def site_view(rows: pd.DataFrame) -> pd.DataFrame:
+    """``compute.site_rows`` as shown: each rate 'value (low to high)', Wilson's interval."""
+    out = pd.DataFrame({"cohort": rows["cohort"].map(names.cohort_name), "site": rows["site"], "rater": rows["who"],
+                        "n": rows["n"], "GBM": rows["n_gbm"]})
+    for m in SITE_RATES:
+        out[m] = [format_estimate(v, lo, hi) for v, lo, hi in
+                  zip(rows[m], rows[f"{m}_low"], rows[f"{m}_high"], strict=True)]
+    return out
+
+
 ctx = common.context()
 st.title("Model vs readers")
 common.require(ctx, run=True, evaluated=True)
 cohorts = ctx.cohorts
 
 c1, c2 = st.columns([3, 2])
-ci = c1.radio("95% CI of the metrics", list(common.CI_NAMES), format_func=common.CI_NAMES.get, horizontal=True,
+ci = c1.radio("95% CI of the metrics", list(names.CI_CHOICES), format_func=names.ci_name, horizontal=True,
               key="readers-ci", help="The default is the stratified patient-level bootstrap (BCa). The paper's "
               "subsampling is shown as a reproduction only: its intervals are far too narrow.")
 auc_delong = c2.toggle("AUC's CI from DeLong", value=True, key="readers-auc-delong",
@@ -97,28 +124,34 @@ if long.empty:
     st.info("No metrics for the chosen cohorts and sites. Internal test and external cohorts are read by the "
             "readers; choose them in the sidebar.", icon=":material/info:")
     st.stop()
-if set(ctx.sites) != set(data.patients(ctx.src)["site"]):
-    st.caption("Metrics are computed per cohort over all its patients; the site filter chooses which cohorts "
-               "are shown.")
 
 st.subheader("Model and readers")
-st.caption(f"GBM is the positive class; sensitivity is recall, PPV precision. 95% CI: {common.ci_name(ci)}; AUC: "
-           f"{common.ci_name(auc_ci)}. Readers' AUC is from their binary calls, as in the paper.")
-common.table(ctx, wide_table(long, C.HEADLINE_METRICS).rename(columns=HEADINGS), f"headline-table-{ci}",
-             download=long.drop(columns=["subgroup"]))
-st.caption(common.md(CUTOFF_NOTE))
+st.caption(f"GBM is the positive class. 95% CI: {names.ci_name(ci)}; AUC: {names.ci_name(auc_ci)}. Readers' AUC "
+           "is from their binary calls, as in the paper. Each cohort's metrics are over all its patients.")
+common.table(ctx, wide_table(long, C.HEADLINE_METRICS), f"headline-table-{ci}", download=long.drop(columns=["subgroup"]))
+st.caption(names.CUTOFF_NOTE)
 common.ci_notes(long)
 
 itd = data.metric_table(ctx.src, ctx.run, ci, auc_ci, tuple(shown), "all", ITD_METRICS)
 if not itd.empty:
-    st.markdown("**Intention to diagnose**: the patients the system could not process count as wrong.")
+    st.markdown("**Intention to diagnose (ITD)**: the patients the system could not process count as wrong.")
     common.table(ctx, wide_table(itd, ITD_METRICS), f"itd-table-{ci}", download=itd.drop(columns=["subgroup"]))
 
+if common.filter_is_set(ctx) or pats.groupby("cohort")["site"].nunique().gt(1).any():
+    st.subheader("Per site")
+    reads = data.reads(ctx.src, ctx.run, tuple(pats["patient_id"]))
+    rows = compute.site_rows(pats, reads)
+    st.caption("Computed here from the per-patient rows of the chosen sites (the model's calls at each cutoff and "
+               "the readers' reads), with Wilson's 95 % score intervals: the stored metrics above are per cohort, "
+               "over all its sites. The site filter chooses these rows.")
+    common.table(ctx, site_view(rows), "per-site", download=rows)
+
 st.subheader("Forest plot")
-forest = long.assign(cohort=long["cohort"].map(data.cohort_name), metric=long["metric"].map(lambda m: HEADINGS.get(m, m)))
-common.chart(ctx, charts.forest(forest, y="who", color="cohort", column="metric",
-                                title=f"Model and readers, 95% CI ({common.ci_name(ci)}; AUC: {common.ci_name(auc_ci)})",
-                                column_order=[HEADINGS.get(m, m) for m in C.HEADLINE_METRICS]),
+forest = long.assign(cohort=long["cohort"].map(names.cohort_name), metric=long["metric"].map(names.metric_name))
+common.chart(ctx, charts.forest(forest, y="who", color="cohort", column="metric", color_title="cohort",
+                                title=f"Model and readers, 95% CI ({names.ci_name(ci)}; AUC: {names.ci_name(auc_ci)})",
+                                column_order=[names.metric_name(m) for m in C.HEADLINE_METRICS],
+                                colour_scale=charts.cohort_scale(forest["cohort"])),
              f"forest-{ci}")
 
 st.subheader("Paired differences")
@@ -128,13 +161,18 @@ if diff.empty:
             icon=":material/info:")
 else:
     common.table(ctx, difference_view(diff), "differences", download=diff)
-    st.caption(DIFFERENCES_NOTE)
+    families = "; ".join(f"{names.cohort_name(c)} {int(g['family_size'].max())} comparisons"
+                         for c, g in diff.groupby("cohort", sort=False) if g["family_size"].notna().any())
+    st.caption(DIFFERENCES_NOTE.format(families=families or "none"))
+    st.markdown("**How each difference was tested**")
+    common.table(ctx, test_view(diff), "difference-tests", download=diff)
     plot = diff.assign(
-        comparison=[f"{difference_label(a)} - {difference_label(b)}" for a, b in zip(diff["a"], diff["b"], strict=True)],
-        metric=diff["metric"].map(lambda m: HEADINGS.get(m, m)), cohort=diff["cohort"].map(data.cohort_name),
+        comparison=[f"{names.difference_name(a)} - {names.difference_name(b)}"
+                    for a, b in zip(diff["a"], diff["b"], strict=True)],
+        metric=diff["metric"].map(names.metric_name), cohort=diff["cohort"].map(names.cohort_name),
         primary=["yes" if p else "no" for p in is_primary(diff)], p_holm=diff["p_holm"].map(format_p))
     common.chart(ctx, charts.difference_forest(plot, title="Paired differences a - b, 95% CI (dashed: no difference)",
-                                               column_order=[data.cohort_name(c) for c in C.SPLITS]),
+                                               column_order=[names.cohort_name(c) for c in names.COHORT_ORDER]),
                  "differences")
 
 st.subheader("Patient flow")

@@ -35,4 +35,7 @@ else:
     wide.columns = [f"{what} {label}" for what, label in wide.columns]
     common.table(ctx, wide.reset_index(), "fold-sizes", download=sizes)
     common.chart(ctx, charts.fold_bar(sizes), "fold-sizes")
-common.table(ctx, last[["fold", "epoch", "train_loss", "train_acc", "val_loss", "val_acc"]].round(4), "final-epoch")
+final = last[["fold", "epoch", "train_loss", "train_acc", "val_loss", "val_acc"]]
+common.table(ctx, final.round(4).rename(columns={"train_loss": "training loss", "train_acc": "training accuracy",
+                                                 "val_loss": "held-out loss", "val_acc": "held-out accuracy"}),
+             "final-epoch", download=final)
