@@ -18,8 +18,8 @@ import streamlit as st
 from dashboards import common, data
 from gbmmet import constants as C
 from gbmmet.summary import METRIC_NAMES, Flow
-from storage.report import estimate_text
 from storage.queries import FALLBACK_MARK, difference_label, format_estimate
+from storage.report import estimate_text
 
 VERDICT_HELP = ("Against the non-inferiority margin m, from the difference's 95 % CI: superior where its lower bound "
                 "is above 0; non-inferior where the lower bound is above -m; inferior where the upper bound is below "
