@@ -223,18 +223,17 @@ def roc(curve: pd.DataFrame, points: pd.DataFrame, title: str, who_order: list[s
     colour = alt.Color("who:N", title="operating point (95% CI, Wilson)", sort=who,
                        scale=alt.Scale(domain=who, range=PALETTE),
                        legend=bottom_legend("operating point (95% CI: Wilson)", columns=2))
-    # the model's points drawn last and larger: on top where a reader's point falls on the same place
-    base = alt.Chart(points.assign(_top=(points["kind"] == "cutoff").astype(int)).sort_values("_top", kind="stable"))
+    base = alt.Chart(points)
     tips = ["who", alt.Tooltip("sensitivity_ci:N", title="sensitivity (95% CI)"),
             alt.Tooltip("specificity_ci:N", title="specificity (95% CI)"), "n"]
     xbar = base.mark_rule(strokeWidth=1.5).encode(x="fpr_low:Q", x2="fpr_high:Q", y="tpr:Q", color=colour)
     ybar = base.mark_rule(strokeWidth=1.5).encode(x="fpr:Q", y="tpr_low:Q", y2="tpr_high:Q", color=colour)
-    marks = base.mark_point(filled=True, opacity=1, stroke="white", strokeWidth=0.8).encode(
-        x="fpr:Q", y="tpr:Q", color=colour,
-        size=alt.Size("kind:N", scale=alt.Scale(domain=["cutoff", "reader"], range=[190, 110]), legend=None),
-        shape=alt.Shape("kind:N", title=None, scale=alt.Scale(domain=["cutoff", "reader"], range=["diamond", "circle"]),
-                        legend=bottom_legend()),
-        tooltip=tips)
+    shape = alt.Shape("kind:N", title=None, scale=alt.Scale(domain=["cutoff", "reader"], range=["diamond", "circle"]),
+                      legend=bottom_legend())
+    # the model's points drawn after the readers' and larger: on top where both fall on one place
+    marks = alt.layer(*[alt.Chart(points[points["kind"] == kind]).mark_point(
+        filled=True, opacity=1, size=size, stroke="white", strokeWidth=0.8).encode(
+        x="fpr:Q", y="tpr:Q", color=colour, shape=shape, tooltip=tips) for kind, size in (("reader", 110), ("cutoff", 190))])
     return alt.layer(diag, line, xbar, ybar, marks).properties(title=title, width=300, height=300)
 
 

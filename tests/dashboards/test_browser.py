@@ -54,23 +54,37 @@ CLIPPED_JS = """() => {
   return bad;
 }"""
 
-# WCAG contrast of the page's text against its (white) background, the opacity of every ancestor counted.
+# WCAG contrast of the page's text against what is behind it (the nearest background drawn, else
+# white), the opacity of every ancestor counted.
 CONTRAST_JS = """() => {
   const lum = c => { const v = c / 255; return v <= 0.04045 ? v / 12.92 : ((v + 0.055) / 1.055) ** 2.4; };
+  const L = rgb => 0.2126 * lum(rgb[0]) + 0.7152 * lum(rgb[1]) + 0.0722 * lum(rgb[2]);
+  const rgba = text => { const m = text.match(/[\\d.]+/g).map(Number); return [m[0], m[1], m[2], m.length > 3 ? m[3] : 1]; };
+  const over = (c, bg) => c.slice(0, 3).map((v, i) => v * c[3] + bg[i] * (1 - c[3]));
+  const behind = e => {  // the nearest background drawn under the text's centre
+    const r = e.getBoundingClientRect(), x = r.left + r.width / 2, y = r.top + r.height / 2;
+    for (let a = e; a; a = a.parentElement) {
+      const c = rgba(getComputedStyle(a).backgroundColor), b = a.getBoundingClientRect();
+      if (c[3] > 0 && b.left <= x && x <= b.right && b.top <= y && y <= b.bottom) return over(c, [255, 255, 255]);
+    }
+    return [255, 255, 255];
+  };
   const bad = [];
   const sel = '[data-testid="stCaptionContainer"], [data-testid="stMetricLabel"], [data-testid="stMetricValue"], '
             + '[data-testid="stTable"] td, [data-testid="stTable"] th, [data-testid="stMarkdownContainer"] p, '
-            + '[data-testid="stWidgetLabel"], [data-testid="stSidebarNavLink"] span, h1, h2, h3';
+            + '[data-testid="stWidgetLabel"], [data-testid="stSidebarNavLink"] span, h1, h2, h3, '
+            + '[data-testid="stMultiSelect"] span, [data-testid="stSliderThumbValue"], [data-testid="stAlertContainer"] p, button p';
   for (const e of document.querySelectorAll(sel)) {
     if (!e.textContent.trim() || e.offsetParent === null) continue;
     if (getComputedStyle(e).fontFamily.includes('Material')) continue;  // an icon (non-text: 3:1), not text
-    const m = getComputedStyle(e).color.match(/[\\d.]+/g).map(Number);
-    let alpha = m.length > 3 ? m[3] : 1;
+    const c = rgba(getComputedStyle(e).color);
+    let alpha = c[3];
     for (let a = e; a; a = a.parentElement) alpha *= parseFloat(getComputedStyle(a).opacity);
     if (alpha < 0.05) continue;  // not drawn (e.g. a slider's end labels, shown on hover)
-    const rgb = m.slice(0, 3).map(c => c * alpha + 255 * (1 - alpha));
-    const L = 0.2126 * lum(rgb[0]) + 0.7152 * lum(rgb[1]) + 0.0722 * lum(rgb[2]);
-    const ratio = 1.05 / (L + 0.05);
+    const bg = behind(e);
+    const fg = over([c[0], c[1], c[2], alpha], bg);
+    const [hi, lo] = [L(fg), L(bg)].sort((x, y) => y - x);
+    const ratio = (hi + 0.05) / (lo + 0.05);
     if (ratio < 4.5) bad.push(`${ratio.toFixed(2)}:1 "${e.textContent.trim().slice(0, 40)}"`);
   }
   return bad;
