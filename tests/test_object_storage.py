@@ -11,6 +11,7 @@ import pyarrow.compute as pc
 import pytest
 from streamlit.testing.v1 import AppTest
 
+from dashboards import names
 from gbmmet import constants as C
 from pipelines.cli import main
 from storage import catalog
@@ -67,12 +68,15 @@ def test_whole_pipeline_on_object_storage_and_the_dashboard_reads_it(s3_server, 
     at = AppTest.from_file(str(APP), default_timeout=120)
     at.run()
     assert not at.exception, [e.value for e in at.exception]
+    at.switch_page("views/overview.py").run()
+    assert not at.exception, [e.value for e in at.exception]
     assert {m.label: m.value for m in at.metric}["Patients"] == "20"
     at.switch_page("views/readers.py").run()
     assert not at.exception, [e.value for e in at.exception]
-    table = at.dataframe[0].value
+    table = next(t.value for t in [*at.table, *at.dataframe] if "specificity" in t.value.columns)
     auc = catalog.query(lake, "select value from metrics where run_id = 'tiny' and cohort = 'external' and "
                         "subgroup = 'all' and rater = 'model' and metric = 'auc' and ci_method = 'delong' limit 1"
                         ).to_pylist()[0]["value"]
-    assert table[(table.cohort == "external") & (table.rater == "model, out-of-fold cutoff")].auc.iloc[0].startswith(
-        f"{auc:.3f}")
+    who = names.rater_name(C.MODEL_RATER, None, C.CUTOFF_VAL)
+    row = table[(table.cohort == names.cohort_name(C.EXTERNAL)) & (table.rater == who)]
+    assert row[names.metric_name("auc")].iloc[0].startswith(f"{auc:.3f}")
