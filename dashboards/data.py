@@ -9,7 +9,6 @@ that writes to the lake shows on the next rerun without serving stale tables.
 
 from __future__ import annotations
 
-import json
 import threading
 from dataclasses import dataclass
 
@@ -107,18 +106,9 @@ def runs(src: Source) -> pd.DataFrame:
 
 @st.cache_data(show_spinner=False, max_entries=16, hash_funcs={Source: _key})
 def run_records(src: Source, run: str) -> dict[str, dict]:
-    """The run's ``runs`` records by kind (train, evaluate), JSON fields decoded."""
-    df = _df(src.uri, src.stamp, "select * from runs where run_id = ? order by finished_at", [run])
-    out: dict[str, dict] = {}
-    for rec in df.to_dict("records"):
-        for k in ("config", "seeds", "versions", "fold_checkpoints", "timings"):
-            if isinstance(rec.get(k), str):
-                try:
-                    rec[k] = json.loads(rec[k])
-                except ValueError:
-                    pass
-        out[rec["kind"]] = rec
-    return out
+    """The run's ``runs`` records by kind (train, evaluate), JSON fields decoded
+    (``storage.queries.run_records``)."""
+    return queries.run_records(_connection(src.uri, src.stamp), run)
 
 
 # -- evaluation -------------------------------------------------------------------------------
