@@ -1,10 +1,10 @@
 """The DuckDB catalog: ``catalog.duckdb`` at the lake root with one view per table, which plain
 ``duckdb lake/catalog.duckdb`` opens.
 
-Each view reads the table's Parquet files with ``read_parquet(..., hive_partitioning = true)``;
-a table without files yet is an empty view with the table's columns, so queries never fail for a
-missing table. Views hold the lake's absolute path, so the catalog is rebuilt (``refresh``)
-whenever a job writes. ``gbmmet query`` and the dashboard never write it: they read through an
+Each view reads the data files of the table's current Delta version, listed by name, with
+``read_parquet([...], hive_partitioning = true)``; a table without files yet is an empty view with
+the table's columns, so queries never fail for a missing table. Views hold the files' absolute
+paths, so the catalog is rebuilt (``refresh``) by every job after its commits. ``gbmmet query`` and the dashboard never write it: they read through an
 in-memory, read-only database of views (``memory_connection``), which works on a read-only lake.
 
 SQL values always travel as parameters (``?``). The only text built here is the views' DDL, from
@@ -59,16 +59,16 @@ def _typed_empty(name: str) -> str:
 
 
 def view_sql(lake: Lake, name: str) -> str:
-    """The CREATE VIEW statement of one table.
+    """The CREATE VIEW statement of one table: its current data files (from the Delta log).
 
     The view always has every column of the table's schema: files written before a column was
     added read it as NULL (``UNION ALL BY NAME`` with the typed empty table).
     """
-    parts = PARTITIONS.get(name, ())
-    if lake.files(name):
-        glob = lake.path(name, *(["*"] * len(parts)), "*.parquet")
-        hive = "true" if parts else "false"
-        return (f'CREATE OR REPLACE VIEW "{name}" AS SELECT * FROM read_parquet({_quote(glob)}, '
+    files = lake.files(name)
+    if files:
+        listed = ", ".join(_quote(f) for f in files)
+        hive = "true" if PARTITIONS.get(name) else "false"
+        return (f'CREATE OR REPLACE VIEW "{name}" AS SELECT * FROM read_parquet([{listed}], '
                 f"hive_partitioning = {hive}, union_by_name = true) UNION ALL BY NAME {_typed_empty(name)}")
     return f'CREATE OR REPLACE VIEW "{name}" AS {_typed_empty(name)}'
 
@@ -92,7 +92,7 @@ def refresh(lake: Lake) -> Path:
     return final
 
 
-def memory_connection(lake: Lake) -> duckdb.DuckDBPyConnection:
+def memory_connection(lake: Lake, versions: dict[str, int | None] | None = None) -> duckdb.DuckDBPyConnection:
     """An in-memory DuckDB database with one view per table of ``lake``, read-only; writes nothing.
 
     For readers that must not touch the lake (the dashboard, ``gbmmet query``), local or on object
@@ -105,8 +105,12 @@ def memory_connection(lake: Lake) -> duckdb.DuckDBPyConnection:
     memory (``CREATE TABLE``); ``query`` refuses every statement but one SELECT.
 
     The views list the table's files when made: a table that gains files needs a new connection
-    (``stamp`` tells when). Raises LakeError where the lake's root is a file.
+    (``stamp`` tells when). ``versions`` (table -> Delta version) answers as of that state: the
+    versions a run recorded as read (``runs.lake_versions``). Raises LakeError where the lake's
+    root is a file.
     """
+    if versions is not None:
+        lake = lake.at(versions)
     con = duckdb.connect(":memory:")
     for name in SCHEMAS:
         data = lake.dataset(name)
@@ -122,19 +126,18 @@ def memory_connection(lake: Lake) -> duckdb.DuckDBPyConnection:
 
 
 def stamp(lake: Lake) -> str:
-    """A short digest of the lake's visible files (path, size, modification time), which changes
-    whenever a job writes a table file: a cache key for readers."""
+    """A short digest of the names of every table's Delta log entries, which changes with every
+    commit (and only then): a cache key for readers. One listing per table, no file opened."""
     import hashlib
 
     h = hashlib.sha256()
     for name in SCHEMAS:
-        root = lake.path(name)
-        if lake.fs.get_file_info(root).type != pafs.FileType.Directory:
+        log = lake.path(name, "_delta_log")
+        if lake.fs.get_file_info(log).type != pafs.FileType.Directory:
             continue
-        for info in lake.fs.get_file_info(pafs.FileSelector(root, recursive=True)):
-            if info.type == pafs.FileType.File and info.base_name.endswith(".parquet") \
-                    and not info.base_name.startswith((".", "_")):
-                h.update(f"{info.path}\0{info.size}\0{info.mtime_ns}\n".encode())
+        entries = [i.base_name for i in lake.fs.get_file_info(pafs.FileSelector(log))
+                   if i.base_name.endswith(".json")]
+        h.update(f"{name}\0{max(entries, default='')}\0{len(entries)}\n".encode())
     return h.hexdigest()[:16]
 
 
@@ -152,12 +155,13 @@ def connect(lake: Lake, *, refresh_first: bool = True) -> duckdb.DuckDBPyConnect
 READ_STATEMENTS = (duckdb.StatementType.SELECT,)
 
 
-def query(lake: Lake, sql: str, params: list | tuple | None = None) -> pa.Table:
+def query(lake: Lake, sql: str, params: list | tuple | None = None,
+          versions: dict[str, int | None] | None = None) -> pa.Table:
     """Run one SELECT ``sql`` with ``?`` parameters against the lake; return an Arrow table.
 
     Read-only for everything, and works on a lake this process cannot write: nothing is written
     (not even ``catalog.duckdb``) and no file is read but the lake's tables, through their views
-    (``memory_connection``).
+    (``memory_connection``). ``versions`` pins tables to Delta versions (``run_versions``).
 
     Raises:
         ConfigError: ``sql`` is not exactly one SELECT statement (``COPY``, ``ATTACH``,
@@ -165,7 +169,7 @@ def query(lake: Lake, sql: str, params: list | tuple | None = None) -> pa.Table:
             (``read_blob``, ``read_csv``, ``read_parquet``...).
         duckdb.Error: any other failure of the query (a syntax error, an unknown column).
     """
-    con = memory_connection(lake)
+    con = memory_connection(lake, versions)
     try:
         statements = con.extract_statements(sql)
         kinds = [s.type.name for s in statements]

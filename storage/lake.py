@@ -1,18 +1,36 @@
-"""The lake's files: atomic Parquet writes and reads, on a local folder or any pyarrow
-filesystem URI (``s3://bucket/prefix``...).
+"""The lake: one Delta Lake table per table of ``storage/schemas.py``, on a local folder or any
+object store delta-rs reaches (``s3://bucket/prefix?endpoint_override=...``).
 
-Every file is written under a hidden temporary name (``.name.tmp``), then moved into place:
-readers (pyarrow datasets, DuckDB globs on ``*.parquet``) never see a half-written file. On a
-local disk the move is an atomic rename; on object storage it is a copy then delete of one object,
-still invisible until complete.
+Every change is one Delta commit: rows appended (``append``), rows replaced where a predicate holds
+(``replace``: the matching rows go and the new ones arrive in the same commit), rows deleted
+(``delete``). Workers may write Parquet data files themselves (``stage``); they become visible
+only when the driver commits them (``commit``), so a killed job leaves nothing visible that it had
+not committed, only unreferenced files that ``vacuum`` removes. Concurrent writers are safe: a
+commit that loses the race is retried against the new state (``COMMIT_RETRIES``), and one that
+truly conflicts fails with a ``LakeError`` naming the table; no commit is ever lost.
+
+Readers see each table's latest version, or a pinned one (``at``): a job reads every table at
+the versions it started from and records them (``versions``), so ``gbmmet query --as-of RUN``
+answers from the state that run read. ``compact``, ``vacuum`` and ``forget`` keep the lake small
+and let a patient be erased (``storage.maintenance``).
+
+Table statistics (min/max per column) are not collected (``delta.dataSkippingNumIndexedCols`` 0):
+the tables are small enough to scan, and the transaction log then never holds a patient's
+pseudonym, only file names, so erasing a patient's rows and vacuuming erases it everywhere.
 """
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import os
 import posixpath
+import random
 import secrets
+import time
+import uuid
 from pathlib import Path
+from urllib.parse import parse_qs
 
 import pyarrow as pa
 import pyarrow.dataset as ds
@@ -28,6 +46,103 @@ SECRET_FILE = "pseudonym.key"
 KEY_BYTES = 32
 #: Tables keyed by pseudonyms: a lake with files in any of them was written with a key.
 KEYED_TABLES = (C.TABLE_PATIENTS, C.TABLE_PREPROCESS_RUNS, C.TABLE_SLICES)
+
+
+#: Delta table properties of every lake table: no per-column statistics in the log (see above);
+#: log entries and removed files kept a week for time travel unless ``vacuum`` says less.
+TABLE_CONFIGURATION = {
+    "delta.dataSkippingNumIndexedCols": "0",
+    "delta.logRetentionDuration": "interval 7 days",
+    "delta.deletedFileRetentionDuration": "interval 7 days",
+}
+#: Commits tried before a write gives up on a table other writers keep changing.
+COMMIT_RETRIES = 8
+
+
+@dataclasses.dataclass(frozen=True)
+class Staged:
+    """A data file a worker wrote into a table's folder, not yet committed (``Lake.stage``)."""
+
+    table: str
+    path: str  # relative to the table's folder
+    size: int
+    partition_values: dict
+    rows: int
+    modification_time: int  # ms since the epoch
+
+
+def _check_name(name: str) -> None:
+    if name not in SCHEMAS:
+        raise ValueError(f"unknown lake table {name!r}; expected one of {sorted(SCHEMAS)}")
+
+
+def _hooks():
+    """Post-commit hooks of every commit: checkpoints as usual, but never a clean-up of old log
+    entries behind a job's back (``vacuum`` does that, and says so)."""
+    from deltalake import PostCommitHookProperties
+
+    return PostCommitHookProperties(create_checkpoint=True, cleanup_expired_logs=False)
+
+
+def _literal(value) -> str:
+    """``value`` as a SQL literal for a delta-rs predicate (which takes no parameters): strings
+    quoted with quotes doubled, numbers and booleans as themselves; anything else refused."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return repr(value)
+    if isinstance(value, str):
+        if any(ord(ch) < 32 for ch in value):
+            raise ValueError(f"a lake key may not hold control characters: {value!r}")
+        return "'" + value.replace("'", "''") + "'"
+    raise TypeError(f"a lake key must be a string or number, not {type(value).__name__}")
+
+
+def sql_predicate(where: dict) -> str:
+    """The delta-rs predicate of ``where`` (column -> value, or list of values; all must hold):
+    ``{"run_id": "r1", "patient_id": ["a", "b"]}`` is ``"run_id" = 'r1' AND "patient_id" IN ('a',
+    'b')``. An empty list matches nothing: ``"false"``. Column names must be the table's."""
+    terms = []
+    for col, value in where.items():
+        if not col.replace("_", "").isalnum():
+            raise ValueError(f"bad column name {col!r}")
+        if isinstance(value, (list, tuple, set, frozenset)):
+            values = sorted(set(value), key=str)
+            if not values:
+                return "false"
+            terms.append(f'"{col}" IN ({", ".join(_literal(v) for v in values)})')
+        else:
+            terms.append(f'"{col}" = {_literal(value)}')
+    if not terms:
+        raise ValueError("a lake predicate needs at least one column")
+    return " AND ".join(terms)
+
+
+def storage_options_for(uri: str) -> dict[str, str]:
+    """delta-rs (object_store) options for a lake URI, from its query (``endpoint_override``,
+    ``scheme``, ``region``); credentials come from the environment, as for pyarrow.
+
+    Commits on S3 use conditional writes (``If-None-Match``, ``AWS_CONDITIONAL_PUT=etag``): a
+    log entry is created only if no other writer created it first, so concurrent jobs never
+    overwrite each other's commits, with no lock table to run. (The alternative, a DynamoDB lock,
+    needs a table per deployment; ``AWS_S3_ALLOW_UNSAFE_RENAME`` would lose commits.)
+    """
+    base, _, query = uri.partition("?")
+    q = {k: v[-1] for k, v in parse_qs(query).items()}
+    opts: dict[str, str] = {}
+    if base.startswith(("s3://", "s3a://")):
+        opts["AWS_CONDITIONAL_PUT"] = "etag"
+        endpoint = q.get("endpoint_override")
+        if endpoint:
+            if "://" not in endpoint:
+                endpoint = f"{q.get('scheme', 'https')}://{endpoint}"
+            opts["AWS_ENDPOINT_URL"] = endpoint
+            if endpoint.startswith("http://"):
+                opts["AWS_ALLOW_HTTP"] = "true"
+        region = q.get("region") or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+        if region:
+            opts["AWS_REGION"] = region
+    return opts
 
 
 def is_remote(uri: str | os.PathLike) -> bool:
@@ -77,6 +192,7 @@ class Lake:
             self.uri = self.base
         self.base = self.base.rstrip("/")
         self._root_is_dir = False
+        self._pins: dict[str, int | None] = {}
 
     def child_uri(self, *parts: str) -> str:
         """The URI (or local path) of a place inside the lake, e.g. its ``runs`` folder."""
@@ -98,70 +214,295 @@ class Lake:
         return self.fs.get_file_info(self.path(*parts)).type != pafs.FileType.NotFound
 
     # -- tables ---------------------------------------------------------------------------
-    def table_dir(self, name: str, partition: dict[str, str] | None = None) -> str:
-        if name not in SCHEMAS:
-            raise ValueError(f"unknown lake table {name!r}; expected one of {sorted(SCHEMAS)}")
-        parts = [name]
-        for col in PARTITIONS.get(name, ()):
-            if not partition or col not in partition:
-                raise ValueError(f"table {name!r} is partitioned by {PARTITIONS[name]}; got {partition}")
-            parts.append(f"{col}={partition[col]}")
-        return self.path(*parts)
+    def table_uri(self, name: str) -> str:
+        """The URI delta-rs opens for table ``name`` (a local path, or ``s3://bucket/prefix/name``)."""
+        _check_name(name)
+        if self.local_root is None:
+            return posixpath.join(self.uri.partition("?")[0], name)
+        return self.path(name)
 
-    def write(self, name: str, table: pa.Table, filename: str, partition: dict[str, str] | None = None) -> str:
-        """Write ``table`` (cast to the table's schema) as ``filename`` atomically; return its path."""
-        if not filename.endswith(".parquet") or "/" in filename or filename.startswith((".", "_")):
-            raise ValueError(f"bad lake file name {filename!r}")
-        schema = SCHEMAS[name]
-        folder = self.table_dir(name, partition)
+    @property
+    def storage_options(self) -> dict[str, str]:
+        """delta-rs's options for this lake (``storage_options_for``); empty for a local lake."""
+        return {} if self.local_root is not None else storage_options_for(self.uri)
+
+    def at(self, versions: dict[str, int | None]) -> Lake:
+        """This lake with reads pinned to ``versions`` (table -> Delta version; None: not created
+        yet, reads empty); tables not named read their latest version. Writes are unchanged."""
+        twin = copy.copy(self)
+        twin._pins = dict(versions)
+        return twin
+
+    def pinned(self) -> Lake:
+        """This lake with every table's reads pinned to its version now: a job's consistent
+        snapshot, whose ``versions()`` it records as what it read."""
+        return self.at(self.versions())
+
+    def delta(self, name: str, version: int | None = None):
+        """The ``deltalake.DeltaTable`` of ``name`` (at ``version``, or the pinned or latest one),
+        or None where the table has no commit yet.
+
+        Raises:
+            LakeError: the table's folder holds Parquet files of the old file-per-patient layout
+                (``gbmmet lake migrate`` converts them).
+        """
+        from deltalake import DeltaTable
+        from deltalake.exceptions import TableNotFoundError
+
+        pins = self._pins
+        if version is None and name in pins:
+            version = pins[name]
+            if version is None:
+                return None
         try:
-            self.fs.create_dir(folder, recursive=True)
-        except OSError:
-            self._refuse_file_root()  # the usual cause, said clearly; otherwise the OS's own error
-            raise
-        final = posixpath.join(folder, filename)
-        tmp = posixpath.join(folder, f".{filename}.tmp")
-        pq.write_table(table.select(schema.names).cast(schema), tmp, filesystem=self.fs, compression="zstd")
-        self.fs.move(tmp, final)
-        return final
+            return DeltaTable(self.table_uri(name), version=version, storage_options=self.storage_options or None)
+        except TableNotFoundError:
+            self._refuse_old_layout(name)
+            return None
 
-    def delete(self, name: str, filename: str, partition: dict[str, str] | None = None) -> None:
-        path = posixpath.join(self.table_dir(name, partition), filename)
-        if self.fs.get_file_info(path).type == pafs.FileType.File:
-            self.fs.delete_file(path)
+    def version(self, name: str) -> int | None:
+        """The latest committed version of table ``name`` (None: no commit yet)."""
+        table = self.delta(name)
+        return None if table is None else table.version()
 
+    def versions(self) -> dict[str, int | None]:
+        """The version every table is at now (pinned ones as pinned): what a job records as read."""
+        return {name: self.version(name) for name in SCHEMAS}
+
+    def full_schema(self, name: str) -> pa.Schema:
+        """Table ``name``'s columns: its schema then its partition columns (strings)."""
+        schema = SCHEMAS[name]
+        for col in PARTITIONS.get(name, ()):
+            schema = schema.append(pa.field(col, pa.string(), nullable=False))
+        return schema
+
+    def _conform(self, name: str, table: pa.Table, partition: dict[str, str] | None) -> pa.Table:
+        """``table`` with the table's partition columns set from ``partition``, selected and cast
+        to the table's full schema."""
+        parts = PARTITIONS.get(name, ())
+        given = set(partition or {})
+        missing = [c for c in parts if c not in given and c not in table.column_names]
+        if missing or given - set(parts):
+            raise ValueError(f"table {name!r} is partitioned by {parts}; got {partition}")
+        for col in parts:
+            if col in given:
+                value = pa.array([str(partition[col])] * table.num_rows, pa.string())
+                if col in table.column_names:
+                    table = table.set_column(table.column_names.index(col), col, value)
+                else:
+                    table = table.append_column(col, value)
+        schema = self.full_schema(name)
+        return table.select(schema.names).cast(schema)
+
+    def append(self, name: str, table: pa.Table, partition: dict[str, str] | None = None) -> int:
+        """Append ``table``'s rows to table ``name`` in one commit; return the new version."""
+        return self.replace(name, table, None, partition)
+
+    def replace(self, name: str, table: pa.Table, where: dict | None, partition: dict[str, str] | None = None) -> int:
+        """Delete the rows of ``name`` matching ``where`` and add ``table``'s, in one commit
+        (``where`` None: only add); return the new version. ``where`` maps columns to a value or
+        a list of values (``{"run_id": "r1"}``, ``{"patient_id": [...]}``), all of them holding."""
+        from deltalake import write_deltalake
+
+        data = self._conform(name, table, partition)
+        predicate = sql_predicate(where) if where else None
+        if predicate == "false":
+            predicate = None
+        self._prepare_write()
+
+        def write():
+            existing = self.delta_latest(name)
+            if existing is None:
+                write_deltalake(self.table_uri(name), data, mode="append", partition_by=list(PARTITIONS.get(name, ())) or None,
+                                configuration=TABLE_CONFIGURATION, storage_options=self.storage_options or None,
+                                post_commithook_properties=_hooks())
+                return 0
+            if predicate is None:
+                write_deltalake(existing, data, mode="append", post_commithook_properties=_hooks())
+            else:
+                write_deltalake(existing, data, mode="overwrite", predicate=predicate, post_commithook_properties=_hooks())
+            return existing.version()
+
+        self._with_retries(name, write)
+        return self.version(name)
+
+    def delete(self, name: str, where: dict) -> int:
+        """Delete the rows of ``name`` matching ``where`` (as in ``replace``) in one commit; return
+        how many went (0, and no commit, where none matched or the table is empty)."""
+        predicate = sql_predicate(where)
+        if predicate == "false":
+            return 0
+        self._prepare_write()
+
+        def delete():
+            table = self.delta_latest(name)
+            if table is None:
+                return 0
+            return int(table.delete(predicate, post_commithook_properties=_hooks()).get("num_deleted_rows") or 0)
+
+        return self._with_retries(name, delete)
+
+    def delta_latest(self, name: str):
+        """The latest ``DeltaTable`` of ``name`` whatever the pins (None: no commit yet)."""
+        from deltalake import DeltaTable
+        from deltalake.exceptions import TableNotFoundError
+
+        try:
+            return DeltaTable(self.table_uri(name), storage_options=self.storage_options or None)
+        except TableNotFoundError:
+            self._refuse_old_layout(name)
+            return None
+
+    # -- staged writes: workers write data files, the driver commits them ------------------
+    def stage(self, name: str, table: pa.Table, partition: dict[str, str] | None = None) -> Staged:
+        """Write ``table`` as a new Parquet data file inside table ``name``'s folder, invisible
+        until ``commit``; return what the commit needs. Safe in any worker process."""
+        data = self._conform(name, table, partition)
+        parts = PARTITIONS.get(name, ())
+        values = {c: data.column(c)[0].as_py() for c in parts} if data.num_rows else {c: (partition or {}).get(c) for c in parts}
+        rel = posixpath.join(*[f"{c}={values[c]}" for c in parts], f"part-{uuid.uuid4().hex}.zstd.parquet") \
+            if parts else f"part-{uuid.uuid4().hex}.zstd.parquet"
+        folder = self.path(name, posixpath.dirname(rel)) if parts else self.path(name)
+        self._prepare_write()
+        self.fs.create_dir(folder, recursive=True)
+        full = self.path(name, rel)
+        pq.write_table(data.drop_columns(list(parts)), full, filesystem=self.fs, compression="zstd")
+        size = self.fs.get_file_info(full).size
+        return Staged(table=name, path=rel, size=size, partition_values=values, rows=data.num_rows,
+                      modification_time=int(time.time() * 1000))
+
+    def commit(self, name: str, staged: list[Staged], where: dict | None = None) -> int | None:
+        """Make ``staged`` files of table ``name`` visible in one commit, first deleting the rows
+        that match ``where`` (in the same commit); return the new version (None: nothing to do).
+
+        Files are committed as written where no row matches ``where``; otherwise their rows are
+        rewritten in the commit that replaces the old ones, and the staged files removed.
+        """
+        from deltalake import Schema as DeltaSchema
+        from deltalake import write_deltalake
+        from deltalake.transaction import AddAction, create_table_with_add_actions
+
+        staged = [s for s in staged if s.table == name]
+        if not staged:
+            return None
+        predicate = sql_predicate(where) if where else None
+        schema = self.full_schema(name)
+        actions = [AddAction(s.path, s.size, s.partition_values, s.modification_time, True,
+                             f'{{"numRecords":{s.rows}}}') for s in staged]
+        parts = list(PARTITIONS.get(name, ())) or None
+
+        def commit():
+            existing = self.delta_latest(name)
+            if existing is None:
+                create_table_with_add_actions(self.table_uri(name), DeltaSchema.from_arrow(schema), actions, mode="append", partition_by=parts,
+                                              configuration=TABLE_CONFIGURATION,
+                                              storage_options=self.storage_options or None)
+                return "added"
+            if predicate is not None and predicate != "false" and self._matches(name, where):
+                files = [self.path(name, s.path) for s in staged]
+                tables = []
+                for s, frag in zip(staged, files, strict=True):
+                    t = ds.dataset(frag, format="parquet", filesystem=self.fs).to_table()
+                    for c in parts or ():
+                        t = t.append_column(c, pa.array([s.partition_values[c]] * t.num_rows, pa.string()))
+                    tables.append(t.select(schema.names).cast(schema))
+                write_deltalake(existing, pa.concat_tables(tables), mode="overwrite", predicate=predicate,
+                                post_commithook_properties=_hooks())
+                return "rewritten"
+            existing.create_write_transaction(actions, mode="append", schema=DeltaSchema.from_arrow(schema), partition_by=parts,
+                                              post_commithook_properties=_hooks())
+            return "added"
+
+        how = self._with_retries(name, commit)
+        if how == "rewritten":
+            for s in staged:
+                self.fs.delete_file(self.path(name, s.path))
+        return self.version(name)
+
+    def _matches(self, name: str, where: dict) -> bool:
+        """Whether any row of table ``name``'s latest version matches ``where``."""
+        expr = None
+        for col, value in where.items():
+            values = list(value) if isinstance(value, (list, tuple, set, frozenset)) else [value]
+            e = ds.field(col).isin(values)
+            expr = e if expr is None else expr & e
+        data = self.at({}).dataset(name) if self._pins else self.dataset(name)
+        return data is not None and data.count_rows(filter=expr) > 0
+
+    def _with_retries(self, name: str, fn):
+        """Run one commit ``fn``, retried against the new state where a concurrent commit won."""
+        from deltalake.exceptions import CommitFailedError
+
+        for attempt in range(COMMIT_RETRIES):
+            try:
+                return fn()
+            except CommitFailedError as exc:
+                last = exc
+                time.sleep(random.uniform(0.05, 0.2) * (attempt + 1))
+            except OSError as exc:
+                self._refuse_file_root()
+                raise LakeError(f"cannot commit to the lake table {self.table_uri(name)}: {exc}") from None
+        raise LakeError(f"the lake table {name} of {self.uri} kept changing under this job: {COMMIT_RETRIES} "
+                        f"commits lost to concurrent writers (last: {last}); nothing of this commit is visible, "
+                        f"re-run the job to write it") from None
+
+    def _prepare_write(self) -> None:
+        self._refuse_file_root()
+        if self.local_root is not None:
+            self.local_root.mkdir(parents=True, exist_ok=True)
+        else:
+            self.fs.create_dir(self.base, recursive=True)
+
+    # -- reads ----------------------------------------------------------------------------
     def files(self, name: str) -> list[str]:
-        """Visible Parquet files of a table (hidden temporaries excluded)."""
-        root = self.path(name)
-        if self.fs.get_file_info(root).type != pafs.FileType.Directory:
-            self._refuse_file_root()  # a file given as the lake is an error, not an empty lake
+        """The data files of table ``name``'s current (or pinned) version, as paths inside the
+        lake's filesystem."""
+        table = self.delta(name)
+        if table is None:
             return []
-        infos = self.fs.get_file_info(pafs.FileSelector(root, recursive=True))
-        return sorted(i.path for i in infos if i.type == pafs.FileType.File and i.base_name.endswith(".parquet")
-                      and not i.base_name.startswith((".", "_")))
+        return sorted(_fs_path(u) for u in table.file_uris())
 
     def dataset(self, name: str) -> ds.Dataset | None:
+        """Table ``name``'s current (or pinned) version as an Arrow dataset over its data files,
+        partition columns included; None where it has no commit yet.
+
+        Built with pyarrow from the files the Delta log lists (hive-style folders give the
+        partition values), not with delta-rs's own ``to_pyarrow_dataset``, whose file system
+        handler aborts the interpreter at exit in this version."""
         files = self.files(name)
-        if not files:
+        if not files and self.delta(name) is None:
             return None
-        schema = SCHEMAS[name]
+        schema = self.full_schema(name)
+        parts = PARTITIONS.get(name, ())
         partitioning = None
-        if name in PARTITIONS:
-            part_schema = pa.schema([pa.field(c, pa.string()) for c in PARTITIONS[name]])
-            partitioning = ds.partitioning(part_schema, flavor="hive")
-            schema = pa.unify_schemas([schema, part_schema])
+        if parts:
+            partitioning = ds.partitioning(pa.schema([schema.field(c) for c in parts]), flavor="hive")
         return ds.dataset(files, schema=schema, format="parquet", filesystem=self.fs,
                           partitioning=partitioning, partition_base_dir=self.path(name))
 
     def read(self, name: str, columns: list[str] | None = None, filter=None) -> pa.Table:
-        """The whole table (or ``columns``, rows matching ``filter``); empty with its schema if none."""
+        """The whole table (or ``columns``, rows matching ``filter``) at its current (or pinned)
+        version, cast to its schema; empty with its schema if it has no commit yet."""
         data = self.dataset(name)
+        schema = self.full_schema(name)
         if data is None:
-            empty = SCHEMAS[name].empty_table()
-            for col in PARTITIONS.get(name, ()):
-                empty = empty.append_column(col, pa.array([], pa.string()))
+            empty = schema.empty_table()
             return empty.select(columns) if columns else empty
-        return data.to_table(columns=columns, filter=filter)
+        t = data.to_table(columns=columns, filter=filter)
+        return t.cast(pa.schema([schema.field(c) for c in t.column_names]))
+
+    def _refuse_old_layout(self, name: str) -> None:
+        """LakeError where table ``name``'s folder holds Parquet files but no Delta log: a lake
+        written by gbmmet before its tables were Delta tables. (Files named ``part-*`` are data
+        files staged by a job that never committed: not a table yet.)"""
+        root = self.path(name)
+        if self.fs.get_file_info(root).type != pafs.FileType.Directory:
+            self._refuse_file_root()
+            return
+        infos = self.fs.get_file_info(pafs.FileSelector(root, recursive=True))
+        if any(i.base_name.endswith(".parquet") and not i.base_name.startswith((".", "_", "part-")) for i in infos):
+            raise LakeError(f"the lake {self.uri} is in the old file-per-patient layout (table {name} has Parquet "
+                            f"files and no Delta log): convert it once with `gbmmet lake migrate --lake {self.uri}`")
 
     # -- checks ---------------------------------------------------------------------------
     def _refuse_file_root(self) -> None:
@@ -256,3 +597,13 @@ class Lake:
             return self.secret()
         self.fs.move(tmp, path)
         return key
+
+
+def _fs_path(uri: str) -> str:
+    """A data file URI of delta-rs (``file:///x``, ``s3://b/x``, or a plain path) as a path for
+    the lake's pyarrow filesystem."""
+    if uri.startswith("file://"):
+        return uri.removeprefix("file://")
+    if "://" in uri:
+        return uri.split("://", 1)[1]
+    return uri

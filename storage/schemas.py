@@ -142,6 +142,7 @@ RUNS = pa.schema([
     pa.field("seconds", pa.float64()),
     pa.field("timings", pa.string()),  # JSON: seconds per fold, data loading, in all
     pa.field("status", pa.string()),
+    pa.field("lake_versions", pa.string()),  # JSON: table -> the Delta version this run read
 ])
 
 PATIENT_PREDICTIONS = pa.schema([
@@ -270,7 +271,8 @@ SCHEMAS: dict[str, pa.Schema] = {
     C.TABLE_CAMS: CAMS,
 }
 
-#: Hive partition columns per table (folder levels, in order).
+#: Partition columns per table (Delta partitions, hive-style folders, in order); they are
+#: columns of the Delta table, after the schema's own.
 PARTITIONS: dict[str, tuple[str, ...]] = {
     C.TABLE_SLICES: (C.COL_SITE, C.COL_SPLIT),
     C.TABLE_FEATURES: ("backbone",),  # the backbone id: name@weights-sha256 prefix
