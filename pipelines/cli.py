@@ -411,11 +411,16 @@ def query(
     format: Annotated[str, typer.Option("--format", help="table (default), csv or parquet.")] = "table",
     out: Annotated[Path | None, typer.Option(help="File to write csv / parquet to (default: stdout for csv).")] = None,
     limit: Annotated[int, typer.Option(help="Rows shown in table format.")] = 50,
+    as_of: Annotated[str | None, typer.Option("--as-of", help="Answer from the tables as the run RUN read them "
+                                                "(RUN, or RUN/KIND for one of its jobs: train, evaluate, score; "
+                                                "default its latest job).")] = None,
+    version: Annotated[list[str] | None, typer.Option("--version", help="Answer from TABLE as of Delta version V "
+                                                        "(TABLE=V, repeatable; after --as-of, overrides it).")] = None,
 ) -> None:
     """Query the lake with DuckDB; values go in as parameters (-p), never pasted into the SQL."""
     from pipelines.query import run_query
 
-    run_query(sql, lake, params=param or [], fmt=format, out=out, limit=limit)
+    run_query(sql, lake, params=param or [], fmt=format, out=out, limit=limit, as_of=as_of, versions=version or [])
 
 
 @app.command()

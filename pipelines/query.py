@@ -14,8 +14,33 @@ from gbmmet.errors import ConfigError, LakeError
 FORMATS = ("table", "csv", "parquet")
 
 
+def pinned_versions(lake, as_of: str | None, versions: list[str]) -> dict[str, int | None] | None:
+    """The table versions a query answers from: those the run ``as_of`` (``RUN`` or ``RUN/KIND``)
+    recorded as read, then ``versions`` (``TABLE=V``) over them; None (latest) for neither.
+
+    Raises:
+        ConfigError: an unknown run or table, or a version that is not a number.
+    """
+    from storage import queries
+    from storage.schemas import SCHEMAS
+
+    if as_of is None and not versions:
+        return None
+    pins: dict[str, int | None] = {}
+    if as_of is not None:
+        run, _, kind = as_of.partition("/")
+        pins.update(queries.run_versions(lake, run, kind or None))
+    for item in versions:
+        table, sep, v = item.partition("=")
+        if not sep or table not in SCHEMAS or not v.strip().isdigit():
+            raise ConfigError(f"--version {item!r}: give TABLE=VERSION, TABLE one of {sorted(SCHEMAS)} "
+                              f"(`gbmmet lake stats` lists each table's versions)")
+        pins[table] = int(v)
+    return pins
+
+
 def run_query(sql: str, lake_root: str, *, params: list[str], fmt: str = "table", out: Path | None = None,
-              limit: int = 50) -> None:
+              limit: int = 50, as_of: str | None = None, versions: list[str] = ()) -> None:
     import duckdb
 
     from storage import catalog
@@ -35,7 +60,7 @@ def run_query(sql: str, lake_root: str, *, params: list[str], fmt: str = "table"
         raise ConfigError(f"--out {out} is inside the lake {lake_root}: gbmmet query is read-only; "
                           f"write its output elsewhere")
     try:
-        table = catalog.query(lake, sql, params)
+        table = catalog.query(lake, sql, params, versions=pinned_versions(lake, as_of, list(versions)))
     except duckdb.Error as exc:
         raise ConfigError(f"query failed: {exc}") from None
     if fmt == "table":

@@ -118,6 +118,16 @@ def sql_predicate(where: dict) -> str:
     return " AND ".join(terms)
 
 
+def _expression(where: dict) -> ds.Expression:
+    """``where`` (as in ``sql_predicate``) as an Arrow filter expression."""
+    expr = None
+    for col, value in where.items():
+        values = list(value) if isinstance(value, (list, tuple, set, frozenset)) else [value]
+        e = ds.field(col).isin(values)
+        expr = e if expr is None else expr & e
+    return expr
+
+
 def storage_options_for(uri: str) -> dict[str, str]:
     """delta-rs (object_store) options for a lake URI, from its query (``endpoint_override``,
     ``scheme``, ``region``); credentials come from the environment, as for pyarrow.
@@ -247,7 +257,7 @@ class Lake:
                 (``gbmmet lake migrate`` converts them).
         """
         from deltalake import DeltaTable
-        from deltalake.exceptions import TableNotFoundError
+        from deltalake.exceptions import DeltaError, TableNotFoundError
 
         pins = self._pins
         if version is None and name in pins:
@@ -257,8 +267,17 @@ class Lake:
         try:
             return DeltaTable(self.table_uri(name), version=version, storage_options=self.storage_options or None)
         except TableNotFoundError:
+            if version is not None:
+                raise LakeError(f"the lake table {name} has no version {version}: it has no commit yet") from None
             self._refuse_old_layout(name)
             return None
+        except DeltaError as exc:
+            if version is None:
+                raise
+            latest = self.delta_latest(name)
+            raise LakeError(f"the lake table {name} has no version {version} (latest: "
+                            f"{None if latest is None else latest.version()}; `gbmmet lake vacuum` removes versions "
+                            f"older than its --retain-hours): {exc}") from None
 
     def version(self, name: str) -> int | None:
         """The latest committed version of table ``name`` (None: no commit yet)."""
@@ -308,6 +327,12 @@ class Lake:
         predicate = sql_predicate(where) if where else None
         if predicate == "false":
             predicate = None
+        if predicate is not None and data.num_rows:
+            outside = data.num_rows - data.filter(_expression(where)).num_rows
+            if outside:
+                raise ValueError(f"replace into {name}: {outside} of the {data.num_rows} new rows do not match "
+                                 f"{predicate} (a replace swaps the rows matching its key for new rows with that "
+                                 f"key; delete the others first)")
         self._prepare_write()
 
         def write():
@@ -421,13 +446,8 @@ class Lake:
 
     def _matches(self, name: str, where: dict) -> bool:
         """Whether any row of table ``name``'s latest version matches ``where``."""
-        expr = None
-        for col, value in where.items():
-            values = list(value) if isinstance(value, (list, tuple, set, frozenset)) else [value]
-            e = ds.field(col).isin(values)
-            expr = e if expr is None else expr & e
         data = self.at({}).dataset(name) if self._pins else self.dataset(name)
-        return data is not None and data.count_rows(filter=expr) > 0
+        return data is not None and data.count_rows(filter=_expression(where)) > 0
 
     def _with_retries(self, name: str, fn):
         """Run one commit ``fn``, retried against the new state where a concurrent commit won."""

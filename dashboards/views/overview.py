@@ -76,3 +76,26 @@ common.table(ctx, shown, "run-record", download=record)
 with st.expander("Full configuration and versions"):
     st.json({"config": train.get("config"), "versions": train.get("versions"),
              "evaluation": evaluation.get("config") if evaluation else None}, expanded=False)
+
+
+def _read_versions(record: dict | None) -> dict:
+    value = (record or {}).get("lake_versions")
+    if isinstance(value, str):
+        value = json.loads(value)
+    return value if isinstance(value, dict) else {}
+
+
+read = {"training read": _read_versions(train), "evaluation read": _read_versions(evaluation)}
+tables = sorted(set().union(*read.values()))
+with st.expander("Lake versions this run read"):
+    if not tables:
+        st.info("This run was recorded before the lake recorded versions: re-run `gbmmet evaluate` to record them.")
+    else:
+        st.caption("Each lake table is a Delta table; a job reads every table at one version and records it. "
+                   f"`gbmmet query --as-of {ctx.run} \"SELECT ...\"` answers from the tables as the run's latest "
+                   f"job read them (`--as-of {ctx.run}/train` as training did). A version no longer there was "
+                   "removed by `gbmmet lake vacuum`.")
+        rows = pd.DataFrame([{"table": t, **{k: ("not yet written" if t in v and v[t] is None else v.get(t))
+                                             for k, v in read.items()}} for t in tables])
+        common.table(ctx, rows.astype(str), "lake-versions", download=rows)
+

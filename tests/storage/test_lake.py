@@ -9,6 +9,7 @@ import pyarrow as pa
 import pytest
 
 from gbmmet import constants as C
+from gbmmet.errors import LakeError
 from gbmmet.pseudonym import pseudonymise
 from storage import catalog
 from storage.lake import Lake
@@ -35,27 +36,155 @@ def test_an_empty_lake_has_every_view_with_its_columns(tmp_path):
     assert lake.read(C.TABLE_SLICES).num_rows == 0
 
 
-def test_writes_are_atomic_and_hidden_temporaries_are_never_read(tmp_path):
-    lake = Lake(tmp_path / "lake").ensure()
-    lake.write(C.TABLE_PATIENTS, pa.Table.from_pylist([_patient("p1")]), "p1.parquet")
-    # a temporary file a killed writer left behind, with garbage in it
-    (tmp_path / "lake" / C.TABLE_PATIENTS / ".p2.parquet.tmp").write_bytes(b"half a file")
-    assert lake.read(C.TABLE_PATIENTS).column(C.COL_PATIENT_ID).to_pylist() == ["p1"]
-    assert catalog.query(lake, "select count(*) as n from patients").column("n").to_pylist() == [1]
-    with pytest.raises(ValueError, match="bad lake file name"):
-        lake.write(C.TABLE_PATIENTS, pa.Table.from_pylist([_patient("p3")]), ".p3.parquet")
+def _patients(*pids, split="train"):
+    return pa.Table.from_pylist([_patient(pid, split=split) for pid in pids])
+
+
+def _ids(table):
+    return sorted(table.column(C.COL_PATIENT_ID).to_pylist())
+
+
+def _slices(pid, n=3):
+    return pa.Table.from_pylist([{C.COL_PATIENT_ID: pid, C.COL_LABEL: C.GBM, "slice_index": i, "image": b"abc"}
+                                 for i in range(n)], schema=SCHEMAS[C.TABLE_SLICES])
+
+
+def test_each_write_is_one_commit_and_replace_swaps_only_the_matching_rows(tmp_path):
+    lake = Lake(tmp_path / "lake")
+    assert lake.append(C.TABLE_PATIENTS, _patients("p1", "p2")) == 0
+    assert lake.replace(C.TABLE_PATIENTS, _patients("p1", split="test"), {C.COL_PATIENT_ID: "p1"}) == 1
+    rows = {r[C.COL_PATIENT_ID]: r[C.COL_SPLIT] for r in lake.read(C.TABLE_PATIENTS).to_pylist()}
+    assert rows == {"p1": "test", "p2": "train"}
+
+
+def test_a_reader_pinned_before_a_commit_still_sees_the_state_it_pinned(tmp_path):
+    lake = Lake(tmp_path / "lake")
+    lake.append(C.TABLE_PATIENTS, _patients("p1", "p2"))
+    snapshot = lake.pinned()
+    lake.replace(C.TABLE_PATIENTS, _patients("p2", split="test"), {C.COL_PATIENT_ID: ["p1", "p2"]})
+    assert _ids(snapshot.read(C.TABLE_PATIENTS)) == ["p1", "p2"]
+    assert [(r[C.COL_PATIENT_ID], r[C.COL_SPLIT]) for r in lake.read(C.TABLE_PATIENTS).to_pylist()] == [("p2", "test")]
+    assert snapshot.versions()[C.TABLE_PATIENTS] == 0 and lake.versions()[C.TABLE_PATIENTS] == 1
+    assert snapshot.versions()[C.TABLE_RUNS] is None and snapshot.read(C.TABLE_RUNS).num_rows == 0
+
+
+def test_delete_reports_the_rows_removed_and_commits_nothing_when_none_match(tmp_path):
+    lake = Lake(tmp_path / "lake")
+    lake.append(C.TABLE_PATIENTS, _patients("p1", "p2", "p3"))
+    assert lake.delete(C.TABLE_PATIENTS, {C.COL_PATIENT_ID: ["p1", "p3"]}) == 2
+    assert lake.delete(C.TABLE_PATIENTS, {C.COL_PATIENT_ID: "nobody"}) == 0
+    assert lake.delete(C.TABLE_PATIENTS, {C.COL_PATIENT_ID: []}) == 0
+    assert _ids(lake.read(C.TABLE_PATIENTS)) == ["p2"] and lake.version(C.TABLE_PATIENTS) == 1
+
+
+def test_a_replace_refuses_new_rows_outside_its_key(tmp_path):
+    lake = Lake(tmp_path / "lake")
+    lake.append(C.TABLE_PATIENTS, _patients("p1"))
+    with pytest.raises(ValueError, match="1 of the 1 new rows do not match"):
+        lake.replace(C.TABLE_PATIENTS, _patients("p2"), {C.COL_PATIENT_ID: "p1"})
+    assert _ids(lake.read(C.TABLE_PATIENTS)) == ["p1"] and lake.version(C.TABLE_PATIENTS) == 0
+
+
+def test_a_key_holding_sql_is_only_a_value(tmp_path):
+    lake = Lake(tmp_path / "lake")
+    lake.append(C.TABLE_PATIENTS, _patients("p1", "p2"))
+    assert lake.delete(C.TABLE_PATIENTS, {C.COL_PATIENT_ID: "x' or '1'='1"}) == 0
+    lake.append(C.TABLE_PATIENTS, _patients("o'brien"))
+    assert lake.delete(C.TABLE_PATIENTS, {C.COL_PATIENT_ID: "o'brien"}) == 1
+    assert _ids(lake.read(C.TABLE_PATIENTS)) == ["p1", "p2"]
+
+
+def test_staged_files_are_invisible_until_the_driver_commits_them_in_one_version(tmp_path):
+    lake = Lake(tmp_path / "lake")
+    staged = [lake.stage(C.TABLE_SLICES, _slices(pid), {C.COL_SITE: "siteA", C.COL_SPLIT: "train"})
+              for pid in ("p1", "p2")]
+    assert lake.read(C.TABLE_SLICES).num_rows == 0 and lake.version(C.TABLE_SLICES) is None
+    assert catalog.query(lake, "select count(*) as n from slices").column("n").to_pylist() == [0]
+    assert lake.commit(C.TABLE_SLICES, staged) == 0
+    assert lake.read(C.TABLE_SLICES).num_rows == 6
+    assert set(lake.read(C.TABLE_SLICES).column(C.COL_SITE).to_pylist()) == {"siteA"}
+
+
+def test_a_commit_replaces_a_patients_old_rows_even_in_another_partition(tmp_path):
+    lake = Lake(tmp_path / "lake")
+    lake.commit(C.TABLE_SLICES, [lake.stage(C.TABLE_SLICES, _slices("p1", 3), {C.COL_SITE: "siteA", C.COL_SPLIT: "train"}),
+                                 lake.stage(C.TABLE_SLICES, _slices("p2", 3), {C.COL_SITE: "siteA", C.COL_SPLIT: "train"})])
+    moved = lake.stage(C.TABLE_SLICES, _slices("p1", 2), {C.COL_SITE: "siteA", C.COL_SPLIT: "test"})
+    assert lake.commit(C.TABLE_SLICES, [moved], where={C.COL_PATIENT_ID: ["p1"]}) == 1
+    rows = lake.read(C.TABLE_SLICES).to_pylist()
+    assert sorted((r[C.COL_PATIENT_ID], r[C.COL_SPLIT]) for r in rows) == [("p1", "test")] * 2 + [("p2", "train")] * 3
+    assert not any(f.endswith(moved.path.rsplit("/", 1)[-1]) for f in lake.files(C.TABLE_SLICES))  # rewritten
+
+
+def test_concurrent_writers_all_land(tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    lake_dir = tmp_path / "lake"
+    Lake(lake_dir).append(C.TABLE_PATIENTS, _patients("p0"))
+    pids = [f"p{i}" for i in range(1, 9)]
+    with ThreadPoolExecutor(4) as pool:  # each thread its own Lake, as separate jobs would have
+        list(pool.map(lambda pid: Lake(lake_dir).replace(C.TABLE_PATIENTS, _patients(pid), {C.COL_PATIENT_ID: pid}),
+                      pids))
+    lake = Lake(lake_dir)
+    assert _ids(lake.read(C.TABLE_PATIENTS)) == sorted(["p0", *pids])
+    assert lake.version(C.TABLE_PATIENTS) == len(pids)  # one commit each, none lost
+
+
+def test_an_unknown_version_says_what_there_is(tmp_path):
+    lake = Lake(tmp_path / "lake")
+    lake.append(C.TABLE_PATIENTS, _patients("p1"))
+    with pytest.raises(LakeError, match="no version 7 .latest: 0"):
+        lake.at({C.TABLE_PATIENTS: 7}).read(C.TABLE_PATIENTS)
+
+
+def test_a_lake_in_the_old_file_per_patient_layout_is_refused_with_the_way_out(tmp_path):
+    import pyarrow.parquet as pq
+
+    (tmp_path / "lake" / C.TABLE_PATIENTS).mkdir(parents=True)
+    pq.write_table(_patients("p1"), tmp_path / "lake" / C.TABLE_PATIENTS / "p1.parquet")
+    with pytest.raises(LakeError, match="gbmmet lake migrate"):
+        Lake(tmp_path / "lake").read(C.TABLE_PATIENTS)
 
 
 def test_query_takes_parameters(tmp_path):
     lake = Lake(tmp_path / "lake").ensure()
-    for pid in ("p1", "p2", "p3"):
-        lake.write(C.TABLE_PATIENTS, pa.Table.from_pylist([_patient(pid, split="test" if pid == "p2" else "train")]),
-                   f"{pid}.parquet")
+    lake.append(C.TABLE_PATIENTS, _patients("p1", "p3"))
+    lake.append(C.TABLE_PATIENTS, _patients("p2", split="test"))
     t = catalog.query(lake, "select patient_id from patients where split = ? order by 1", ["train"])
     assert t.column(C.COL_PATIENT_ID).to_pylist() == ["p1", "p3"]
     # a value that would break a formatted string is just a value
     t = catalog.query(lake, "select count(*) as n from patients where split = ?", ["x' or '1'='1"])
     assert t.column("n").to_pylist() == [0]
+
+
+def test_a_query_pinned_to_versions_answers_from_that_state(tmp_path):
+    lake = Lake(tmp_path / "lake")
+    lake.append(C.TABLE_PATIENTS, _patients("p1"))
+    lake.append(C.TABLE_PATIENTS, _patients("p2"))
+    sql = "select count(*) as n from patients"
+    assert catalog.query(lake, sql, versions={C.TABLE_PATIENTS: 0}).column("n").to_pylist() == [1]
+    assert catalog.query(lake, sql).column("n").to_pylist() == [2]
+
+
+def test_the_catalog_file_views_list_only_the_current_files(tmp_path):
+    lake = Lake(tmp_path / "lake")
+    lake.append(C.TABLE_PATIENTS, _patients("p1", "p2"))
+    lake.replace(C.TABLE_PATIENTS, _patients("p1"), {C.COL_PATIENT_ID: "p1"})  # the old file stays on disk
+    con = duckdb.connect(str(catalog.refresh(lake)), read_only=True)
+    try:
+        assert con.execute("select count(*) from patients").fetchone()[0] == 2
+    finally:
+        con.close()
+
+
+def test_the_stamp_changes_with_each_commit_and_only_then(tmp_path):
+    lake = Lake(tmp_path / "lake")
+    before = catalog.stamp(lake)
+    lake.stage(C.TABLE_SLICES, _slices("p1"), {C.COL_SITE: "siteA", C.COL_SPLIT: "train"})
+    assert catalog.stamp(lake) == before  # a staged file is not a change
+    lake.append(C.TABLE_PATIENTS, _patients("p1"))
+    after = catalog.stamp(lake)
+    assert after != before and catalog.stamp(lake) == after
 
 
 def test_file_uri_is_a_local_lake(tmp_path):
