@@ -358,6 +358,12 @@ readers_app = typer.Typer(help="Radiologists' reads.", no_args_is_help=True)
 app.add_typer(readers_app, name="readers")
 
 
+def _register_lake_commands() -> None:
+    from pipelines.lake_cmd import lake_app  # imports pipelines.cli: registered once both exist
+
+    app.add_typer(lake_app, name="lake")
+
+
 @readers_app.command("import")
 @_user_errors
 def readers_import(
@@ -446,6 +452,9 @@ def report(
 
     run_id, path, pages = write_report(lake, run, out, ci)
     typer.echo(f"report {run_id}: {path} ({pages} pages)")
+
+
+_register_lake_commands()
 
 
 def main(argv: list[str] | None = None) -> int:
