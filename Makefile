@@ -45,6 +45,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/dashboard.py
 	$(BIN)/python bench/scale.py
 	$(BIN)/python bench/coverage.py
+	$(BIN)/python bench/lake.py
 
 clean:
 	rm -rf $(DATA) $(LAKE) .pytest_cache

@@ -114,6 +114,12 @@ def test_a_commit_replaces_a_patients_old_rows_even_in_another_partition(tmp_pat
     rows = lake.read(C.TABLE_SLICES).to_pylist()
     assert sorted((r[C.COL_PATIENT_ID], r[C.COL_SPLIT]) for r in rows) == [("p1", "test")] * 2 + [("p2", "train")] * 3
     assert not any(f.endswith(moved.path.rsplit("/", 1)[-1]) for f in lake.files(C.TABLE_SLICES))  # rewritten
+    con = duckdb.connect(str(catalog.refresh(lake)), read_only=True)  # files written by gbmmet and by delta-rs
+    try:
+        assert con.execute("select split, count(*) from slices group by all order by 1").fetchall() == [
+            ("test", 2), ("train", 3)]
+    finally:
+        con.close()
 
 
 def test_concurrent_writers_all_land(tmp_path):
