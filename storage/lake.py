@@ -30,7 +30,7 @@ import secrets
 import time
 import uuid
 from pathlib import Path
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, quote
 
 import pyarrow as pa
 import pyarrow.dataset as ds
@@ -55,6 +55,9 @@ TABLE_CONFIGURATION = {
     "delta.logRetentionDuration": "interval 7 days",
     "delta.deletedFileRetentionDuration": "interval 7 days",
 }
+#: A migration's backup folder (``.migrated-<time>``) and the marker it holds until it finishes.
+MIGRATION_BACKUP_PREFIX = ".migrated-"
+MIGRATION_MARKER = "MIGRATING"
 #: Commits tried before a write gives up on a table other writers keep changing.
 COMMIT_RETRIES = 8
 
@@ -76,7 +79,7 @@ def _check_name(name: str) -> None:
         raise ValueError(f"unknown lake table {name!r}; expected one of {sorted(SCHEMAS)}")
 
 
-def _hooks():
+def commit_hooks():
     """Post-commit hooks of every commit: checkpoints as usual, but never a clean-up of old log
     entries behind a job's back (``vacuum`` does that, and says so)."""
     from deltalake import PostCommitHookProperties
@@ -203,6 +206,7 @@ class Lake:
         self.base = self.base.rstrip("/")
         self._root_is_dir = False
         self._pins: dict[str, int | None] = {}
+        self._migrating = False
 
     def child_uri(self, *parts: str) -> str:
         """The URI (or local path) of a place inside the lake, e.g. its ``runs`` folder."""
@@ -243,6 +247,13 @@ class Lake:
         twin._pins = dict(versions)
         return twin
 
+    def migrating(self) -> Lake:
+        """This lake for ``gbmmet lake migrate`` itself, which reads and commits while its own
+        half-way marker stands (every other user is refused then)."""
+        twin = copy.copy(self)
+        twin._migrating = True
+        return twin
+
     def pinned(self) -> Lake:
         """This lake with every table's reads pinned to its version now: a job's consistent
         snapshot, whose ``versions()`` it records as what it read."""
@@ -268,7 +279,11 @@ class Lake:
             return DeltaTable(self.table_uri(name), version=version, storage_options=self.storage_options or None)
         except TableNotFoundError:
             if version is not None:
-                raise LakeError(f"the lake table {name} has no version {version}: it has no commit yet") from None
+                latest = self.delta_latest(name)
+                if latest is None:
+                    raise LakeError(f"the lake table {name} has no version {version}: it has no commit yet") from None
+                raise LakeError(f"the lake table {name} has no version {version} (latest: {latest.version()}; "
+                                f"`gbmmet lake vacuum` removes versions older than its --retain-hours)") from None
             self._refuse_old_layout(name)
             return None
         except DeltaError as exc:
@@ -340,15 +355,15 @@ class Lake:
             if existing is None:
                 write_deltalake(self.table_uri(name), data, mode="append", partition_by=list(PARTITIONS.get(name, ())) or None,
                                 configuration=TABLE_CONFIGURATION, storage_options=self.storage_options or None,
-                                post_commithook_properties=_hooks())
+                                post_commithook_properties=commit_hooks())
                 return 0
             if predicate is None:
-                write_deltalake(existing, data, mode="append", post_commithook_properties=_hooks())
+                write_deltalake(existing, data, mode="append", post_commithook_properties=commit_hooks())
             else:
-                write_deltalake(existing, data, mode="overwrite", predicate=predicate, post_commithook_properties=_hooks())
+                write_deltalake(existing, data, mode="overwrite", predicate=predicate, post_commithook_properties=commit_hooks())
             return existing.version()
 
-        self._with_retries(name, write)
+        self.with_retries(name, write)
         return self.version(name)
 
     def delete(self, name: str, where: dict) -> int:
@@ -363,9 +378,9 @@ class Lake:
             table = self.delta_latest(name)
             if table is None:
                 return 0
-            return int(table.delete(predicate, post_commithook_properties=_hooks()).get("num_deleted_rows") or 0)
+            return int(table.delete(predicate, post_commithook_properties=commit_hooks()).get("num_deleted_rows") or 0)
 
-        return self._with_retries(name, delete)
+        return self.with_retries(name, delete)
 
     def delta_latest(self, name: str):
         """The latest ``DeltaTable`` of ``name`` whatever the pins (None: no commit yet)."""
@@ -385,8 +400,9 @@ class Lake:
         data = self._conform(name, table, partition)
         parts = PARTITIONS.get(name, ())
         values = {c: data.column(c)[0].as_py() for c in parts} if data.num_rows else {c: (partition or {}).get(c) for c in parts}
-        rel = posixpath.join(*[f"{c}={values[c]}" for c in parts], f"part-{uuid.uuid4().hex}.zstd.parquet") \
-            if parts else f"part-{uuid.uuid4().hex}.zstd.parquet"
+        # partition folders percent-encoded as delta-rs writes them (pyarrow's hive reads decode them)
+        rel = posixpath.join(*[f"{c}={quote(str(values[c]), safe='')}" for c in parts],
+                             f"part-{uuid.uuid4().hex}.zstd.parquet") if parts else f"part-{uuid.uuid4().hex}.zstd.parquet"
         folder = self.path(name, posixpath.dirname(rel)) if parts else self.path(name)
         self._prepare_write()
         self.fs.create_dir(folder, recursive=True)
@@ -432,13 +448,13 @@ class Lake:
                         t = t.append_column(c, pa.array([s.partition_values[c]] * t.num_rows, pa.string()))
                     tables.append(t.select(schema.names).cast(schema))
                 write_deltalake(existing, pa.concat_tables(tables), mode="overwrite", predicate=predicate,
-                                post_commithook_properties=_hooks())
+                                post_commithook_properties=commit_hooks())
                 return "rewritten"
             existing.create_write_transaction(actions, mode="append", schema=DeltaSchema.from_arrow(schema), partition_by=parts,
-                                              post_commithook_properties=_hooks())
+                                              post_commithook_properties=commit_hooks())
             return "added"
 
-        how = self._with_retries(name, commit)
+        how = self.with_retries(name, commit)
         if how == "rewritten":
             for s in staged:
                 self.fs.delete_file(self.path(name, s.path))
@@ -449,7 +465,7 @@ class Lake:
         data = self.at({}).dataset(name) if self._pins else self.dataset(name)
         return data is not None and data.count_rows(filter=_expression(where)) > 0
 
-    def _with_retries(self, name: str, fn):
+    def with_retries(self, name: str, fn):
         """Run one commit ``fn``, retried against the new state where a concurrent commit won."""
         from deltalake.exceptions import CommitFailedError
 
@@ -511,10 +527,23 @@ class Lake:
         t = data.to_table(columns=columns, filter=filter)
         return t.cast(pa.schema([schema.field(c) for c in t.column_names]))
 
+    def _refuse_unfinished_migration(self) -> None:
+        """LakeError where a ``gbmmet lake migrate`` stopped half-way (its backup folder still holds
+        its marker): some tables' old files are moved but not committed yet, so they would read as
+        empty."""
+        if self._migrating or self.fs.get_file_info(self.base).type != pafs.FileType.Directory:
+            return
+        for info in self.fs.get_file_info(pafs.FileSelector(self.base)):
+            if info.base_name.startswith(MIGRATION_BACKUP_PREFIX) and \
+                    self.fs.get_file_info(posixpath.join(info.path, MIGRATION_MARKER)).type == pafs.FileType.File:
+                raise LakeError(f"the lake {self.uri} is half-way through a migration ({info.base_name} holds "
+                                f"{MIGRATION_MARKER}): finish it with `gbmmet lake migrate --lake {self.uri}`")
+
     def _refuse_old_layout(self, name: str) -> None:
         """LakeError where table ``name``'s folder holds Parquet files but no Delta log: a lake
         written by gbmmet before its tables were Delta tables. (Files named ``part-*`` are data
         files staged by a job that never committed: not a table yet.)"""
+        self._refuse_unfinished_migration()
         root = self.path(name)
         if self.fs.get_file_info(root).type != pafs.FileType.Directory:
             self._refuse_file_root()

@@ -196,3 +196,38 @@ def patient_index(con: duckdb.DuckDBPyConnection, run: str,
     """, [run, list(cohorts), list(C.SPLITS)])
     cols = [d[0] for d in res.description]
     return [dict(zip(cols, r, strict=True)) for r in res.fetchall()]
+
+
+JOB_KINDS = ("train", "score", "evaluate")
+
+
+def run_versions(lake, run: str, kind: str | None = None) -> dict[str, int | None]:
+    """The Delta version of every table that run ``run``'s job ``kind`` (train, score, evaluate;
+    default: its latest job) read, as its ``runs`` record holds them (``lake_versions``): table ->
+    version, None for a table that had no commit yet. ``catalog.query(lake, sql, versions=...)``
+    then answers from the state that job read (``gbmmet query --as-of RUN``).
+
+    Takes the lake itself (not a connection): the record is read from the latest ``runs``.
+
+    Raises:
+        ConfigError: no such run or job (the message lists what the lake has), or a record written
+            before runs recorded the versions they read.
+    """
+    import json
+
+    from gbmmet.errors import ConfigError
+
+    records = lake.read(C.TABLE_RUNS, columns=["run_id", "kind", "finished_at", "lake_versions"]).to_pylist()
+    rows = [r for r in records if r["run_id"] == run]
+    if not rows:
+        known = sorted({r["run_id"] for r in records})
+        raise ConfigError(f"no run {run!r} in the lake at {lake.uri}; runs there: {known}")
+    jobs = [r for r in rows if kind is None or r["kind"] == kind]
+    if not jobs:
+        raise ConfigError(f"run {run!r} has no {kind!r} job in the lake at {lake.uri}; its jobs: "
+                          f"{sorted({r['kind'] for r in rows})} (one of {list(JOB_KINDS)})")
+    rec = max(jobs, key=lambda r: (r["finished_at"] is not None, r["finished_at"] or 0))
+    if rec["lake_versions"] is None:
+        raise ConfigError(f"the {rec['kind']} record of run {run!r} was written before runs recorded the table "
+                          f"versions they read: run the job again to record them")
+    return {table: None if v is None else int(v) for table, v in json.loads(rec["lake_versions"]).items()}

@@ -72,18 +72,32 @@ def fast_params():
 
 @pytest.fixture(scope="session")
 def s3_server():
-    """An S3-compatible server (moto's server mode) on a free port of 127.0.0.1; yields its URL."""
-    import logging
+    """An S3-compatible server (moto's server mode) on a free port of 127.0.0.1, in its own
+    process: delta-rs holds the GIL in some calls while it waits on the store (table alterations,
+    history), which a server in this process would then never answer. Yields its URL."""
+    import socket
+    import subprocess
+    import sys
+    import time
 
-    from moto.server import ThreadedMotoServer
-
-    logging.getLogger("werkzeug").setLevel(logging.WARNING)
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    assert host == "127.0.0.1"
-    yield f"http://{host}:{port}"
-    server.stop()
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = subprocess.Popen([str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(200):  # 20 s at most
+            with socket.socket() as sock:
+                if sock.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            assert server.poll() is None, "moto_server exited"
+            time.sleep(0.1)
+        else:
+            raise RuntimeError("moto_server did not listen on 127.0.0.1 within 20 s")
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
 
 
 def s3_uri(server: str, bucket: str, path: str) -> str:

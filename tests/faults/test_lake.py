@@ -45,8 +45,8 @@ def small_lake(root: Path) -> tuple[Lake, str]:
     """A lake with its key, one pseudonymised patient and its preprocessing record; (lake, id)."""
     lake = Lake(root).ensure()
     pid = pseudonymise(lake.secret(), "siteA", "A0001")
-    lake.write(C.TABLE_PATIENTS, pa.Table.from_pylist([patient_row(pid)]), f"{pid}.parquet")
-    lake.write(C.TABLE_PREPROCESS_RUNS, pa.Table.from_pylist([run_row(pid)]), f"{pid}-a1.parquet")
+    lake.append(C.TABLE_PATIENTS, pa.Table.from_pylist([patient_row(pid)]))
+    lake.append(C.TABLE_PREPROCESS_RUNS, pa.Table.from_pylist([run_row(pid)]))
     return lake, pid
 
 
@@ -132,8 +132,7 @@ def test_a_lake_copied_without_its_key_is_refused_and_no_key_is_made(tmp_path):
 
 def test_a_lake_with_only_preprocessing_records_needs_its_key_too(tmp_path):
     lake = Lake(tmp_path / "lake").ensure()
-    lake.write(C.TABLE_PREPROCESS_RUNS, pa.Table.from_pylist([run_row("p0123456789abcdef", "failed")]),
-               "p0123456789abcdef-a1.parquet")
+    lake.append(C.TABLE_PREPROCESS_RUNS, pa.Table.from_pylist([run_row("p0123456789abcdef", "failed")]))
     with pytest.raises(LakeError, match="no pseudonym key"):
         lake.secret()
     assert not (tmp_path / "lake" / SECRET_DIR).exists()
@@ -190,7 +189,7 @@ def test_a_lake_that_is_a_file_is_refused_when_used(tmp_path):
     path.write_bytes(b"not a lake")
     lake = Lake(path)
     for use in (lake.ensure, lake.secret, lambda: lake.read(C.TABLE_PATIENTS),
-                lambda: lake.write(C.TABLE_PATIENTS, pa.Table.from_pylist([patient_row("p1")]), "p1.parquet")):
+                lambda: lake.append(C.TABLE_PATIENTS, pa.Table.from_pylist([patient_row("p1")]))):
         with pytest.raises(LakeError, match="is a file, not a folder") as err:
             use()
         assert str(path) in str(err.value)
@@ -259,10 +258,12 @@ def test_check_writable_on_object_storage(s3_server):
     assert names == [SECRET_FILE]  # the probe is gone
 
     copied = Lake(s3_uri(s3_server, "faults-lake", "copied"))
-    copied.write(C.TABLE_PATIENTS, pa.Table.from_pylist([patient_row("p1")]), "p1.parquet")
+    copied.append(C.TABLE_PATIENTS, pa.Table.from_pylist([patient_row("p1")]))
+    before = _object_names(copied)
     with pytest.raises(LakeError, match="no pseudonym key"):
         copied.check_writable()
-    assert [p.rsplit("/", 1)[-1] for p in _object_names(copied)] == ["p1.parquet"]
+    assert _object_names(copied) == before  # no key, no probe: only the table's files
+    assert not any(p.endswith(SECRET_FILE) for p in before)
 
 
 def _object_names(lake: Lake) -> list[str]:
