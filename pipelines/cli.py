@@ -378,7 +378,7 @@ def readers_import(
     from pipelines.readers import import_reads
 
     s = import_reads(reads, lake, replace=replace)
-    typer.echo(f"readers: {s.rows} reads by {', '.join(s.readers) or 'nobody'} imported into {lake} ({s.file})")
+    typer.echo(f"readers: {s.rows} reads by {', '.join(s.readers) or 'nobody'} imported into {lake} ({s.source})")
     notes = ((f"{len(s.replaced)} older read(s) replaced by this file's:", s.replaced),
              (f"{len(s.skipped)} read(s) skipped, identical to reads already in the lake (--replace moves them "
               "to this file):", s.skipped))
@@ -405,7 +405,7 @@ def readers_simulate_assisted(
 
     run_id = train_run_record(Lake(lake), run)["run_id"]
     s = simulate_assisted(lake, run_id, cutoff_kind=cutoff, seed=seed)
-    typer.echo(f"readers: {s.rows} assisted reads by {', '.join(s.readers)} simulated with run {run_id} ({s.file})")
+    typer.echo(f"readers: {s.rows} assisted reads by {', '.join(s.readers)} simulated with run {run_id} ({s.source})")
 
 
 @app.command()

@@ -14,6 +14,11 @@ is a pure function in ``gbmmet.evaluation`` and ``gbmmet.stats``, documented the
 4. ``differences``: model at each cutoff minus each reader, each reader assisted minus unassisted,
    with paired bootstrap CIs, McNemar / DeLong p values, Holm-adjusted per cohort.
 5. ``calibration`` (reliability and decision curves) and ``patient_flow`` (STARD counts).
+
+Scoring and the evaluation proper each read one snapshot of the lake (``Lake.pinned``: the
+evaluation's is taken once the slices are scored) and record its table versions in their ``runs``
+record (``score``, ``evaluate``: ``lake_versions``); every table they write is one commit replacing
+the run's earlier rows, the record last.
 """
 
 from __future__ import annotations
@@ -93,27 +98,45 @@ def _record(lake, run: str, kind: str) -> dict | None:
 def score_run(lake, rec: dict, *, cams: bool = True, force: bool = False, show_progress: bool = True,
               echo=print) -> str:
     """Slice predictions (and CAMs) of run ``rec`` into the lake; reused while the run, the slices
-    and ``cams`` are unchanged. Returns the scoring fingerprint."""
-    run = rec["run_id"]
-    fingerprint = _hash([SCORE_VERSION, run, rec["finished_at"], rec["fold_checkpoints"], _slices_state(lake), cams])
-    done = _record(lake, run, "score")
-    if done and not force and json.loads(done["config"]).get("fingerprint") == fingerprint:
-        echo(f"score {run}: slices already scored by this run; reusing them")
-        return fingerprint
-    started = dt.datetime.now(dt.UTC)
-    n = _score_slices(lake, rec, show_progress)
-    if cams:
-        _cams(lake, rec, show_progress)
+    and ``cams`` are unchanged. Returns the scoring fingerprint.
+
+    Reads the lake as it is when scoring starts (``lake.pinned()``); the ``score`` record holds
+    those versions (``lake_versions``)."""
     import pyarrow as pa
 
     from storage.schemas import RUNS
 
-    lake.write(C.TABLE_RUNS, pa.Table.from_pylist([{
+    run = rec["run_id"]
+    snap = lake.pinned()
+    fingerprint = _hash([SCORE_VERSION, run, rec["finished_at"], rec["fold_checkpoints"], _slices_state(snap), cams])
+    done = _record(snap, run, "score")
+    if done and not force and json.loads(done["config"]).get("fingerprint") == fingerprint:
+        echo(f"score {run}: slices already scored by this run; reusing it")
+        return fingerprint
+    started = dt.datetime.now(dt.UTC)
+    predictions, n = _score_slices(snap, rec, show_progress)
+    maps = _cams(snap, rec, show_progress) if cams else None
+    lake.replace(C.TABLE_SLICE_PREDICTIONS, predictions, {"run_id": run, C.COL_SPLIT: list(EVAL_SPLITS)})
+    if maps is not None:
+        lake.replace(C.TABLE_CAMS, maps, {"run_id": run})
+    lake.replace(C.TABLE_RUNS, pa.Table.from_pylist([{
         "run_id": run, "kind": "score", "mode": rec["mode"], "backbone_id": rec["backbone_id"],
         "config": json.dumps({"fingerprint": fingerprint, "cams": cams}), "started_at": started,
         "finished_at": dt.datetime.now(dt.UTC), "fold_checkpoints": rec["fold_checkpoints"],
-        "timings": json.dumps({"slices": n}), "status": "ok"}], schema=RUNS), f"{run}-score.parquet")
+        "timings": json.dumps({"slices": n}), "status": "ok",
+        "lake_versions": json.dumps(snap.versions(), sort_keys=True)}], schema=RUNS), {"run_id": run, "kind": "score"})
+    _after_commits(lake, [C.TABLE_SLICE_PREDICTIONS, C.TABLE_CAMS, C.TABLE_RUNS])
     return fingerprint
+
+
+def _after_commits(lake, names: list[str]) -> None:
+    """After a job's commits: a local lake's catalog rebuilt, then tables ``names`` compacted
+    where small commits piled up."""
+    from storage import catalog, maintenance
+
+    if lake.local_root is not None:
+        catalog.refresh(lake)
+    maintenance.compact_small(lake, names)
 
 
 def _model_args(rec: dict) -> tuple:
@@ -122,7 +145,9 @@ def _model_args(rec: dict) -> tuple:
             config.get("weights_file"), config.get("stages") or 1)
 
 
-def _score_slices(lake, rec: dict, show_progress: bool) -> int:
+def _score_slices(lake, rec: dict, show_progress: bool):
+    """The ``slice_predictions`` rows of run ``rec`` on the val / test / external slices (each fold
+    model and both ensembles), and the number of slices."""
     import pyarrow as pa
     import ray
 
@@ -157,11 +182,11 @@ def _score_slices(lake, rec: dict, show_progress: bool) -> int:
 
     tables = [table(f"fold{k}", k, probs[k], probs[k] >= 0.5) for k in range(len(probs))]
     tables += [table(ENSEMBLE_VOTE, None, share, vote), table(ENSEMBLE_MEAN, None, mean_p, mean_p >= 0.5)]
-    lake.write(C.TABLE_SLICE_PREDICTIONS, pa.concat_tables(tables), f"{run}-eval.parquet")
-    return meta.num_rows
+    return pa.concat_tables(tables), meta.num_rows
 
 
-def _cams(lake, rec: dict, show_progress: bool) -> None:
+def _cams(lake, rec: dict, show_progress: bool):
+    """The ``cams`` rows of run ``rec``: the ensemble's Grad-CAM of every test and external slice."""
     import pyarrow as pa
 
     from gbmmet.errors import RunFailed
@@ -182,10 +207,10 @@ def _cams(lake, rec: dict, show_progress: bool) -> None:
     maps = (np.concatenate([o.value for o in sorted(report.outcomes, key=lambda o: o.key)]) if items
             else np.zeros((0, CAM_SIZE, CAM_SIZE), np.uint8))
     n = len(maps)
-    lake.write(C.TABLE_CAMS, pa.table({
+    return pa.table({
         "run_id": pa.array([run] * n), **{c: meta.column(c) for c in meta.column_names},
         "height": pa.array([CAM_SIZE] * n, pa.int16()), "width": pa.array([CAM_SIZE] * n, pa.int16()),
-        "cam": pa.array([m.tobytes() for m in maps], pa.binary())}), f"{run}.parquet")
+        "cam": pa.array([m.tobytes() for m in maps], pa.binary())})
 
 
 # ---------------------------------------------------------------------------------------------
@@ -248,16 +273,13 @@ def _cutoffs(pat: dict, echo) -> dict:
     return cutoffs
 
 
-def _write_patients(lake, run: str, pat: dict, cutoffs: dict) -> None:
+def _patients_table(run: str, pat: dict, cutoffs: dict):
+    """The ``patient_predictions`` rows of run ``run``: one per patient and cutoff."""
     import pyarrow as pa
 
-    from storage import catalog
     from storage.schemas import PATIENT_PREDICTIONS
 
-    lake.write(C.TABLE_PATIENT_PREDICTIONS, pa.Table.from_pylist(_patient_rows(run, pat, cutoffs),
-                                                                 schema=PATIENT_PREDICTIONS), f"{run}.parquet")
-    if lake.local_root is not None:
-        catalog.refresh(lake)
+    return pa.Table.from_pylist(_patient_rows(run, pat, cutoffs), schema=PATIENT_PREDICTIONS)
 
 
 def _patient_rows(run: str, pat: dict, cutoffs: dict) -> list[dict]:
@@ -389,30 +411,38 @@ def run_evaluate(lake_root: str, run: str | None = None, *, settings: Evaluation
     run = rec["run_id"]
     init_ray(address=address, num_cpus=workers)
     scoring = score_run(lake, rec, cams=cams, force=force, show_progress=show_progress, echo=echo)
-    reads = _reads_for(lake, run)
-    fingerprint = _fingerprint(lake, rec, reads, settings, scoring)
+    snap = lake.pinned()  # what the evaluation reads (the slices scored): its record holds these versions
+    reads = _reads_for(snap, run)
+    fingerprint = _fingerprint(snap, rec, reads, settings, scoring)
     if predictions_only:
-        pat = _patients(lake, run)
+        pat = _patients(snap, run)
         cutoffs = _cutoffs(pat, echo)
         _calibrate(pat, settings, echo)
-        _write_patients(lake, run, pat, cutoffs)
+        lake.replace(C.TABLE_PATIENT_PREDICTIONS, _patients_table(run, pat, cutoffs), {"run_id": run})
+        _after_commits(lake, [C.TABLE_PATIENT_PREDICTIONS])
         return EvaluateSummary(run, {k: c.value for k, c in cutoffs.items()}, len(pat),
                                sum(d["n_slices_scored"] for d in pat.values()), 0, 0, [], time.perf_counter() - t0)
-    done = _record(lake, run, "evaluate")
+    done = _record(snap, run, "evaluate")
     if done and not force and json.loads(done["config"]).get("fingerprint") == fingerprint:
         t = json.loads(done["timings"])
         echo(f"evaluate {run}: already evaluated with these inputs and settings; reusing it")
         return EvaluateSummary(run, t["cutoffs"], t["patients"], t["slices"], t["metrics_rows"],
                                t["differences_rows"], t["readers"], 0.0)
     started = dt.datetime.now(dt.UTC)
-    summary, config = _statistics(lake, run, reads, settings, show_progress, echo)
+    summary, config, tables = _statistics(snap, run, reads, settings, show_progress, echo)
+    for name, table in tables.items():
+        lake.replace(name, table, {"run_id": run})
     summary.seconds = time.perf_counter() - t0
-    _write_record(lake, rec, summary, {**config, "fingerprint": fingerprint, "scoring": scoring}, started)
+    _write_record(lake, rec, summary, {**config, "fingerprint": fingerprint, "scoring": scoring}, started,
+                  snap.versions())
+    _after_commits(lake, [*tables, C.TABLE_RUNS])
     return summary
 
 
 def _statistics(lake, run: str, reads: list[dict], settings: EvaluationSettings, show_progress: bool,
-                echo) -> tuple[EvaluateSummary, dict]:
+                echo) -> tuple[EvaluateSummary, dict, dict]:
+    """The evaluation of run ``run`` from the lake (pinned): its summary, its settings and
+    cutoffs (for the record), and the rows of every table it writes (table -> Arrow table)."""
     import pyarrow as pa
 
     from gbmmet import evaluation as E
@@ -421,7 +451,6 @@ def _statistics(lake, run: str, reads: list[dict], settings: EvaluationSettings,
     pat = _patients(lake, run)
     cutoffs = _cutoffs(pat, echo)
     calibrator = _calibrate(pat, settings, echo)
-    _write_patients(lake, run, pat, cutoffs)
     attempts = lake.read(C.TABLE_PREPROCESS_RUNS).to_pylist()
     mrows, drows = _metrics_and_differences(pat, cutoffs, reads, attempts, settings, show_progress, echo)
     crows = []
@@ -437,15 +466,16 @@ def _statistics(lake, run: str, reads: list[dict], settings: EvaluationSettings,
     read_by = {r: {x[C.COL_PATIENT_ID] for x in reads if x[C.COL_READER_ID] == r and not x[C.COL_ASSISTED]}
                for r in {x[C.COL_READER_ID] for x in reads}}
     flow = [{"run_id": run, **r} for r in E.patient_flow(attempts, set(pat), read_by)]
+    tables = {C.TABLE_PATIENT_PREDICTIONS: _patients_table(run, pat, cutoffs)}
     for name, rows, schema in ((C.TABLE_METRICS, mrows, S.METRICS), (C.TABLE_DIFFERENCES, drows, S.DIFFERENCES),
                                (C.TABLE_CALIBRATION, crows, S.CALIBRATION), (C.TABLE_FLOW, flow, S.PATIENT_FLOW)):
-        lake.write(name, pa.Table.from_pylist([{"run_id": run, **r} for r in rows], schema=schema), f"{run}.parquet")
+        tables[name] = pa.Table.from_pylist([{"run_id": run, **r} for r in rows], schema=schema)
     readers = sorted({r[C.COL_READER_ID] for r in reads})
     summary = EvaluateSummary(run, {k: c.value for k, c in cutoffs.items()}, len(pat),
                               sum(d["n_slices_scored"] for d in pat.values()), len(mrows), len(drows), readers)
     config = {"settings": settings.to_dict(), "cutoffs": {k: vars(c) for k, c in cutoffs.items()},
               "calibrator": calibrator, "ci_methods": list(settings.ci_methods) + [C.CI_DELONG]}
-    return summary, config
+    return summary, config, tables
 
 
 def _metrics_and_differences(pat, cutoffs, reads, attempts, settings, show_progress, echo) -> tuple[list, list]:
@@ -492,12 +522,14 @@ def _call(fn, *args):
     return value, sorted({str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)})
 
 
-def _write_record(lake, rec: dict, summary: EvaluateSummary, config: dict, started) -> None:
+def _write_record(lake, rec: dict, summary: EvaluateSummary, config: dict, started, versions: dict) -> None:
+    """The ``evaluate`` record of the run (replacing an earlier one), with the table ``versions``
+    the evaluation read."""
     import pyarrow as pa
 
-    from storage import catalog
+    from storage.schemas import RUNS
 
-    lake.write(C.TABLE_RUNS, pa.Table.from_pylist([{
+    lake.replace(C.TABLE_RUNS, pa.Table.from_pylist([{
         "run_id": summary.run_id, "kind": "evaluate", "mode": rec["mode"], "backbone_id": rec["backbone_id"],
         "backbone_reason": rec.get("backbone_reason"), "weights_sha256": rec.get("weights_sha256"),
         "config": json.dumps(config, default=str), "seeds": json.dumps({"resampling": config["settings"]["seed"]}),
@@ -507,6 +539,5 @@ def _write_record(lake, rec: dict, summary: EvaluateSummary, config: dict, start
         "timings": json.dumps({"cutoffs": summary.cutoffs, "patients": summary.patients, "slices": summary.slices,
                                "metrics_rows": summary.metrics_rows, "differences_rows": summary.differences_rows,
                                "readers": summary.readers, "total_s": summary.seconds}),
-        "status": "ok"}]), f"{summary.run_id}-evaluate.parquet")
-    if lake.local_root is not None:
-        catalog.refresh(lake)
+        "status": "ok", "lake_versions": json.dumps(versions, sort_keys=True)}], schema=RUNS),
+        {"run_id": summary.run_id, "kind": "evaluate"})

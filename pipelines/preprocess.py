@@ -12,17 +12,24 @@ What a run does:
    (``ManifestError`` naming both rows and the files); across sites it is allowed but recorded as
    a ``duplicate_input`` warning on both patients;
 4. runs the patients as Ray tasks (retried when a worker dies; a patient's own error is recorded
-   and not retried); each task writes its slices, then its ``preprocess_runs`` row (with the
-   ``InputWarning``s raised on the way), then its ``patients`` row (the "done" mark), each file
-   atomically; a reprocessed patient's files are replaced only by a successful attempt (its old
-   slices file removed afterwards where its split changed), so a failed attempt keeps its old rows;
+   and not retried). A task makes nothing visible: it stages its slices (``Lake.stage``, a data
+   file no reader sees) and returns them with its ``preprocess_runs`` row (with the
+   ``InputWarning``s raised on the way) and its ``patients`` row. The driver commits finished
+   patients in batches (``BatchSettings``: every so many patients or seconds, whichever first,
+   and at the end), three commits a batch (``Batches.flush``); a reprocessed patient's rows are
+   replaced only by a successful attempt, wherever its split put them, so a failed attempt keeps
+   its old rows. After each batch the catalog is rebuilt, so analysts see the progress;
 5. applies the registration QC rule (``gbmmet.preprocess.qc``) to every patient without a verdict
-   against the lake's cohort, and records it (``registration_suspect``, a warning when suspect);
-6. rebuilds the DuckDB catalog and writes the id mapping (raw id -> pseudonym) beside each
-   manifest, on the site's side, never into the lake.
+   against the lake's cohort, and records it (``registration_suspect``, a warning when suspect)
+   in one commit;
+6. writes the id mapping (raw id -> pseudonym) beside each manifest, on the site's side, never
+   into the lake.
 
-Ctrl-C cancels the outstanding tasks and raises ``Interrupted`` (what finished is kept: the same
-command resumes).
+Ctrl-C cancels the outstanding tasks, commits what finished and raises ``Interrupted``; a driver
+killed outright leaves its uncommitted patients as staged files only (invisible, removed by
+``gbmmet lake vacuum``). Either way the same command resumes: it redoes exactly the patients
+whose ``patients`` row was not committed. Several jobs (e.g. one per site) may write one lake at
+the same time: each commit lands whole, retried against the others' (``Lake``).
 """
 
 from __future__ import annotations
@@ -31,11 +38,16 @@ import csv
 import datetime as dt
 import hashlib
 import json
+import math
 import os
 import re
+import signal
+import threading
+import time
 import uuid
 import warnings
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -63,13 +75,32 @@ class PatientJob:
     lake_root: str
     # (kind, message) found by the driver before the run (duplicates across sites), lake-ready
     warnings: tuple[tuple[str, str], ...] = ()
-    # (site, split) of the patient's slices file that this attempt replaces, where it differs
-    old_partition: tuple[str, str] | None = None
+
+
+@dataclass(frozen=True)
+class BatchSettings:
+    """How often the driver commits finished patients: once ``patients`` have finished, or
+    ``seconds`` after the first of a batch finished, whichever comes first, and at the end (or
+    on Ctrl-C). Fewer, larger commits keep the Delta log short; more, smaller ones show progress
+    sooner and leave less to redo after a crash. Not part of the parameters' hash."""
+
+    patients: int = 32
+    seconds: float = 30.0
+
+    def check(self) -> None:
+        """ValueError where a batch could never be committed."""
+        if self.patients < 1:
+            raise ValueError(f"batch patients must be >= 1, got {self.patients}")
+        if not self.seconds > 0:
+            raise ValueError(f"batch seconds must be > 0, got {self.seconds}")
 
 
 @dataclass
 class PreprocessSummary:
     lake: str
+    batch: BatchSettings = field(default_factory=BatchSettings)
+    commits: int = 0  # Delta commits this run made (three per batch at most, one for the QC verdicts)
+    batches: int = 0  # batches of finished patients committed
     ok: list[str] = field(default_factory=list)  # raw ids (the user gave them)
     skipped: list[str] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)  # raw id -> "kind: message"
@@ -215,17 +246,10 @@ def _new_attempt() -> str:
     return f"{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
 
 
-def _write_run(lake, row: dict) -> None:
-    """One ``preprocess_runs`` row as its own file (attempts never overwrite each other)."""
-    import pyarrow as pa
-
-    lake.write(C.TABLE_PREPROCESS_RUNS, pa.Table.from_pylist([row]),
-               f"{row[C.COL_PATIENT_ID]}-{row['attempt_id']}.parquet")
-
-
-def _record_failure(lake, job: PatientJob, kind: str, message: str) -> None:
-    """A failed attempt recorded by the driver (the patient never ran, or its task died)."""
-    _write_run(lake, _run_row(job, _new_attempt(), dt.datetime.now(dt.UTC), "failed", kind, message))
+def _record_failure(batches: Batches, job: PatientJob, kind: str, message: str) -> None:
+    """A failed attempt recorded by the driver (the patient never ran, or its task died), held
+    for the next batch's commit."""
+    batches.add(_run_row(job, _new_attempt(), dt.datetime.now(dt.UTC), "failed", kind, message))
 
 
 def _run_row(job: PatientJob, attempt: str, started: dt.datetime, status: str, kind: str = "",
@@ -252,6 +276,105 @@ def _run_row(job: PatientJob, attempt: str, started: dt.datetime, status: str, k
                                 for w in (found or [])]),
         "registration_suspect": None,
     }
+
+
+class Batches:
+    """Finished attempts held by the driver until they are committed together (``flush``).
+
+    A batch becomes visible in three commits, in this order: the slices its successful attempts
+    staged (the same patients' old slices replaced in that commit, whatever partition their split
+    put them in), its ``preprocess_runs`` rows (appended), its ``patients`` rows (replacing the
+    patients' old ones). The ``patients`` commit is what marks a patient done: a run that stops
+    before it (killed, or a commit that failed for good) leaves the patient to the next run, which
+    redoes it and replaces whatever of it had landed. Staged files never committed stay invisible
+    until ``gbmmet lake vacuum`` removes them.
+    """
+
+    def __init__(self, lake, settings: BatchSettings):
+        self.lake, self.settings = lake, settings
+        self.staged: list = []  # storage.lake.Staged slices files of successful attempts
+        self.runs: list[dict] = []  # preprocess_runs rows, one per finished attempt
+        self.patients: list[dict] = []  # patients rows of successful attempts
+        self.first: float | None = None  # time.monotonic() when the held batch's first attempt finished
+        self.commits = 0
+        self.batches = 0
+
+    def add(self, run: dict, staged=None, patient: dict | None = None) -> None:
+        """Hold one finished attempt: its run row and, for a successful one, its staged slices and
+        its patient row."""
+        if self.first is None:
+            self.first = time.monotonic()
+        self.runs.append(run)
+        if staged is not None:
+            self.staged.append(staged)
+        if patient is not None:
+            self.patients.append(patient)
+
+    def wait_s(self) -> float:
+        """Seconds until the held batch is due by time (``inf`` while nothing is held)."""
+        if self.first is None:
+            return math.inf
+        return max(0.0, self.first + self.settings.seconds - time.monotonic())
+
+    def flush_if_due(self) -> None:
+        """Commit the held batch if it has its patients, or has waited its seconds."""
+        if len(self.runs) >= self.settings.patients or self.wait_s() <= 0:
+            self.flush()
+
+    def flush(self) -> None:
+        """Commit what is held (nothing held: no commit), then rebuild a local lake's catalog.
+        A Ctrl-C meanwhile is raised once the commits are done, so none is left half known.
+
+        Raises:
+            LakeError: a commit failed for good (``Lake``'s retries spent); the job must stop:
+                nothing held is marked done, so the next run redoes those patients.
+        """
+        import pyarrow as pa
+
+        from gbmmet.errors import LakeError
+        from storage import catalog
+
+        if not self.runs:
+            return
+        ids = [row[C.COL_PATIENT_ID] for row in self.patients]
+        held = len(self.runs)
+        try:
+            with _ctrl_c_deferred():
+                if self.staged:
+                    self.lake.commit(C.TABLE_SLICES, self.staged, where={C.COL_PATIENT_ID: ids})
+                    self.staged, self.commits = [], self.commits + 1
+                self.lake.append(C.TABLE_PREPROCESS_RUNS, pa.Table.from_pylist(self.runs))
+                self.runs, self.commits = [], self.commits + 1
+                if self.patients:
+                    self.lake.replace(C.TABLE_PATIENTS, pa.Table.from_pylist(self.patients),
+                                      where={C.COL_PATIENT_ID: ids})
+                    self.patients, self.commits = [], self.commits + 1
+        except LakeError as exc:
+            raise LakeError(f"preprocess stopped: a batch of {held} finished patient(s) could not be committed "
+                            f"({exc}). Patients of earlier batches are in the lake; these are not marked done "
+                            "(their files not committed stay invisible until `gbmmet lake vacuum`): re-run the "
+                            "same command to redo them") from None
+        self.first, self.batches = None, self.batches + 1
+        if self.lake.local_root is not None:
+            catalog.refresh(self.lake)
+
+
+@contextmanager
+def _ctrl_c_deferred():
+    """Hold a Ctrl-C (SIGINT) arriving inside the block and raise it at the end: a commit is then
+    either known done or not begun, never landed unnoticed (and committed twice). Only the main
+    thread receives signals; elsewhere nothing changes."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught = []
+    previous = signal.signal(signal.SIGINT, lambda *_: caught.append(True))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if caught:
+        raise KeyboardInterrupt
 
 
 def _input_warnings(caught) -> list[dict]:
@@ -301,24 +424,22 @@ def site_resources(sites, cluster: dict[str, float]) -> dict[str, dict[str, floa
 
 
 def preprocess_one(job: PatientJob) -> dict:
-    """The Ray task: preprocess one patient and write its rows. Returns a short summary.
+    """The Ray task: preprocess one patient. Makes nothing visible: stages the slices
+    (``Lake.stage``) and returns them with the attempt's ``preprocess_runs`` row and, if it
+    succeeded, its ``patients`` row, for the driver to commit (``Batches``); and a short summary.
 
-    A patient's own error (``PatientError``) or any unexpected exception is recorded as a failed
-    attempt and returned, not raised: retrying would fail the same way. A killed worker is
-    retried by Ray. ``InputWarning``s raised on the way are recorded with the attempt (failed or
-    not) with the driver's ``job.warnings``, and returned (raw, for the console).
+    A patient's own error (``PatientError``) or any unexpected exception is returned as a failed
+    attempt (its row too), not raised: retrying would fail the same way. A killed worker is
+    retried by Ray (what it staged stays invisible). ``InputWarning``s raised on the way are
+    recorded with the attempt (failed or not) with the driver's ``job.warnings``, and returned
+    (raw, for the console).
     """
-    import time
-
-    import pyarrow as pa
-
     from gbmmet.errors import PatientError
     from gbmmet.preprocess.patient import preprocess_patient
     from pipelines.ray_runtime import match_threads_to_task
     from storage.lake import Lake
 
     match_threads_to_task()
-    lake = Lake(job.lake_root)
     e = job.entry
     attempt = _new_attempt()
     started = dt.datetime.now(dt.UTC)
@@ -335,15 +456,29 @@ def preprocess_one(job: PatientJob) -> dict:
     if error is not None:
         kind = error.kind if isinstance(error, PatientError) else "internal_error"
         message = str(error) if isinstance(error, PatientError) else f"{type(error).__name__}: {error}"
-        _write_run(lake, _run_row(job, attempt, started, "failed", kind, message, total=time.perf_counter() - t0,
-                                  found=found))
-        return {"status": "failed", "kind": kind, "message": message, "n_slices": 0, "warnings": found}
+        run = _run_row(job, attempt, started, "failed", kind, message, total=time.perf_counter() - t0, found=found)
+        return {"status": "failed", "kind": kind, "message": message, "n_slices": 0, "warnings": found, "run": run}
+
+    staged = Lake(job.lake_root).stage(C.TABLE_SLICES, _slices_table(job, out),
+                                       {C.COL_SITE: e.site, C.COL_SPLIT: e.split})
+    total = time.perf_counter() - t0
+    patient = {C.COL_PATIENT_ID: job.pseudo_id, **e.clinical(), "n_slices": len(out.boxes),
+               "input_hash": job.input_hash, "params_hash": job.params_hash,
+               "preprocessed_at": dt.datetime.now(dt.UTC)}
+    return {"status": "ok", "n_slices": len(out.boxes), "seconds": total, "attempt_id": attempt,
+            "registration_metric": out.registration_metric, "warnings": found, "staged": staged,
+            "run": _run_row(job, attempt, started, "ok", out=out, total=total, found=found), "patient": patient}
+
+
+def _slices_table(job: PatientJob, out):
+    """The ``slices`` rows of one patient's preprocessing output (partition columns apart)."""
+    import pyarrow as pa
 
     n = len(out.boxes)
     s = job.params.slices
-    slices = pa.table({
+    return pa.table({
         C.COL_PATIENT_ID: [job.pseudo_id] * n,
-        C.COL_LABEL: [e.label] * n,
+        C.COL_LABEL: [job.entry.label] * n,
         "slice_index": [b.slice_index for b in out.boxes],
         "z_mm": [b.z_mm for b in out.boxes],
         "roi_i_min": [b.i_min for b in out.boxes], "roi_i_max": [b.i_max for b in out.boxes],
@@ -353,43 +488,43 @@ def preprocess_one(job: PatientJob) -> dict:
         "image": [img.tobytes() for img in out.images],
         "params_hash": [job.params_hash] * n,
     })
-    lake.write(C.TABLE_SLICES, slices, f"{job.pseudo_id}.parquet", {C.COL_SITE: e.site, C.COL_SPLIT: e.split})
-    total = time.perf_counter() - t0
-    _write_run(lake, _run_row(job, attempt, started, "ok", out=out, total=total, found=found))
-    patient = {C.COL_PATIENT_ID: job.pseudo_id, **e.clinical(), "n_slices": n, "input_hash": job.input_hash,
-               "params_hash": job.params_hash, "preprocessed_at": dt.datetime.now(dt.UTC)}
-    lake.write(C.TABLE_PATIENTS, pa.Table.from_pylist([patient]), f"{job.pseudo_id}.parquet")
-    if job.old_partition is not None and job.old_partition != (e.site, e.split):  # its split changed
-        lake.delete(C.TABLE_SLICES, f"{job.pseudo_id}.parquet",
-                    {C.COL_SITE: job.old_partition[0], C.COL_SPLIT: job.old_partition[1]})
-    return {"status": "ok", "n_slices": n, "seconds": total, "attempt_id": attempt,
-            "registration_metric": out.registration_metric, "warnings": found}
 
 
-def _amend_run(lake, row: dict, *, suspect: bool | None = None, add: list[dict] = ()) -> None:
-    """Rewrite one attempt's ``preprocess_runs`` file (atomically) with the QC verdict ``suspect``
-    (None: unchanged) and the warnings ``add`` (lake-ready; those already there are not repeated)."""
-    import pyarrow.parquet as pq
+def _amend_runs(lake, amendments: list[tuple[dict, bool | None, list[dict]]]) -> int:
+    """Record QC verdicts and warnings in attempts' ``preprocess_runs`` rows, all in one commit
+    replacing those rows (keyed on ``attempt_id``); return the commits made (0 or 1).
 
-    from storage.schemas import PREPROCESS_RUNS
+    ``amendments``: (row, suspect, add): the attempt's row (its ``attempt_id`` is the key), the
+    verdict (None: unchanged), the warnings to add (lake-ready; those already there are not
+    repeated).
+    """
+    import pyarrow as pa
+    import pyarrow.dataset as ds
 
-    name = f"{row[C.COL_PATIENT_ID]}-{row['attempt_id']}.parquet"
-    rec = pq.read_table(lake.path(C.TABLE_PREPROCESS_RUNS, name), filesystem=lake.fs).to_pylist()[0]
-    rec = {k: rec.get(k) for k in PREPROCESS_RUNS.names}  # a row of an older schema gets the new columns
-    found = json.loads(rec["warnings"] or "[]")
-    found += [w for w in add if w not in found]
-    rec["warnings"] = json.dumps(found)
-    if suspect is not None:
-        rec["registration_suspect"] = suspect
-    _write_run(lake, rec)
+    if not amendments:
+        return 0
+    ids = [row["attempt_id"] for row, _, _ in amendments]
+    current = {r["attempt_id"]: r for r in
+               lake.read(C.TABLE_PREPROCESS_RUNS, filter=ds.field("attempt_id").isin(ids)).to_pylist()}
+    rows = []
+    for row, suspect, add in amendments:
+        rec = current[row["attempt_id"]]
+        found = json.loads(rec["warnings"] or "[]")
+        found += [w for w in add if w not in found]
+        rec["warnings"] = json.dumps(found)
+        if suspect is not None:
+            rec["registration_suspect"] = suspect
+        rows.append(rec)
+    lake.replace(C.TABLE_PREPROCESS_RUNS, pa.Table.from_pylist(rows), where={"attempt_id": ids})
+    return 1
 
 
 def _judge_registration(lake, pseudo: dict[str, str], entries: list[PatientEntry], params_hash: str,
-                        summary: PreprocessSummary, extra: dict[str, list[tuple[str, str, str]]]) -> None:
+                        summary: PreprocessSummary, extra: dict[str, list[tuple[str, str, str]]]) -> int:
     """Apply the registration QC rule to every patient of ``entries`` in the lake without a verdict
     (new, or judged before with too small a cohort), record it in its latest ok attempt and in
     ``summary``; also record ``extra`` warnings (raw id -> (kind, console, lake message)) on patients
-    skipped in this run (their latest ok attempt)."""
+    skipped in this run (their latest ok attempt). All in one commit; return the commits made."""
     from gbmmet.preprocess import qc
 
     current = {r[C.COL_PATIENT_ID]: r for r in lake.read(C.TABLE_PATIENTS).to_pylist()}
@@ -399,6 +534,7 @@ def _judge_registration(lake, pseudo: dict[str, str], entries: list[PatientEntry
     # the cohort: patients whose rows in the lake are their latest ok attempt's
     cohort = [r for pid, r in latest.items() if pid in current and current[pid]["input_hash"] == r["input_hash"]]
     done = set(summary.ok) | set(summary.skipped)
+    amendments = []
     for e in entries:
         row = latest.get(pseudo[e.patient_id])
         if row is None or e.patient_id not in done:
@@ -419,7 +555,98 @@ def _judge_registration(lake, pseudo: dict[str, str], entries: list[PatientEntry
                 summary.warn(e.patient_id, qc.WARNING_KIND, res.warning(who)["message"])
                 add.append(res.warning(_scrub(who, e, pseudo[e.patient_id])))
         if verdict is not None or add:
-            _amend_run(lake, row, suspect=verdict, add=add)
+            amendments.append((row, verdict, add))
+    return _amend_runs(lake, amendments)
+
+
+def _run_tasks(todo: list[tuple[str, tuple]], on_outcome, batches: Batches, *, use_ray: bool,
+               show_progress: bool, names: dict[str, str], resources: dict | None):
+    """Run ``preprocess_one`` for each (key, (job,)) of ``todo``, as Ray tasks or (``use_ray``
+    False) here, handing each outcome (``TaskOutcome``) to ``on_outcome`` as it arrives and
+    committing ``batches`` whenever one is due, even while no task finishes.
+
+    As ``ray_runtime.run_batch``: a task whose worker died is retried; an exception of the task
+    itself fails its patient alone. Returns the ``BatchReport``.
+
+    Raises:
+        Interrupted: Ctrl-C: the outstanding tasks were cancelled (what they staged stays
+            invisible) and what finished was committed first.
+    """
+    from pipelines.ray_runtime import BatchReport, Interrupted, _progress
+
+    report = BatchReport()
+    pending: dict = {}
+    progress, task = _progress("preprocess", len(todo))
+
+    def finished(outcome) -> None:
+        report.outcomes.append(outcome)
+        on_outcome(outcome)
+        progress.update(task, advance=1, failed=len(report.failed))
+
+    start = time.perf_counter()
+    try:
+        with progress if show_progress and todo else nullcontext():
+            if use_ray:
+                _ray_tasks(todo, finished, batches, pending, names, resources or {})
+            else:
+                for key, (job,) in todo:
+                    finished(_outcome(key, lambda job=job: preprocess_one(job)))
+                    batches.flush_if_due()
+    except KeyboardInterrupt:
+        _cancel(pending)
+        batches.flush()
+        done = {o.key for o in report.outcomes}
+        raise Interrupted("preprocess interrupted", done=[o.key for o in report.ok],
+                          failed=[o.key for o in report.failed], not_finished=[k for k, _ in todo if k not in done],
+                          report=report) from None
+    except BaseException:
+        _cancel(pending)
+        raise
+    report.seconds = time.perf_counter() - start
+    return report
+
+
+def _outcome(key: str, get):
+    """``TaskOutcome`` of ``get()``: its value, or the error (a Ray task's own cause) that failed it."""
+    from pipelines.ray_runtime import TaskOutcome
+
+    try:
+        return TaskOutcome(key, True, get())
+    except Exception as exc:  # noqa: BLE001 - one bad item fails alone
+        cause = getattr(exc, "cause", None) or exc
+        return TaskOutcome(key, False, error=f"{type(cause).__name__}: {cause}")
+
+
+def _ray_tasks(todo, finished, batches: Batches, pending: dict, names: dict[str, str],
+               resources: dict[str, dict[str, float]]) -> None:
+    """``_run_tasks``'s Ray loop: ``pending`` holds the submitted tasks not yet collected. Waits
+    at most until the held batch is due by time, so it is committed then."""
+    import ray
+
+    remote = ray.remote(num_cpus=1, max_retries=2)(preprocess_one)
+    for key, args in todo:
+        opts = {"name": names[key]} if key in names else {}
+        if key in resources:
+            opts["resources"] = resources[key]
+        pending[remote.options(**opts).remote(*args)] = key
+    while pending:
+        ready, _ = ray.wait(list(pending), num_returns=1, timeout=min(5.0, batches.wait_s()))
+        for ref in ready:
+            finished(_outcome(pending.pop(ref), lambda ref=ref: ray.get(ref)))
+        batches.flush_if_due()
+
+
+def _cancel(pending: dict) -> None:
+    """Cancel the submitted Ray tasks not yet collected (their workers killed)."""
+    if not pending:
+        return
+    import ray
+
+    for ref in list(pending):
+        try:
+            ray.cancel(ref, force=True)
+        except Exception:  # noqa: BLE001 - already finished or its worker gone: nothing to stop
+            pass
 
 
 def _write_id_maps(entries: list[PatientEntry], pseudo: dict[str, str]) -> None:
@@ -441,51 +668,30 @@ def _write_id_maps(entries: list[PatientEntry], pseudo: dict[str, str]) -> None:
             pass  # a read-only site folder: the key in the lake regenerates the mapping
 
 
-def run_preprocess(
-    manifests: list[str | Path],
-    lake_root: str | Path = "lake",
-    *,
-    params: PreprocessParams | None = None,
-    address: str | None = None,
-    workers: int | None = None,
-    keep_going: bool = False,
-    pin_sites: bool = False,
-    show_progress: bool = True,
-) -> PreprocessSummary:
-    """Preprocess every patient of ``manifests`` into the lake at ``lake_root``.
+@dataclass
+class _Plan:
+    """What a run will do, decided before any patient runs (``_plan``)."""
 
-    ``workers=0`` runs in this process without Ray (debugging); otherwise on the local Ray with
-    ``workers`` CPUs (default: all), or on the cluster at ``address`` / ``RAY_ADDRESS``.
-    ``pin_sites`` runs each site's patients only on nodes that have the custom resource
-    ``site:<site>`` (data that may not leave a site's machines; ``preprocess_runs.ray_node`` shows
-    where each ran).
+    lake: object  # storage.lake.Lake
+    entries: list[PatientEntry]
+    present: list[PatientEntry]  # those whose files exist
+    pseudo: dict[str, str]  # raw id -> pseudonym
+    jobs: dict[str, PatientJob]  # raw id -> job
+    todo: list[tuple[str, tuple[PatientJob]]]  # (raw id, (job,)) to run
+    skipped: list[str]  # raw ids done in the lake with the same inputs and parameters
+    missing: dict[str, str]  # raw id -> why its files are missing (keep_going)
+    duplicates: dict[str, list[tuple[str, str, str]]]  # raw id -> (kind, console, lake message)
 
-    Raises:
-        ManifestError: the manifests have problems (listed), or one site has identical images under
-            two ids; nothing ran.
-        ConfigError: impossible parameters.
-        LakeError: the lake cannot be written (a file, read-only, its key unusable); nothing ran.
-        Interrupted: Ctrl-C; the outstanding tasks were cancelled, what finished is in the lake.
-    """
-    import time
 
-    from gbmmet.errors import ConfigError, ManifestError
+def _plan(manifests, lake_root, params: PreprocessParams, keep_going: bool) -> _Plan:
+    """Read the manifests, check the lake, pseudonymise and hash every patient, refuse duplicates
+    within a site, and split the patients into those to run and those done (their ``patients``
+    row, committed, has the same input and parameter hashes: what resuming relies on)."""
+    from gbmmet.errors import ManifestError
     from gbmmet.manifest import load_manifests
     from gbmmet.pseudonym import pseudonymise
-    from pipelines.ray_runtime import Interrupted, init_ray, run_batch
-    from storage import catalog
     from storage.lake import Lake
 
-    t_start = time.perf_counter()
-    params = params or PreprocessParams()
-    try:
-        params.check()
-    except ValueError as exc:
-        raise ConfigError(str(exc)) from None
-    if workers is not None and workers < 0:
-        raise ConfigError(f"The 'workers' parameter must be >= 0. Got {workers!r} instead.")
-    if pin_sites and workers == 0:
-        raise ConfigError("--pin-sites needs Ray (workers 0 runs in this process)")
     entries, missing = load_manifests([str(m) for m in manifests], allow_missing_files=keep_going)
     lake = Lake(lake_root).check_writable()  # a read-only or unusable lake fails before any patient
     key = lake.secret()
@@ -498,75 +704,126 @@ def run_preprocess(
     if problems:
         raise ManifestError(f"{len(problems)} problem(s) in the manifest(s); nothing was run:\n  "
                             + "\n  ".join(problems))
-    summary = PreprocessSummary(lake=lake.uri)
-    for pid, found in duplicates.items():
-        for kind, console, _ in found:
-            summary.warn(pid, kind, console)
-
     existing = {r[C.COL_PATIENT_ID]: r for r in lake.read(C.TABLE_PATIENTS).to_pylist()}
-    jobs = {}
-    for e in entries:
-        old = existing.get(pseudo[e.patient_id])
-        jobs[e.patient_id] = PatientJob(
-            e, pseudo[e.patient_id], hashed[e.patient_id][0] if e.patient_id in hashed else "", params,
-            params_hash, lake.uri, warnings=tuple((k, m) for k, _, m in duplicates.get(e.patient_id, [])),
-            old_partition=(old[C.COL_SITE], old[C.COL_SPLIT]) if old else None)
-    todo = []
+    jobs = {e.patient_id: PatientJob(
+        e, pseudo[e.patient_id], hashed[e.patient_id][0] if e.patient_id in hashed else "", params, params_hash,
+        lake.uri, warnings=tuple((k, m) for k, _, m in duplicates.get(e.patient_id, []))) for e in entries}
+    todo, skipped = [], []
     for e in present:
         job = jobs[e.patient_id]
         old = existing.get(job.pseudo_id)
         if old and old["input_hash"] == job.input_hash and old["params_hash"] == params_hash:
-            summary.skipped.append(e.patient_id)
-            continue
-        # inputs or parameters changed: the new attempt replaces the old rows only if it succeeds
-        todo.append((e.patient_id, (job,)))
-    for pid, msg in missing.items():
-        _record_failure(lake, jobs[pid], "missing_file", msg)
+            skipped.append(e.patient_id)
+        else:  # new, or its inputs or parameters changed: a successful attempt replaces its rows
+            todo.append((e.patient_id, (job,)))
+    return _Plan(lake, entries, present, pseudo, jobs, todo, skipped, missing, duplicates)
+
+
+def _collect(outcome, jobs: dict[str, PatientJob], summary: PreprocessSummary, batches: Batches,
+             seconds: list[float]) -> None:
+    """One finished patient: into ``summary`` (for the console) and ``batches`` (its rows)."""
+    key = outcome.key
+    if not outcome.ok:  # the task itself died for good (retries spent): record it from here
+        summary.failed[key] = f"worker_failed: {outcome.error}"
+        _record_failure(batches, jobs[key], "worker_failed", outcome.error)
+        return
+    value = outcome.value
+    for w in value.get("warnings", []):
+        if w["kind"] != WARN_DUPLICATE:  # those are in the summary already, in console form
+            summary.warn(key, w["kind"], w["message"])
+    batches.add(value["run"], value.get("staged"), value.get("patient"))
+    if value["status"] == "ok":
+        summary.ok.append(key)
+        summary.slices_written += value["n_slices"]
+        seconds.append(value["seconds"])
+    else:
+        summary.failed[key] = f"{value['kind']}: {value['message']}"
+
+
+def run_preprocess(
+    manifests: list[str | Path],
+    lake_root: str | Path = "lake",
+    *,
+    params: PreprocessParams | None = None,
+    address: str | None = None,
+    workers: int | None = None,
+    keep_going: bool = False,
+    pin_sites: bool = False,
+    show_progress: bool = True,
+    batch: BatchSettings | None = None,
+) -> PreprocessSummary:
+    """Preprocess every patient of ``manifests`` into the lake at ``lake_root``.
+
+    ``workers=0`` runs in this process without Ray (debugging); otherwise on the local Ray with
+    ``workers`` CPUs (default: all), or on the cluster at ``address`` / ``RAY_ADDRESS``.
+    ``pin_sites`` runs each site's patients only on nodes that have the custom resource
+    ``site:<site>`` (data that may not leave a site's machines; ``preprocess_runs.ray_node`` shows
+    where each ran). ``batch``: how often finished patients are committed (``BatchSettings``; the
+    summary records it and the number of commits made).
+
+    Raises:
+        ManifestError: the manifests have problems (listed), or one site has identical images under
+            two ids; nothing ran.
+        ConfigError: impossible parameters or batch settings.
+        LakeError: the lake cannot be written (a file, read-only, its key unusable): nothing ran;
+            or a batch's commit failed for good: the run stopped there, earlier batches kept.
+        Interrupted: Ctrl-C; the outstanding tasks were cancelled, what finished is in the lake.
+    """
+    from gbmmet.errors import ConfigError
+    from pipelines.ray_runtime import Interrupted, init_ray
+    from storage import catalog
+
+    t_start = time.perf_counter()
+    params, batch = params or PreprocessParams(), batch or BatchSettings()
+    try:
+        params.check()
+        batch.check()
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    if workers is not None and workers < 0:
+        raise ConfigError(f"The 'workers' parameter must be >= 0. Got {workers!r} instead.")
+    if pin_sites and workers == 0:
+        raise ConfigError("--pin-sites needs Ray (workers 0 runs in this process)")
+    plan = _plan(manifests, lake_root, params, keep_going)
+    summary = PreprocessSummary(lake=plan.lake.uri, batch=batch, skipped=list(plan.skipped))
+    for pid, found in plan.duplicates.items():
+        for kind, console, _ in found:
+            summary.warn(pid, kind, console)
+    batches = Batches(plan.lake, batch)
+    for pid, msg in plan.missing.items():
+        _record_failure(batches, plan.jobs[pid], "missing_file", msg)
         summary.failed[pid] = f"missing_file: {msg}"
 
-    use_ray = workers != 0 and bool(todo)
+    use_ray = workers != 0 and bool(plan.todo)
     resources = None
     if use_ray:
         init_ray(address=address, num_cpus=workers)
         if pin_sites:
             import ray
 
-            by_site = site_resources([jobs[pid].entry.site for pid, _ in todo], ray.cluster_resources())
-            resources = {pid: by_site[jobs[pid].entry.site] for pid, _ in todo}
+            by_site = site_resources([plan.jobs[pid].entry.site for pid, _ in plan.todo], ray.cluster_resources())
+            resources = {pid: by_site[plan.jobs[pid].entry.site] for pid, _ in plan.todo}
+    seconds: list[float] = []
     try:
-        report = run_batch(todo, preprocess_one, description="preprocess", use_ray=use_ray,
-                           show_progress=show_progress, names={pid: f"preprocess-{pseudo[pid]}" for pid, _ in todo},
-                           resources=resources)
+        _run_tasks(plan.todo, lambda o: _collect(o, plan.jobs, summary, batches, seconds), batches,
+                   use_ray=use_ray, show_progress=show_progress, resources=resources,
+                   names={pid: f"preprocess-{plan.pseudo[pid]}" for pid, _ in plan.todo})
+        batches.flush()
     except Interrupted as exc:
-        _write_id_maps(entries, pseudo)  # the pseudonyms of the patients already written
-        values = {o.key: o.value for o in exc.report.outcomes if o.ok}
-        ok = [k for k, v in values.items() if v["status"] == "ok"]
-        failed = [o.key for o in exc.report.outcomes if o.key not in ok]
+        failed = [o.key for o in exc.report.outcomes if o.key not in summary.ok]
         raise Interrupted(
-            f"preprocess interrupted: {len(ok)} patient(s) done, {len(failed)} failed, "
+            f"preprocess interrupted: {len(summary.ok)} patient(s) done, {len(failed)} failed, "
             f"{len(exc.not_finished)} not finished (cancelled), {len(summary.skipped)} skipped (already in the "
-            f"lake) of {len(entries)}", done=ok, failed=failed, not_finished=exc.not_finished,
-            report=exc.report) from None
-    seconds = []
-    for o in report.outcomes:
-        if not o.ok:  # the task itself died for good (retries spent): record it from here
-            summary.failed[o.key] = f"worker_failed: {o.error}"
-            _record_failure(lake, jobs[o.key], "worker_failed", o.error)
-            continue
-        for w in o.value.get("warnings", []):
-            if w["kind"] != WARN_DUPLICATE:  # those are in the summary already, in console form
-                summary.warn(o.key, w["kind"], w["message"])
-        if o.value["status"] == "ok":
-            summary.ok.append(o.key)
-            summary.slices_written += o.value["n_slices"]
-            seconds.append(o.value["seconds"])
-        else:
-            summary.failed[o.key] = f"{o.value['kind']}: {o.value['message']}"
+            f"lake) of {len(plan.entries)}; what finished is committed ({batches.commits} commit(s))",
+            done=list(summary.ok), failed=failed, not_finished=exc.not_finished, report=exc.report) from None
+    finally:
+        _write_id_maps(plan.entries, plan.pseudo)  # the pseudonyms of what was committed, even if stopped
     if seconds:
         summary.seconds_per_patient = sum(seconds) / len(seconds)
-    _judge_registration(lake, pseudo, present, params_hash, summary, duplicates)
-    _write_id_maps(entries, pseudo)
-    if lake.local_root is not None:
-        summary.catalog = str(catalog.refresh(lake))
+    summary.commits = batches.commits + _judge_registration(plan.lake, plan.pseudo, plan.present, params.hash(),
+                                                            summary, plan.duplicates)
+    summary.batches = batches.batches
+    if plan.lake.local_root is not None:
+        summary.catalog = str(catalog.refresh(plan.lake))
     summary.wall_seconds = time.perf_counter() - t_start
     return summary

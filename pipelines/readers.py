@@ -5,18 +5,18 @@ with the site's own patient ids; they are pseudonymised with the lake's key (the
 matching the lake's patients). Every row is checked first and every problem listed at once (line,
 column, value, what to do); with any problem nothing is written.
 
-Each file is kept in the lake as one file of its own: importing the same file again replaces its
-rows. A read (reader, patient, assisted flag) already in the lake from another file is a
-conflict when its call or confidence differs, or when it was simulated: the import is refused,
-listing them, unless ``replace`` is asked for, which removes the older reads. An identical read
-already imported from another file is not stored twice: it is skipped (and listed in the
-summary), or with ``replace`` moved to this file.
+Each file's reads carry its source (``import:<file name>@<digest of its full path>``): importing
+the same file again replaces its rows, and two sites' ``reads.csv`` stay apart. A read (reader,
+patient, assisted flag) already in the lake from another file is a conflict when its call or
+confidence differs, or when it was simulated: the import is refused, listing them, unless
+``replace`` is asked for, which removes the older reads. An identical read already imported from
+another file is not stored twice: it is skipped (and listed in the summary), or with ``replace``
+moved to this file. Every import is one commit of the ``reads`` table.
 """
 
 from __future__ import annotations
 
 import hashlib
-import posixpath
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,11 +31,26 @@ class ReadsError(GbmmetError, ValueError):
     """The reads file is unusable; the message lists every offending row. Nothing was written."""
 
 
+def import_source(path: Path) -> str:
+    """The ``source`` of the reads imported from file ``path``: its name and a digest of its full
+    path, ``import:reads.csv@3f2a9c1b7d4e`` (what a lake file's name held before the lake was a
+    Delta lake): importing the same file again replaces exactly its reads."""
+    digest = hashlib.sha256(str(Path(path).resolve()).encode()).hexdigest()[:12]
+    return f"{C.READ_SOURCE_IMPORT}{Path(path).name}@{digest}"
+
+
+def source_name(source: str | None) -> str:
+    """The file name of an import's ``source`` (``import:reads.csv@3f2a...`` -> ``reads.csv``)."""
+    name = (source or "").removeprefix(C.READ_SOURCE_IMPORT)
+    head, at, digest = name.rpartition("@")
+    return head if at and len(digest) == 12 else name
+
+
 @dataclass(frozen=True)
 class ReadClash:
     """A read of the imported file (``file`` line ``line``) that the lake already holds from
-    another file: ``old_*`` are the lake's (its source and lake file), ``new_*`` this file's.
-    ``patient`` is the patient id as the file gives it, never the pseudonym."""
+    another source: ``old_*`` are the lake's (``old_source``: another import, or a simulation),
+    ``new_*`` this file's. ``patient`` is the patient id as the file gives it, never the pseudonym."""
 
     file: str
     line: int
@@ -45,7 +60,6 @@ class ReadClash:
     old_call: str
     old_confidence: int | None
     old_source: str | None
-    old_file: str
     new_call: str
     new_confidence: int | None
 
@@ -60,12 +74,10 @@ class ReadClash:
     def origin(self) -> str:
         src = self.old_source or ""
         if src.startswith(C.READ_SOURCE_SIMULATED):
-            what = f"the assisted reads simulated for run {src.removeprefix(C.READ_SOURCE_SIMULATED)!r}"
-        elif src.startswith(C.READ_SOURCE_IMPORT):
-            what = f"the import of {src.removeprefix(C.READ_SOURCE_IMPORT)!r}"
-        else:
-            what = "an earlier import"
-        return f"{what} (lake file {self.old_file})"
+            return f"the assisted reads simulated for run {src.removeprefix(C.READ_SOURCE_SIMULATED)!r}"
+        if src.startswith(C.READ_SOURCE_IMPORT):
+            return f"the import of {source_name(src)!r}"
+        return "an earlier import"
 
     def __str__(self) -> str:
         def call(c, conf):
@@ -79,46 +91,51 @@ class ReadClash:
 
 @dataclass
 class ReadsSummary:
-    """What an import or simulation wrote: ``rows`` reads by ``readers`` into lake file ``file``;
-    for an import, the older reads it ``replaced`` and the identical reads it ``skipped``."""
+    """What an import or simulation wrote: ``rows`` reads by ``readers``, all of source ``source``
+    (``import:<file>@<digest>`` or ``simulated:<run>``); for an import, the older reads it
+    ``replaced`` and the identical reads it ``skipped``."""
 
     rows: int
     readers: list[str]
-    file: str
+    source: str
     replaced: list[ReadClash] = field(default_factory=list)
     skipped: list[ReadClash] = field(default_factory=list)
 
 
-def _lake_reads(lake, but: str) -> dict[tuple, list[tuple[str, dict]]]:
-    """The lake's reads by (reader, patient, assisted), with their lake file; ``but`` left out."""
-    import pyarrow.parquet as pq
+def _key(read: dict) -> tuple:
+    return read[C.COL_READER_ID], read[C.COL_PATIENT_ID], read[C.COL_ASSISTED]
 
-    out: dict[tuple, list[tuple[str, dict]]] = {}
-    for path in lake.files(C.TABLE_READS):
-        name = posixpath.basename(path)
-        if name == but:
-            continue
-        for r in pq.read_table(path, filesystem=lake.fs).to_pylist():
-            k = (r[C.COL_READER_ID], r[C.COL_PATIENT_ID], r[C.COL_ASSISTED])
-            out.setdefault(k, []).append((name, r))
+
+def _older_reads(reads: list[dict], source: str) -> dict[tuple, list[dict]]:
+    """The lake's ``reads`` by (reader, patient, assisted), those of ``source`` left out."""
+    out: dict[tuple, list[dict]] = {}
+    for r in reads:
+        if r[C.COL_READ_SOURCE] != source:
+            out.setdefault(_key(r), []).append(r)
     return out
 
 
-def _drop_from(lake, name: str, keys: set[tuple]) -> None:
-    """Rewrite lake file ``name`` of the reads table without the reads of ``keys`` (atomically),
-    or delete it when none is left."""
+def _store(lake, reads: list[dict], source: str, rows: list[dict], drop: set[tuple]) -> None:
+    """One commit of the ``reads`` table: ``rows`` become the reads of ``source`` (its earlier
+    ones go), and the reads of other sources with a key (reader, patient, assisted) in ``drop``
+    go. ``reads``: the table's rows now. The commit replaces the rows of every reader, patient and
+    assisted flag among those that go; the others among them are written again. No commit where
+    nothing goes and nothing comes."""
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
-    table = pq.read_table(posixpath.join(lake.table_dir(C.TABLE_READS), name), filesystem=lake.fs)
-    if C.COL_READ_SOURCE not in table.column_names:  # older lakes: imported
-        table = table.append_column(C.COL_READ_SOURCE, pa.nulls(table.num_rows, pa.string()))
-    keep = [(r[C.COL_READER_ID], r[C.COL_PATIENT_ID], r[C.COL_ASSISTED]) not in keys for r in
-            table.select([C.COL_READER_ID, C.COL_PATIENT_ID, C.COL_ASSISTED]).to_pylist()]
-    if any(keep):
-        lake.write(C.TABLE_READS, table.filter(pa.array(keep)), name)
-    else:
-        lake.delete(C.TABLE_READS, name)
+    from storage.schemas import READS
+
+    gone = [r for r in reads if r[C.COL_READ_SOURCE] == source or _key(r) in drop]
+    if not gone:
+        if rows:
+            lake.append(C.TABLE_READS, pa.Table.from_pylist(rows, schema=READS))
+        return
+    keys = {_key(r) for r in gone}
+    where = {col: sorted({k[i] for k in keys}) for i, col in enumerate((C.COL_READER_ID, C.COL_PATIENT_ID,
+                                                                          C.COL_ASSISTED))}
+    inside = [r for r in reads if all(r[col] in values for col, values in where.items())]
+    kept = [r for r in inside if not (r[C.COL_READ_SOURCE] == source or _key(r) in drop)]
+    lake.replace(C.TABLE_READS, pa.Table.from_pylist(kept + rows, schema=READS), where)
 
 
 def import_reads(path: str | Path, lake_root: str, *, replace: bool = False) -> ReadsSummary:
@@ -126,7 +143,7 @@ def import_reads(path: str | Path, lake_root: str, *, replace: bool = False) -> 
 
     With ``replace``, reads this file gives that the lake holds from other files (imported or
     simulated) are removed there: this file's read is the one kept. Returns the rows written, the
-    readers, the lake file, the reads replaced and the identical reads skipped.
+    readers, the source, the reads replaced and the identical reads skipped.
 
     Raises:
         ReadsError: listing every problem (file, line, what to do): not UTF-8, a row with more or
@@ -134,11 +151,8 @@ def import_reads(path: str | Path, lake_root: str, *, replace: bool = False) -> 
             patients, duplicates within the file, and reads conflicting with the lake's (without
             ``replace``). Nothing was written.
     """
-    import pyarrow as pa
-
     from gbmmet.manifest import read_csv
     from gbmmet.pseudonym import pseudonymise
-    from storage import catalog
     from storage.lake import Lake
 
     path = Path(path)
@@ -171,6 +185,7 @@ def import_reads(path: str | Path, lake_root: str, *, replace: bool = False) -> 
     if table.header and not table.rows and not problems:
         problems.append(f"{path}: no reads (only a header); add one row per read")
     key = lake.secret()
+    source = import_source(path)
 
     parsed, seen = [], {}  # (line, the file's patient id, row)
     for line, r in table.rows:
@@ -210,18 +225,16 @@ def import_reads(path: str | Path, lake_root: str, *, replace: bool = False) -> 
             seen[k] = line
             parsed.append((line, raw, {
                 C.COL_READER_ID: reader_id, C.COL_PATIENT_ID: matches[0], C.COL_ASSISTED: flag in _TRUE,
-                C.COL_CALL: call, C.COL_CONFIDENCE: confidence, C.COL_READ_SOURCE: C.READ_SOURCE_IMPORT + path.name}))
+                C.COL_CALL: call, C.COL_CONFIDENCE: confidence, C.COL_READ_SOURCE: source}))
 
-    # The file's own lake file (named by its path) is replaced; other files' reads may clash.
-    filename = f"reads-{hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:12]}.parquet"
-    older = _lake_reads(lake, filename) if parsed else {}
+    # This file's earlier reads (same source) are replaced; other sources' reads may clash.
+    reads = lake.read(C.TABLE_READS).to_pylist() if parsed else []
+    older = _older_reads(reads, source)
     conflicts, identical = [], []
     for line, raw, row in parsed:
-        k = (row[C.COL_READER_ID], row[C.COL_PATIENT_ID], row[C.COL_ASSISTED])
-        for name, old in older.get(k, []):
+        for old in older.get(_key(row), []):
             clash = ReadClash(path.name, line, row[C.COL_READER_ID], raw, row[C.COL_ASSISTED], old[C.COL_CALL],
-                              old[C.COL_CONFIDENCE], old.get(C.COL_READ_SOURCE), name, row[C.COL_CALL],
-                              row[C.COL_CONFIDENCE])
+                              old[C.COL_CONFIDENCE], old[C.COL_READ_SOURCE], row[C.COL_CALL], row[C.COL_CONFIDENCE])
             # an imported read never stands beside a simulated one, even an equal one
             (identical if clash.identical and not clash.simulated else conflicts).append(clash)
     if conflicts and not replace:
@@ -234,19 +247,19 @@ def import_reads(path: str | Path, lake_root: str, *, replace: bool = False) -> 
     pseudonym = {line: row[C.COL_PATIENT_ID] for line, _, row in parsed}
     gone = {c.line for c in skipped}
     out = [row for line, _, row in parsed if line not in gone]
-    # This file first, then the older files: an interruption leaves a clash, never a lost read.
-    if out:
-        lake.write(C.TABLE_READS, pa.Table.from_pylist(out), filename)
-    else:
-        lake.delete(C.TABLE_READS, filename)
-    by_file: dict[str, set[tuple]] = {}
-    for c in replaced:
-        by_file.setdefault(c.old_file, set()).add((c.reader_id, pseudonym[c.line], c.assisted))
-    for name, keys in sorted(by_file.items()):
-        _drop_from(lake, name, keys)
+    # one commit: this file's reads in, its earlier ones and the replaced older ones out
+    _store(lake, reads, source, out, {(c.reader_id, pseudonym[c.line], c.assisted) for c in replaced})
+    _after_commits(lake)
+    return ReadsSummary(len(out), sorted({r[C.COL_READER_ID] for r in out}), source, replaced, skipped)
+
+
+def _after_commits(lake) -> None:
+    """A local lake's catalog rebuilt, then the reads table compacted where small commits piled up."""
+    from storage import catalog, maintenance
+
     if lake.local_root is not None:
         catalog.refresh(lake)
-    return ReadsSummary(len(out), sorted({r[C.COL_READER_ID] for r in out}), filename, replaced, skipped)
+    maintenance.compact_small(lake, [C.TABLE_READS])
 
 
 def simulate_assisted(lake_root: str, run: str, *, cutoff_kind: str, seed: int = 0) -> ReadsSummary:
@@ -255,9 +268,9 @@ def simulate_assisted(lake_root: str, run: str, *, cutoff_kind: str, seed: int =
     Reads the lake's unassisted reads, the patients' sites and the run's patient calls at
     ``cutoff_kind``; makes each reader's assisted read with
     ``gbmmet.synth.readers.simulate_assisted_reads`` (readers follow the actual model, so a poor
-    model makes them worse); writes them to the reads table as ``reads-simulated-<run>.parquet``
-    with source ``simulated:<run>``, replacing that run's earlier simulation, and refreshes a
-    local lake's catalog. Returns the rows written, the readers and the file name.
+    model makes them worse); writes them to the reads table with source ``simulated:<run>``,
+    replacing that run's earlier simulation in the same commit, and refreshes a local lake's
+    catalog. Returns the rows written, the readers and the source.
 
     Raises ``ConfigError`` if the run has no patient predictions at ``cutoff_kind`` or none of its
     patients has an unassisted read; ``ValueError`` for a reader without a simulated profile at a patient's site.
@@ -266,7 +279,6 @@ def simulate_assisted(lake_root: str, run: str, *, cutoff_kind: str, seed: int =
     import pyarrow.compute as pc
 
     from gbmmet.synth.readers import simulate_assisted_reads
-    from storage import catalog
     from storage.lake import Lake
 
     lake = Lake(lake_root)
@@ -297,8 +309,7 @@ def simulate_assisted(lake_root: str, run: str, *, cutoff_kind: str, seed: int =
                           "import the cohort's reads first (`gbmmet readers import`)")
     table = pa.Table.from_pylist(rows).append_column(
         C.COL_READ_SOURCE, pa.array([C.READ_SOURCE_SIMULATED + run] * len(rows), pa.string()))
-    filename = f"reads-simulated-{run}.parquet"
-    lake.write(C.TABLE_READS, table, filename)
-    if lake.local_root is not None:
-        catalog.refresh(lake)
-    return ReadsSummary(len(rows), sorted({r[C.COL_READER_ID] for r in rows}), filename)
+    source = C.READ_SOURCE_SIMULATED + run
+    lake.replace(C.TABLE_READS, table, {C.COL_READ_SOURCE: source})
+    _after_commits(lake)
+    return ReadsSummary(len(rows), sorted({r[C.COL_READER_ID] for r in rows}), source)

@@ -18,7 +18,9 @@
 - Stored: per-epoch history (``train_history``), out-of-fold predictions of every training slice
   (``slice_predictions``, model ``fold<k>``; the leakage-free cutoff of evaluation uses them), the
   run record (``runs``: config, versions, git commit, seeds, backbone and why, weights hash,
-  timings, checkpoint of each fold).
+  timings, checkpoint of each fold, and ``lake_versions``: the version of every table it read, all
+  read from one snapshot of the lake taken when it started). Each table is one commit, replacing
+  the rows an earlier attempt of the run left.
 - Re-running a finished run with the same settings reuses it; an interrupted run resumes (finished
   folds are kept, a fold in progress restarts from its checkpoint); other settings under the same
   name are refused unless ``overwrite``.
@@ -325,9 +327,41 @@ def _flat(d: dict, prefix: str = "") -> dict:
     return out
 
 
-def _run_files(run: str) -> dict[str, str]:
-    return {C.TABLE_FOLDS: f"{run}.parquet", C.TABLE_TRAIN_HISTORY: f"{run}.parquet",
-            C.TABLE_SLICE_PREDICTIONS: f"{run}-oof.parquet", C.TABLE_RUNS: f"{run}.parquet"}
+#: Tables holding a run's rows (``run_id``): what training it again under the same name removes,
+#: its evaluation included.
+RUN_TABLES = (C.TABLE_FOLDS, C.TABLE_TRAIN_HISTORY, C.TABLE_SLICE_PREDICTIONS, C.TABLE_RUNS,
+              C.TABLE_PATIENT_PREDICTIONS, C.TABLE_METRICS, C.TABLE_CAMS, C.TABLE_DIFFERENCES, C.TABLE_CALIBRATION,
+              C.TABLE_FLOW)
+
+
+def _forget_run(lake, run: str) -> None:
+    """Remove run ``run``'s rows from the lake: its training, its evaluation, and the assisted reads
+    simulated from its calls (one commit per table that holds any)."""
+    for table in RUN_TABLES:
+        lake.delete(table, {"run_id": run})
+    lake.delete(C.TABLE_READS, {C.COL_READ_SOURCE: C.READ_SOURCE_SIMULATED + run})
+
+
+def _store_run(lake, run: str, fold_of: dict, history_rows: list[dict], oof_rows: list[dict], record: dict) -> None:
+    """Write the run's folds, history, out-of-fold predictions and then its record (one commit
+    each, replacing what an earlier attempt of the run wrote), then refresh and compact."""
+    import pyarrow as pa
+
+    from storage import catalog, maintenance
+    from storage.schemas import SCHEMAS
+
+    def table(name, rows):
+        return pa.Table.from_pylist(rows, schema=SCHEMAS[name])
+
+    folds = [{"run_id": run, C.COL_PATIENT_ID: p, "fold": f} for p, f in sorted(fold_of.items())]
+    lake.replace(C.TABLE_FOLDS, table(C.TABLE_FOLDS, folds), {"run_id": run})
+    lake.replace(C.TABLE_TRAIN_HISTORY, table(C.TABLE_TRAIN_HISTORY, history_rows), {"run_id": run})
+    lake.replace(C.TABLE_SLICE_PREDICTIONS, table(C.TABLE_SLICE_PREDICTIONS, oof_rows),
+                 {"run_id": run, C.COL_SPLIT: C.TRAIN})  # out-of-fold: the training split only
+    lake.replace(C.TABLE_RUNS, table(C.TABLE_RUNS, [record]), {"run_id": run, "kind": "train"})
+    if lake.local_root is not None:
+        catalog.refresh(lake)
+    maintenance.compact_small(lake, [C.TABLE_FOLDS, C.TABLE_TRAIN_HISTORY, C.TABLE_SLICE_PREDICTIONS, C.TABLE_RUNS])
 
 
 def run_train(lake_root: str, run: str, *, folds: int = 5, epochs: int = 100, workers: int = 1,
@@ -354,7 +388,6 @@ def run_train(lake_root: str, run: str, *, folds: int = 5, epochs: int = 100, wo
     from gbmmet.errors import ConfigError
     from gbmmet.model.train import assign_folds, encode_labels
     from pipelines.ray_runtime import init_ray
-    from storage import catalog
     from storage.lake import Lake, uri_join
 
     if not run or "/" in run or run.startswith("."):
@@ -375,9 +408,10 @@ def run_train(lake_root: str, run: str, *, folds: int = 5, epochs: int = 100, wo
     t_start = time.perf_counter()
     started = dt.datetime.now(dt.UTC)
     lake = Lake(lake_root)
+    snap = lake.pinned()  # every read of the job: the run records these versions as what it read
     if mode == "frozen":
-        backbone_id = _pick_feature_backbone(lake, backbone)
-        meta, X = load_feature_matrix(lake, backbone_id, C.TRAIN)
+        backbone_id = _pick_feature_backbone(snap, backbone)
+        meta, X = load_feature_matrix(snap, backbone_id, C.TRAIN)
         reason = f"cached features of {backbone_id} (gbmmet features)"
         backbone_name = backbone_id.split("@")[0]
     else:
@@ -385,7 +419,7 @@ def run_train(lake_root: str, run: str, *, folds: int = 5, epochs: int = 100, wo
 
         _, info = load_backbone(backbone or "auto", weights)  # missing weights fail here, before Ray
         backbone_id, reason, backbone_name = info.id, info.reason, info.name
-        meta, X = load_slice_images(lake, C.TRAIN)
+        meta, X = load_slice_images(snap, C.TRAIN)
     if meta.num_rows == 0:
         raise ConfigError(f"no training-split {'features' if mode == 'frozen' else 'slices'} in {lake.uri}"
                           + (f" for backbone {backbone_id}" if mode == "frozen" else ""))
@@ -410,18 +444,10 @@ def run_train(lake_root: str, run: str, *, folds: int = 5, epochs: int = 100, wo
     if previous is not None and previous != settings and replace_if_changed:
         echo(f"train {run}: the inputs or settings changed since it was trained; training it again")
         overwrite = True
-    recorded = lake.read(C.TABLE_RUNS, filter=None)
-    recorded = [r for r in recorded.to_pylist() if r["run_id"] == run and r["kind"] == "train"]
+    recorded = [r for r in snap.read(C.TABLE_RUNS).to_pylist() if r["run_id"] == run and r["kind"] == "train"]
     if (previous is not None or recorded) and overwrite:
         store.remove()
-        for table, filename in _run_files(run).items():
-            lake.delete(table, filename)
-        evaluation = ((C.TABLE_SLICE_PREDICTIONS, f"{run}-eval.parquet"), (C.TABLE_RUNS, f"{run}-evaluate.parquet"),
-                      (C.TABLE_RUNS, f"{run}-score.parquet"), (C.TABLE_READS, f"reads-simulated-{run}.parquet"),
-                      *((t, f"{run}.parquet") for t in (C.TABLE_PATIENT_PREDICTIONS, C.TABLE_METRICS, C.TABLE_CAMS,
-                                                       C.TABLE_DIFFERENCES, C.TABLE_CALIBRATION, C.TABLE_FLOW)))
-        for table, filename in evaluation:
-            lake.delete(table, filename)  # its evaluation (and reads simulated from it) belong to the replaced run
+        _forget_run(lake, run)
         previous, recorded = None, []
     if previous is not None and previous != settings:
         was, now = _flat(previous), _flat(settings)
@@ -503,11 +529,6 @@ def run_train(lake_root: str, run: str, *, folds: int = 5, epochs: int = 100, wo
                              C.COL_SPLIT: r[C.COL_SPLIT], "slice_index": r["slice_index"], "model": f"fold{k}",
                              "fold": k, "prob_gbm": float(prob[i]), "vote": C.GBM if prob[i] >= 0.5 else C.MET})
     summary.seconds = time.perf_counter() - t_start
-    files = _run_files(run)
-    lake.write(C.TABLE_FOLDS, pa.Table.from_pylist(
-        [{"run_id": run, C.COL_PATIENT_ID: p, "fold": f} for p, f in sorted(fold_of.items())]), files[C.TABLE_FOLDS])
-    lake.write(C.TABLE_TRAIN_HISTORY, pa.Table.from_pylist(history_rows), files[C.TABLE_TRAIN_HISTORY])
-    lake.write(C.TABLE_SLICE_PREDICTIONS, pa.Table.from_pylist(oof_rows), files[C.TABLE_SLICE_PREDICTIONS])
     record = {
         "run_id": run, "kind": "train", "mode": mode, "backbone_id": backbone_id, "backbone_reason": reason,
         "weights_sha256": backbone_id.split("@")[-1] if mode == "finetune" else
@@ -525,11 +546,9 @@ def run_train(lake_root: str, run: str, *, folds: int = 5, epochs: int = 100, wo
         "timings": json.dumps({"load_data_s": round(data_seconds, 3),
                                "fold_s": {str(k): round(v, 3) for k, v in summary.fold_seconds.items()},
                                "total_s": round(summary.seconds, 3), "folds_at_a_time": parallel}),
-        "status": "ok",
+        "status": "ok", "lake_versions": json.dumps(snap.versions(), sort_keys=True),
     }
-    lake.write(C.TABLE_RUNS, pa.Table.from_pylist([record]), files[C.TABLE_RUNS])
-    if lake.local_root is not None:
-        catalog.refresh(lake)
+    _store_run(lake, run, fold_of, history_rows, oof_rows, record)
     return summary
 
 

@@ -375,10 +375,18 @@ class Lake:
         self._prepare_write()
 
         def delete():
+            # an overwrite of nothing where the predicate holds, not DeltaTable.delete: that one
+            # rewrites the surviving rows with string_view columns, which Arrow's filters and
+            # DuckDB's views then fail to compare with plain strings (delta-rs 1.6)
+            from deltalake import write_deltalake
+
             table = self.delta_latest(name)
-            if table is None:
+            if table is None or not self._matches(name, where):
                 return 0
-            return int(table.delete(predicate, post_commithook_properties=commit_hooks()).get("num_deleted_rows") or 0)
+            n = self.at({}).dataset(name).count_rows(filter=_expression(where))
+            write_deltalake(table, self.full_schema(name).empty_table(), mode="overwrite", predicate=predicate,
+                            post_commithook_properties=commit_hooks())
+            return n
 
         return self.with_retries(name, delete)
 

@@ -168,7 +168,7 @@ READS = pa.schema([
     pa.field(C.COL_ASSISTED, pa.bool_(), nullable=False),
     pa.field(C.COL_CALL, pa.string(), nullable=False),  # GBM / MET
     pa.field(C.COL_CONFIDENCE, pa.int16()),  # 1 (guess) .. 5 (certain), optional
-    # where the read came from: "import:<file name>", or "simulated:<run_id>" for a synthetic
+    # where the read came from: "import:<file name>@<digest of its full path>", or "simulated:<run_id>" for a synthetic
     # cohort's assisted reads, which depend on that run's model calls (null in older lakes: imported)
     pa.field(C.COL_READ_SOURCE, pa.string()),
 ])

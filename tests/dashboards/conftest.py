@@ -14,6 +14,28 @@ from gbmmet import constants as C
 
 RUN = "dash"
 BROKEN = "A9999"
+#: Tables holding nothing but a run's evaluation (its rows keyed by ``run_id``).
+EVALUATION_TABLES = (C.TABLE_PATIENT_PREDICTIONS, C.TABLE_METRICS, C.TABLE_DIFFERENCES, C.TABLE_CALIBRATION,
+                     C.TABLE_FLOW, C.TABLE_CAMS)
+
+
+def unevaluated_copy(lake: Path, dest: Path, *leave_out: str) -> Path:
+    """A copy of ``lake`` (less the folders ``leave_out``) as if run ``RUN`` had been trained and
+    never evaluated: its scoring and evaluation records, rows and simulated reads deleted (one
+    commit per table), the catalog rebuilt. Returns ``dest``."""
+    from pipelines.evaluate import EVAL_SPLITS
+    from storage import catalog
+    from storage.lake import Lake
+
+    shutil.copytree(lake, dest, ignore=shutil.ignore_patterns("catalog.duckdb", *leave_out))
+    copy = Lake(dest)
+    copy.delete(C.TABLE_RUNS, {"run_id": RUN, "kind": ["score", "evaluate"]})
+    copy.delete(C.TABLE_SLICE_PREDICTIONS, {"run_id": RUN, C.COL_SPLIT: list(EVAL_SPLITS)})
+    for table in EVALUATION_TABLES:
+        copy.delete(table, {"run_id": RUN})
+    copy.delete(C.TABLE_READS, {C.COL_READ_SOURCE: C.READ_SOURCE_SIMULATED + RUN})
+    catalog.refresh(copy)
+    return dest
 
 
 @pytest.fixture(scope="session")

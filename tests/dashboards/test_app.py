@@ -19,7 +19,7 @@ from gbmmet.pseudonym import pseudonymise
 from storage import catalog
 from storage.lake import Lake
 from storage.queries import format_estimate
-from tests.dashboards.conftest import BROKEN, RUN
+from tests.dashboards.conftest import BROKEN, RUN, unevaluated_copy
 
 DAGGER, SECTION = "\u2020", "\u00a7"  # percentile stood in for BCa; the paper's subsampling
 NAMES = {"test": "internal test", "external": "external", "val": "validation", "train": "training"}
@@ -522,8 +522,7 @@ def test_empty_lake_unevaluated_run_and_unknown_run_give_messages(dash_lake, tin
         at = open_app(monkeypatch, untrained, page)
         assert any("no finished training run" in i.value for i in at.info), page
 
-    unevaluated = tmp_path / "unevaluated"  # trained, never evaluated
-    shutil.copytree(dash_lake, unevaluated, ignore=shutil.ignore_patterns("catalog.duckdb", f"{RUN}-evaluate.parquet"))
+    unevaluated = unevaluated_copy(dash_lake, tmp_path / "unevaluated")  # trained, never evaluated
     for page in ("readers.py", "roc.py", "calibration.py", "subgroups.py", "patient.py"):
         at = open_app(monkeypatch, unevaluated, page)
         assert any("has no evaluation yet" in i.value and "gbmmet evaluate" in i.value for i in at.info), page

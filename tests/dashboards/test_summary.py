@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 import pyarrow as pa
-import pyarrow.parquet as pq
+import pyarrow.compute as pc
 import pytest
 from streamlit.testing.v1 import AppTest
 
@@ -22,7 +22,8 @@ from gbmmet.evaluation import DEFAULT_MARGIN, verdict
 from storage import catalog
 from storage.lake import Lake
 from storage.queries import format_estimate
-from tests.dashboards.conftest import RUN
+from storage.schemas import SCHEMAS
+from tests.dashboards.conftest import RUN, unevaluated_copy
 
 APP = Path(__file__).resolve().parents[2] / "dashboards" / "app.py"
 SHOTS = Path(__file__).resolve().parents[1] / "screenshots" / "report"
@@ -179,13 +180,13 @@ def test_report_command_writes_the_same_report(dash_lake, monkeypatch, tmp_path)
 def test_an_evaluation_without_a_recorded_margin_uses_the_default_and_says_so(dash_lake, monkeypatch, tmp_path):
     lake = tmp_path / "lake"
     shutil.copytree(dash_lake, lake, ignore=shutil.ignore_patterns("catalog.duckdb", "slices", "cams", "features"))
-    path = lake / C.TABLE_RUNS / f"{RUN}-evaluate.parquet"
-    rec = pq.read_table(path).to_pylist()
+    evaluation = {"run_id": RUN, "kind": "evaluate"}
+    rec = Lake(lake).read(C.TABLE_RUNS, filter=(pc.field("run_id") == RUN) & (pc.field("kind") == "evaluate")).to_pylist()
     for r in rec:  # as evaluations were recorded before the margin was a setting
         config = json.loads(r["config"])
         del config["settings"]["margin"]
         r["config"] = json.dumps(config)
-    Lake(str(lake)).write(C.TABLE_RUNS, pa.Table.from_pylist(rec), path.name)
+    Lake(lake).replace(C.TABLE_RUNS, pa.Table.from_pylist(rec, schema=SCHEMAS[C.TABLE_RUNS]), evaluation)
     at, _ = open_summary(monkeypatch, lake)
     assert any("recorded before the margin was a setting" in i.value and f"{DEFAULT_MARGIN:.2f}" in i.value
                for i in at.info)
@@ -205,9 +206,7 @@ def test_summary_says_what_is_missing(dash_lake, tmp_path, monkeypatch):
     assert any("There is no lake at" in i.value for i in page(tmp_path / "nowhere").info)
     (tmp_path / "empty").mkdir()
     assert any("has no patients yet" in i.value for i in page(tmp_path / "empty").info)
-    unevaluated = tmp_path / "unevaluated"
-    shutil.copytree(dash_lake, unevaluated, ignore=shutil.ignore_patterns(
-        "catalog.duckdb", f"{RUN}-evaluate.parquet", "slices", "cams", "features"))
+    unevaluated = unevaluated_copy(dash_lake, tmp_path / "unevaluated", "slices", "cams", "features")
     assert any("has no evaluation yet" in i.value and "gbmmet evaluate" in i.value for i in page(unevaluated).info)
     at = page(dash_lake, {"run": "no-such-run"})
     assert any("no finished training run `no-such-run`" in e.value for e in at.error)

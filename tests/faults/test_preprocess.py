@@ -258,7 +258,8 @@ def test_a_changed_input_that_fails_keeps_the_old_rows(tiny_cohort, tmp_path, fa
     lake_dir = tmp_path / "lake"
     assert _run([manifest], lake_dir, fast_params).ok == ["A0001"]
     lake = Lake(lake_dir)
-    before = (lake.read(C.TABLE_PATIENTS).to_pylist(), lake.files(C.TABLE_SLICES), len(lake.read(C.TABLE_SLICES)))
+    before = (lake.read(C.TABLE_PATIENTS).to_pylist(), lake.files(C.TABLE_SLICES), len(lake.read(C.TABLE_SLICES)),
+              lake.version(C.TABLE_SLICES), lake.version(C.TABLE_PATIENTS))
     t1c = manifest.parent / _rows(manifest)["A0001"][C.COL_T1C_PATH]
     t1c.write_bytes(b"not an image at all")
     summary = _run([manifest], lake_dir, fast_params)
@@ -267,23 +268,35 @@ def test_a_changed_input_that_fails_keeps_the_old_rows(tiny_cohort, tmp_path, fa
     last = _runs(lake_dir)[-1]
     assert last["status"] == "failed" and last["error_kind"] == "unreadable_image"
     assert last["error_message"].startswith(f"patient {pseudo}: ") and f"{SITE_FOLDER}/t1c.nii.gz" in last["error_message"]
-    after = (lake.read(C.TABLE_PATIENTS).to_pylist(), lake.files(C.TABLE_SLICES), len(lake.read(C.TABLE_SLICES)))
-    assert after == before  # the good rows are still there, untouched
+    after = (lake.read(C.TABLE_PATIENTS).to_pylist(), lake.files(C.TABLE_SLICES), len(lake.read(C.TABLE_SLICES)),
+             lake.version(C.TABLE_SLICES), lake.version(C.TABLE_PATIENTS))
+    assert after == before  # the good rows are still there, untouched: no commit but the failed attempt's row
 
 
-def test_a_changed_split_moves_the_slices_file_only_after_success(tiny_cohort, tmp_path, fast_params):
+def _slice_places(lake: Lake) -> set[tuple[str, str, str]]:
+    """(patient, site, split) of every visible slice."""
+    t = lake.read(C.TABLE_SLICES, columns=[C.COL_PATIENT_ID, C.COL_SITE, C.COL_SPLIT])
+    return set(zip(*(t.column(c).to_pylist() for c in t.column_names), strict=True))
+
+
+def test_a_changed_split_moves_the_slices_in_one_commit_only_after_success(tiny_cohort, tmp_path, fast_params):
     manifest = _site(tiny_cohort, tmp_path, ["A0001"])
     lake_dir = tmp_path / "lake"
     _run([manifest], lake_dir, fast_params)
+    lake = Lake(lake_dir)
+    pseudo = _pseudo(manifest)["A0001"]
+    n_slices, version = len(lake.read(C.TABLE_SLICES)), lake.version(C.TABLE_SLICES)
     row = _rows(manifest)["A0001"]
     assert row[C.COL_SPLIT] == C.TRAIN
     _write(manifest, [dict(row, split=C.TEST)])
     summary = _run([manifest], lake_dir, fast_params)
     assert summary.ok == ["A0001"]
-    lake = Lake(lake_dir)
-    pseudo = _pseudo(manifest)["A0001"]
+    assert _slice_places(lake) == {(pseudo, "siteA", C.TEST)} and len(lake.read(C.TABLE_SLICES)) == n_slices
     files = [Path(f).relative_to(lake_dir / C.TABLE_SLICES).as_posix() for f in lake.files(C.TABLE_SLICES)]
-    assert files == [f"{C.COL_SITE}=siteA/{C.COL_SPLIT}={C.TEST}/{pseudo}.parquet"]
+    assert all(f.startswith(f"{C.COL_SITE}=siteA/{C.COL_SPLIT}={C.TEST}/") for f in files)
+    # one commit took the old slices away and brought the new ones: no version holds both or neither
+    assert lake.version(C.TABLE_SLICES) == version + 1
+    assert _slice_places(lake.at({C.TABLE_SLICES: version})) == {(pseudo, "siteA", C.TRAIN)}
     (patient,) = lake.read(C.TABLE_PATIENTS).to_pylist()
     assert patient[C.COL_SPLIT] == C.TEST
 
@@ -354,6 +367,50 @@ def test_a_read_only_lake_fails_before_any_patient(tiny_cohort, tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert f"LakeError: the lake {root} is not writable" in proc.stdout
     assert sorted(p.relative_to(root).as_posix() for p in root.rglob("*")) == before
+
+
+def test_a_batch_whose_commit_fails_stops_the_run_and_the_next_run_redoes_its_patients(tiny_cohort, tmp_path,
+                                                                                         fast_params):
+    from tests.faults.test_lake import make_read_only, make_writable, run_without_write_override
+
+    manifest = _site(tiny_cohort, tmp_path, ["A0001"])
+    lake_dir = tmp_path / "lake"
+    _run([manifest], lake_dir, fast_params)
+    _site(tiny_cohort, tmp_path / "more", ["A0001", "A0002"])
+    manifest = shutil.copy(tmp_path / "more" / "siteA" / C.MANIFEST_FILE, manifest)
+    log = lake_dir / C.TABLE_PATIENTS / "_delta_log"
+    make_read_only(log)  # the patients commit of the next batch cannot be written
+    try:
+        proc = run_without_write_override(f"""
+    import os, sys
+    try:
+        open(os.path.join({str(log)!r}, ".w"), "wb").close()
+    except OSError:
+        pass
+    else:
+        sys.exit(77)
+    from gbmmet.errors import LakeError
+    from gbmmet.preprocess.params import PreprocessParams
+    from pipelines.preprocess import run_preprocess
+    try:
+        run_preprocess([{str(manifest)!r}], {str(lake_dir)!r}, params=PreprocessParams(iso_mm=2.0), workers=0,
+                       show_progress=False)
+    except LakeError as exc:
+        print("LakeError:", str(exc).encode("ascii", "replace").decode())  # read with the parent's locale
+    """)
+    finally:
+        make_writable(log)
+    assert proc.returncode == 0, proc.stderr
+    assert "LakeError: preprocess stopped: a batch of 1 finished patient(s) could not be committed" in proc.stdout
+    assert "re-run the same command to redo them" in proc.stdout
+    pseudo = _pseudo(manifest)
+    lake = Lake(lake_dir)
+    assert lake.read(C.TABLE_PATIENTS).column(C.COL_PATIENT_ID).to_pylist() == [pseudo["A0001"]]  # not done
+    summary = _run([manifest], lake_dir, fast_params)
+    assert summary.ok == ["A0002"] and summary.skipped == ["A0001"]
+    patients = lake.read(C.TABLE_PATIENTS).to_pylist()
+    slices = lake.read(C.TABLE_SLICES, columns=[C.COL_PATIENT_ID]).column(0).to_pylist()
+    assert {p[C.COL_PATIENT_ID]: p["n_slices"] for p in patients} == {pid: slices.count(pid) for pid in set(slices)}
 
 
 def test_a_lake_root_that_is_a_file_fails_in_the_cli_before_any_patient(tiny_cohort, tmp_path, capsys):

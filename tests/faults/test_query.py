@@ -151,7 +151,7 @@ def test_a_read_only_lake_can_be_queried(lake):
 
 def test_a_copy_on_object_storage_is_refused(s3_server, tmp_path):
     lake = Lake(s3_uri(s3_server, "faults-query", "lake")).check_writable()
-    lake.write(C.TABLE_PATIENTS, pa.Table.from_pylist([patient_row("p1")]), "p1.parquet")
+    lake.append(C.TABLE_PATIENTS, pa.Table.from_pylist([patient_row("p1")]))
     with pytest.raises(ConfigError, match="read-only"):
         catalog.query(lake, f"copy patients to '{tmp_path}/dup.parquet'")
     assert not (tmp_path / "dup.parquet").exists()

@@ -9,7 +9,7 @@ import pytest
 from gbmmet import constants as C
 from gbmmet.pseudonym import pseudonymise
 from pipelines.cli import EXIT_USAGE, main
-from pipelines.readers import ReadsError, import_reads
+from pipelines.readers import ReadsError, import_reads, import_source
 from storage.lake import Lake
 from storage.schemas import SCHEMAS
 
@@ -25,7 +25,7 @@ def lake(tmp_path) -> Lake:
     key = lake.secret()
     rows = [{C.COL_PATIENT_ID: pseudonymise(key, SITE, p), C.COL_SITE: SITE, C.COL_SPLIT: C.TEST,
              C.COL_LABEL: C.GBM} for p in PATIENTS]
-    lake.write(C.TABLE_PATIENTS, pa.Table.from_pylist(rows, schema=SCHEMAS[C.TABLE_PATIENTS]), "x.parquet")
+    lake.append(C.TABLE_PATIENTS, pa.Table.from_pylist(rows, schema=SCHEMAS[C.TABLE_PATIENTS]))
     return lake
 
 
@@ -39,6 +39,11 @@ def _reads(lake) -> list[tuple]:
     """The lake's reads as (reader, patient pseudonym, assisted, call, confidence, source), sorted."""
     cols = [C.COL_READER_ID, C.COL_PATIENT_ID, C.COL_ASSISTED, C.COL_CALL, C.COL_CONFIDENCE, C.COL_READ_SOURCE]
     return sorted(tuple(r[c] for c in cols) for r in lake.read(C.TABLE_READS).to_pylist())
+
+
+def _src(tmp_path, name) -> str:
+    """The source of the reads imported from ``tmp_path / name``."""
+    return import_source(tmp_path / name)
 
 
 def _pid(lake, raw):
@@ -87,7 +92,7 @@ def test_a_utf16_reads_file_is_refused(tmp_path, lake):
 
 def test_a_utf8_reads_file_with_byte_order_mark_and_accents_imports(tmp_path, lake):
     s = import_reads(_csv(tmp_path, "r.csv", "\ufeff" + HEADER + "r1,Jörg,false,GBM,4\n"), str(lake.uri))
-    assert s.rows == 1 and _reads(lake) == [("r1", _pid(lake, "Jörg"), False, "GBM", 4, "import:r.csv")]
+    assert s.rows == 1 and _reads(lake) == [("r1", _pid(lake, "Jörg"), False, "GBM", 4, _src(tmp_path, "r.csv"))]
 
 
 def test_a_header_without_reads_is_refused(tmp_path, lake):
@@ -120,43 +125,54 @@ def test_a_corrected_file_under_a_new_name_is_refused_listing_the_conflicts(tmp_
     assert "--replace" in msg and _pid(lake, "P1") not in msg  # never the pseudonym
 
 
-def test_replace_removes_the_older_conflicting_and_identical_reads(tmp_path, lake):
+def test_replace_removes_the_older_conflicting_and_identical_reads_in_one_commit(tmp_path, lake):
     import_reads(_csv(tmp_path, "v1.csv", V1), str(lake.uri))
+    before = lake.version(C.TABLE_READS)
     s = import_reads(_csv(tmp_path, "v2.csv", V2), str(lake.uri), replace=True)
     assert s.rows == 2 and [(c.line, c.patient, c.old_call, c.new_call) for c in s.replaced] == [
         (2, "P1", "GBM", "MET"), (3, "P2", "MET", "MET")]
     assert _reads(lake) == sorted([
-        ("r1", _pid(lake, "P1"), False, "MET", 2, "import:v2.csv"),
-        ("r1", _pid(lake, "P2"), False, "MET", 3, "import:v2.csv"),
-        ("r2", _pid(lake, "P1"), False, "GBM", 5, "import:v1.csv"),  # untouched
+        ("r1", _pid(lake, "P1"), False, "MET", 2, _src(tmp_path, "v2.csv")),
+        ("r1", _pid(lake, "P2"), False, "MET", 3, _src(tmp_path, "v2.csv")),
+        ("r2", _pid(lake, "P1"), False, "GBM", 5, _src(tmp_path, "v1.csv")),  # untouched
     ])
-    assert len(lake.files(C.TABLE_READS)) == 2
+    assert lake.version(C.TABLE_READS) == before + 1
 
 
 def test_identical_reads_from_another_file_are_skipped_and_listed(tmp_path, lake):
     import_reads(_csv(tmp_path, "v1.csv", V1), str(lake.uri))
     s = import_reads(_csv(tmp_path, "extra.csv", HEADER + "r1,P2,false,MET,3\nr3,P2,false,GBM,1\n"), str(lake.uri))
     assert s.rows == 1 and s.readers == ["r3"]
-    assert [(c.line, c.patient, c.old_source) for c in s.skipped] == [(2, "P2", "import:v1.csv")]
+    assert [(c.line, c.patient, c.old_source) for c in s.skipped] == [(2, "P2", _src(tmp_path, "v1.csv"))]
     assert len(_reads(lake)) == 4  # the three of v1 and r3's
 
 
 def test_a_copy_of_an_imported_file_stores_nothing_twice(tmp_path, lake):
     import_reads(_csv(tmp_path, "v1.csv", V1), str(lake.uri))
+    before = lake.version(C.TABLE_READS), _reads(lake)
     s = import_reads(_csv(tmp_path, "copy.csv", V1), str(lake.uri))
-    assert s.rows == 0 and len(s.skipped) == 3 and len(lake.files(C.TABLE_READS)) == 1
+    assert s.rows == 0 and len(s.skipped) == 3
+    assert (lake.version(C.TABLE_READS), _reads(lake)) == before  # not even a commit
+
+
+def test_files_of_the_same_name_in_two_folders_keep_their_own_reads(tmp_path, lake):
+    (tmp_path / "siteA").mkdir()
+    (tmp_path / "siteB").mkdir()
+    a = import_reads(_csv(tmp_path / "siteA", "reads.csv", HEADER + "r1,P1,false,GBM,4\n"), str(lake.uri))
+    b = import_reads(_csv(tmp_path / "siteB", "reads.csv", HEADER + "r1,P2,false,MET,3\n"), str(lake.uri))
+    assert a.source != b.source and len(_reads(lake)) == 2
 
 
 def test_an_imported_assisted_read_conflicts_with_a_simulated_one(tmp_path, lake):
     sim = [{C.COL_READER_ID: "r1", C.COL_PATIENT_ID: _pid(lake, "P1"), C.COL_ASSISTED: True, C.COL_CALL: "GBM",
             C.COL_CONFIDENCE: 4, C.COL_READ_SOURCE: C.READ_SOURCE_SIMULATED + "run7"}]
-    lake.write(C.TABLE_READS, pa.Table.from_pylist(sim), "reads-simulated-run7.parquet")
+    lake.append(C.TABLE_READS, pa.Table.from_pylist(sim))
     path = _csv(tmp_path, "assisted.csv", HEADER + "r1,P1,true,GBM,4\n")  # even an equal call
     msg = _refused(lake, path)
     assert "line 2: reader r1, patient 'P1', assisted" in msg and "simulated for run 'run7'" in msg
     s = import_reads(path, str(lake.uri), replace=True)
-    assert [c.old_file for c in s.replaced] == ["reads-simulated-run7.parquet"]
-    assert _reads(lake) == [("r1", _pid(lake, "P1"), True, "GBM", 4, "import:assisted.csv")]
+    assert [c.old_source for c in s.replaced] == [C.READ_SOURCE_SIMULATED + "run7"]
+    assert _reads(lake) == [("r1", _pid(lake, "P1"), True, "GBM", 4, _src(tmp_path, "assisted.csv"))]
 
 
 def test_cli_refuses_a_conflict_with_exit_code_2_and_replace_fixes_it(tmp_path, lake, capsys):
@@ -175,4 +191,4 @@ def test_cli_reports_a_non_utf8_file_without_traceback(tmp_path, lake, capsys):
     assert main(["readers", "import", str(bad), "--lake", str(lake.uri)]) == EXIT_USAGE
     err = capsys.readouterr().err
     assert f"{bad} line 2: not UTF-8" in err and "Traceback" not in err
-    assert not lake.files(C.TABLE_READS)
+    assert lake.version(C.TABLE_READS) is None  # nothing committed

@@ -1,6 +1,7 @@
-"""Drivers stopped by a signal: Ctrl-C (SIGINT) cancels the outstanding tasks and says what
-finished (exit 130, "re-run the same command to resume"); a driver killed outright (SIGKILL)
-takes its local Ray with it. Real driver processes on 127.0.0.1, bounded waits, nothing left
+"""Drivers stopped by a signal: Ctrl-C (SIGINT) cancels the outstanding tasks, commits what
+finished and says so (exit 130, "re-run the same command to resume"); a driver killed outright
+(SIGKILL) takes its local Ray with it and leaves only what it had committed visible, so the next
+run redoes exactly the rest. Real driver processes on 127.0.0.1, bounded waits, nothing left
 behind."""
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import sys
 import tempfile
 import textwrap
 import time
+from collections import Counter
 from pathlib import Path
 
 import psutil
@@ -22,6 +24,7 @@ import pytest
 import typer
 
 from gbmmet import constants as C
+from gbmmet.pseudonym import pseudonymise
 from pipelines.cli import EXIT_INTERRUPTED, RESUME_HINT, _user_errors
 from pipelines.ray_runtime import Interrupted, run_batch
 from storage.lake import Lake
@@ -68,6 +71,16 @@ def _kill_tree(proc: subprocess.Popen, family: list[psutil.Process]) -> None:
         except (psutil.NoSuchProcess, ProcessLookupError):
             pass
     proc.wait(timeout=30)
+
+
+def _staged(lake_dir: Path) -> int:
+    """Slices files written into the lake by finished patients, committed or not (a fresh lake)."""
+    return len(list((lake_dir / C.TABLE_SLICES).rglob("part-*.parquet")))
+
+
+def _committed(lake_dir: Path) -> set[str]:
+    """The patients marked done: their ``patients`` row is committed."""
+    return set(Lake(lake_dir).read(C.TABLE_PATIENTS, columns=[C.COL_PATIENT_ID]).column(0).to_pylist())
 
 
 def _site(tiny_cohort: Path, tmp_path: Path, ids: list[str]) -> Path:
@@ -165,17 +178,19 @@ def test_ctrl_c_without_ray_exits_130_saying_what_finished(tiny_cohort, tmp_path
     cmd = [sys.executable, "-m", "pipelines.cli", "preprocess", "--manifest", str(manifest), "--lake", str(lake_dir),
            "--workers", "0"]
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
-    patients = lake_dir / C.TABLE_PATIENTS
+                            encoding="utf-8")
     try:
-        assert _wait_for(lambda: len(list(patients.glob("*.parquet"))) >= 1, 120, proc), proc.communicate(timeout=30)
+        # a patient has finished (its slices staged), long before a batch is due
+        assert _wait_for(lambda: _staged(lake_dir) >= 1, 120, proc), proc.communicate(timeout=30)
+        assert not _committed(lake_dir)
+        time.sleep(0.5)  # its result reaches the driver
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:
             _kill_tree(proc, [])
     assert proc.returncode == 130, err
-    done = len(list(patients.glob("*.parquet")))
+    done = len(_committed(lake_dir))  # what finished was committed before stopping
     assert 1 <= done < 4
     assert f"preprocess interrupted: {done} patient(s) done, 0 failed, {4 - done} not finished" in err
     assert err.rstrip().endswith("re-run the same command to resume") and "Traceback" not in err
@@ -189,28 +204,70 @@ def test_ctrl_c_in_the_preprocess_cli_on_ray_exits_130_and_the_same_command_resu
     lake_dir = tmp_path / "lake"
     cmd = [sys.executable, "-m", "pipelines.cli", "preprocess", "--manifest", str(manifest), "--lake", str(lake_dir),
            "--workers", "1"]
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    patients = lake_dir / C.TABLE_PATIENTS
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, encoding="utf-8")
     family: list[psutil.Process] = []
     try:
-        assert _wait_for(lambda: len(list(patients.glob("*.parquet"))) >= 1, 180, proc), proc.communicate(timeout=30)
+        assert _wait_for(lambda: _staged(lake_dir) >= 1, 180, proc), proc.communicate(timeout=30)
+        time.sleep(1.0)  # its result reaches the driver
         family = psutil.Process(proc.pid).children(recursive=True)
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=60)
     finally:
         _kill_tree(proc, family)
     assert proc.returncode == 130, err
-    done = {p.stem for p in patients.glob("*.parquet")}
+    done = _committed(lake_dir)
     assert 1 <= len(done) < 4
     assert f"preprocess interrupted: {len(done)} patient(s) done" in err and RESUME_HINT in err
     # the same command resumes: only the rest is processed
-    again = subprocess.run(cmd[:-2] + ["--workers", "0"], cwd=ROOT, env=env, capture_output=True, text=True,
+    again = subprocess.run(cmd[:-2] + ["--workers", "0"], cwd=ROOT, env=env, capture_output=True, encoding="utf-8",
                            timeout=300)
     assert again.returncode == 0, again.stderr
     assert f"{4 - len(done)} ok, {len(done)} skipped" in again.stdout
     runs = Lake(lake_dir).read(C.TABLE_PREPROCESS_RUNS).to_pylist()
-    assert sorted(r[C.COL_PATIENT_ID] for r in runs if r["status"] == "ok") == sorted(
-        {p.stem for p in patients.glob("*.parquet")})  # each patient done once
+    assert sorted(r[C.COL_PATIENT_ID] for r in runs if r["status"] == "ok") == sorted(_committed(lake_dir))
+    assert len(_committed(lake_dir)) == 4  # each patient done once
+
+
+def test_a_sigkilled_preprocess_driver_leaves_only_its_commits_and_the_next_run_redoes_the_rest(
+        tiny_cohort, tmp_path, env):
+    ids = ["B0001", "B0002", "B0003", "B0004"]
+    manifest = _site(tiny_cohort, tmp_path, ids)
+    lake_dir = tmp_path / "lake"
+    code = textwrap.dedent(f"""
+        from gbmmet.preprocess.params import PreprocessParams
+        from pipelines.preprocess import BatchSettings, run_preprocess
+
+        run_preprocess([{str(manifest)!r}], {str(lake_dir)!r}, params=PreprocessParams(iso_mm=2.0), workers=0,
+                       show_progress=False, batch=BatchSettings(patients=1))
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, encoding="utf-8")
+    try:  # killed once a patient is committed, most likely while the next one runs
+        assert _wait_for(lambda: Lake(lake_dir).version(C.TABLE_PATIENTS) is not None, 120, proc, step=0.05), \
+            proc.communicate(timeout=30)
+        proc.kill()
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            _kill_tree(proc, [])
+    lake = Lake(lake_dir)
+    done = _committed(lake_dir)
+    assert 1 <= len(done) < 4, "the driver finished before it was killed"
+    # nothing of an uncommitted patient is visible but (killed between a batch's commits) its slices
+    assert done <= set(lake.read(C.TABLE_SLICES, columns=[C.COL_PATIENT_ID]).column(0).to_pylist())
+    runs = lake.read(C.TABLE_PREPROCESS_RUNS).to_pylist()
+    assert all(r["status"] == "ok" for r in runs) and done <= {r[C.COL_PATIENT_ID] for r in runs}
+
+    from gbmmet.preprocess.params import PreprocessParams
+    from pipelines.preprocess import run_preprocess
+
+    again = run_preprocess([manifest], lake_dir, params=PreprocessParams(iso_mm=2.0), workers=0, show_progress=False)
+    assert len(again.ok) == 4 - len(done) and len(again.skipped) == len(done)  # exactly the uncommitted redone
+    assert {pseudonymise(lake.secret(), "siteB", pid) for pid in again.skipped} == done
+    patients = lake.read(C.TABLE_PATIENTS).to_pylist()
+    assert len(patients) == 4
+    slices = Counter(lake.read(C.TABLE_SLICES, columns=[C.COL_PATIENT_ID]).column(0).to_pylist())
+    assert slices == {p[C.COL_PATIENT_ID]: p["n_slices"] for p in patients}  # no slice twice, none lost
 
 
 @pytest.mark.slow

@@ -9,6 +9,7 @@ import json
 import shutil
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
@@ -25,6 +26,8 @@ from pipelines.run import evaluate_synthetic
 from pipelines.train import run_train
 from storage import catalog
 from storage.lake import Lake
+from storage.queries import run_versions
+from storage.schemas import SCHEMAS
 
 
 @pytest.fixture(scope="module")
@@ -259,3 +262,29 @@ def test_predict_one_real_patient_with_the_lakes_run(evaluated_lake, tmp_path, c
     assert main(["predict", "--t1c", str(tmp_path / "nope.nii.gz"), "--t2", str(case / "Brats18_2013_3_1_t2.nii.gz"),
                  "--roi", str(case / "Brats18_2013_3_1_seg.nii.gz"), "--lake", str(lake_dir)]) == 2
     assert "nope.nii.gz" in capsys.readouterr().err
+
+
+def test_train_and_evaluate_records_hold_the_versions_that_reproduce_what_they_read(evaluated_lake, tmp_path):
+    lake_dir, _, _ = evaluated_lake
+    copy = tmp_path / "lake"
+    shutil.copytree(lake_dir, copy, ignore=shutil.ignore_patterns("catalog.duckdb"))
+    lake = Lake(copy)
+    runs = {r["kind"]: r for r in lake.read(C.TABLE_RUNS, filter=pc.field("run_id") == "ev").to_pylist()}
+    backbone = runs["train"]["backbone_id"]
+    # later commits: one more training slice's features, one more reader's read
+    lake.append(C.TABLE_FEATURES, pa.Table.from_pylist([{
+        C.COL_PATIENT_ID: "later", C.COL_SITE: "siteA", C.COL_SPLIT: C.TRAIN, C.COL_LABEL: C.GBM, "slice_index": 0,
+        "weights_sha256": "w", "params_hash": "p", "vector": [0.0]}], schema=SCHEMAS[C.TABLE_FEATURES]),
+        {"backbone": backbone})
+    lake.append(C.TABLE_READS, pa.Table.from_pylist([{
+        C.COL_READER_ID: "reader3", C.COL_PATIENT_ID: "later", C.COL_ASSISTED: False, C.COL_CALL: C.GBM}],
+        schema=SCHEMAS[C.TABLE_READS]))
+
+    train_sql, params = "select count(*) from features where split = ? and backbone = ?", [C.TRAIN, backbone]
+    slices = catalog.query(lake, train_sql, params, versions=run_versions(lake, "ev", "train")).column(0)[0].as_py()
+    assert slices == json.loads(runs["train"]["config"])["train_slices"]  # what training read
+    assert catalog.query(lake, train_sql, params).column(0)[0].as_py() == slices + 1  # the lake moved on
+    readers_sql = "select distinct reader_id from reads order by reader_id"
+    readers = catalog.query(lake, readers_sql, versions=run_versions(lake, "ev", "evaluate")).column(0).to_pylist()
+    assert readers == json.loads(runs["evaluate"]["timings"])["readers"] == ["reader1", "reader2"]
+    assert catalog.query(lake, readers_sql).column(0).to_pylist() == ["reader1", "reader2", "reader3"]

@@ -1,5 +1,5 @@
 """``gbmmet preprocess`` on a real local Ray into a real lake: tables, catalog, pseudonyms,
-re-runs, orientation, and each kind of bad input failing alone."""
+re-runs, batched commits, orientation, and each kind of bad input failing alone."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from gbmmet import constants as C
 from gbmmet.preprocess.params import PreprocessParams
 from gbmmet.preprocess.patient import preprocess_patient
 from pipelines.cli import main
-from pipelines.preprocess import ID_MAP_FILE, run_preprocess
+from pipelines.preprocess import ID_MAP_FILE, BatchSettings, run_preprocess
 from storage import catalog
 from storage.lake import Lake
 from tests.conftest import tiny_manifests
@@ -57,7 +57,7 @@ def test_lake_tables_agree_and_the_catalog_opens_in_plain_duckdb(tiny_lake):
         assert mismatch == 0
     finally:
         con.close()
-    assert pq.read_schema(next((lake_dir / "slices").rglob("*.parquet"))).metadata[b"image_dtype"] == b"uint8"
+    assert pq.read_schema(Lake(lake_dir).files(C.TABLE_SLICES)[0]).metadata[b"image_dtype"] == b"uint8"
 
 
 def test_slices_are_the_roi_on_the_t2_slices(tiny_lake):
@@ -115,6 +115,68 @@ def test_rerun_skips_and_a_changed_parameter_reprocesses(tiny_lake, tmp_path, fa
     t = Lake(lake2).read(C.TABLE_SLICES, columns=["height", "params_hash"])
     assert set(t.column("height").to_pylist()) == {64}
     assert set(t.column("params_hash").to_pylist()) == {changed.hash()}
+
+
+def _small_site(tiny_cohort: Path, tmp_path: Path, n: int) -> Path:
+    """A copy of siteB whose manifest holds its first ``n`` patients."""
+    site = tmp_path / "site"
+    shutil.copytree(tiny_cohort / "siteB", site)
+    rows = _manifest_rows(site / C.MANIFEST_FILE)[:n]
+    with (site / C.MANIFEST_FILE).open("w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=HEADER)
+        w.writeheader()
+        w.writerows(rows)
+    return site / C.MANIFEST_FILE
+
+
+def _ids(lake: Lake, table: str) -> list[str]:
+    return sorted(lake.read(table, columns=[C.COL_PATIENT_ID]).column(0).to_pylist())
+
+
+def test_each_batch_lands_in_slices_runs_and_patients_together(tiny_cohort, tmp_path, fast_params):
+    manifest = _small_site(tiny_cohort, tmp_path, 4)
+    lake_dir = tmp_path / "lake"
+    batch = BatchSettings(patients=2)
+    summary = run_preprocess([manifest], lake_dir, params=fast_params, workers=0, show_progress=False, batch=batch)
+    assert len(summary.ok) == 4 and summary.batch == batch
+    # two batches of three commits; no QC verdict yet (4 patients are too few to compare)
+    assert summary.batches == 2 and summary.commits == 6 and len(summary.qc_pending) == 4
+    lake = Lake(lake_dir)
+    tables = (C.TABLE_SLICES, C.TABLE_PREPROCESS_RUNS, C.TABLE_PATIENTS)
+    assert [lake.version(t) for t in tables] == [1, 1, 1]
+    for version, n in ((0, 2), (1, 4)):  # each version of the three holds the same patients
+        at = lake.at(dict.fromkeys(tables, version))
+        patients = _ids(at, C.TABLE_PATIENTS)
+        assert len(patients) == n
+        assert sorted(set(_ids(at, C.TABLE_SLICES))) == _ids(at, C.TABLE_PREPROCESS_RUNS) == patients
+
+
+def test_staged_slices_stay_invisible_until_committed_and_the_next_run_redoes_the_patient(tiny_cohort, tmp_path,
+                                                                                           fast_params):
+    from gbmmet.manifest import load_manifests
+    from gbmmet.pseudonym import pseudonymise
+    from pipelines.preprocess import PatientJob, input_hash, preprocess_one
+
+    manifest = _small_site(tiny_cohort, tmp_path, 1)
+    lake = Lake(tmp_path / "lake").check_writable()
+    (entry,), _ = load_manifests([str(manifest)])
+    job = PatientJob(entry, pseudonymise(lake.secret(), entry.site, entry.patient_id), input_hash(entry),
+                     fast_params, fast_params.hash(), lake.uri)
+    staged = preprocess_one(job)["staged"]  # a worker finished; its driver died before committing
+    orphan = tmp_path / "lake" / C.TABLE_SLICES / staged.path
+    assert orphan.is_file() and staged.rows > 0
+    assert lake.read(C.TABLE_SLICES).num_rows == 0 and not lake.files(C.TABLE_SLICES)
+    assert lake.read(C.TABLE_PATIENTS).num_rows == 0
+    assert catalog.query(lake, "select count(*) as n from slices").column("n").to_pylist() == [0]
+    con = duckdb.connect(str(catalog.refresh(lake)), read_only=True)
+    try:
+        assert con.execute("select count(*) from slices").fetchone()[0] == 0
+    finally:
+        con.close()
+    summary = run_preprocess([manifest], lake.uri, params=fast_params, workers=0, show_progress=False)
+    assert summary.ok == [entry.patient_id] and not summary.skipped
+    assert lake.read(C.TABLE_SLICES).num_rows == staged.rows  # the new attempt's slices, once
+    assert str(orphan) not in lake.files(C.TABLE_SLICES) and orphan.is_file()  # left for vacuum
 
 
 def test_flipped_and_permuted_inputs_give_the_same_slices(tiny_cohort, tmp_path, fast_params):

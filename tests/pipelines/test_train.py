@@ -81,6 +81,7 @@ def test_five_folds_by_patient_history_oof_and_run_record(feature_lake, ray_loca
     assert json.loads(rec["config"])["head"]["epochs"] == 3
     assert set(json.loads(rec["versions"])) >= {"gbmmet", "torch", "ray"}
     assert set(json.loads(rec["timings"])["fold_s"]) == {"0", "1", "2", "3", "4"}
+    assert json.loads(rec["lake_versions"])[C.TABLE_FEATURES] == lake.version(C.TABLE_FEATURES)  # what it read
     assert all(os.path.isfile(os.path.join(p, STATE_FILE)) for p in json.loads(rec["fold_checkpoints"]).values())
     # the catalog sees it
     n = catalog.query(lake, "select count(*) from train_history where run_id = ?", ["five"]).column(0)[0].as_py()
@@ -149,7 +150,7 @@ def test_interrupted_run_keeps_finished_folds(feature_lake, ray_local):
     run_dir = feature_lake / "runs" / "resume"
     # as if the driver died after fold 0: fold 1's completion and the run record are gone
     (run_dir / "fold1" / DONE_FILE).unlink()
-    Lake(feature_lake).delete(C.TABLE_RUNS, "resume.parquet")
+    Lake(feature_lake).delete(C.TABLE_RUNS, {"run_id": "resume", "kind": "train"})
     lines: list[str] = []
     second = run_train(str(feature_lake), "resume", folds=2, head=head, show_progress=False, echo=lines.append)
     assert any("resuming: folds [0] already finished" in ln for ln in lines), lines

@@ -6,6 +6,7 @@ import datetime as dt
 
 import duckdb
 import pyarrow as pa
+import pyarrow.compute  # noqa: F401 - pa.compute
 import pytest
 
 from gbmmet import constants as C
@@ -83,6 +84,15 @@ def test_a_replace_refuses_new_rows_outside_its_key(tmp_path):
     with pytest.raises(ValueError, match="1 of the 1 new rows do not match"):
         lake.replace(C.TABLE_PATIENTS, _patients("p2"), {C.COL_PATIENT_ID: "p1"})
     assert _ids(lake.read(C.TABLE_PATIENTS)) == ["p1"] and lake.version(C.TABLE_PATIENTS) == 0
+
+
+def test_rows_left_by_a_delete_still_filter_and_query_as_strings(tmp_path):
+    lake = Lake(tmp_path / "lake")
+    lake.append(C.TABLE_PATIENTS, pa.concat_tables([_patients("p1", "p2"), _patients("p3", split="test")]))
+    lake.delete(C.TABLE_PATIENTS, {C.COL_PATIENT_ID: "p1"})
+    assert _ids(lake.read(C.TABLE_PATIENTS, filter=pa.compute.field(C.COL_SPLIT) == "train")) == ["p2"]
+    t = catalog.query(lake, "select patient_id from patients where split = ?", ["test"])
+    assert t.column(C.COL_PATIENT_ID).to_pylist() == ["p3"]
 
 
 def test_a_key_holding_sql_is_only_a_value(tmp_path):

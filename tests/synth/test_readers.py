@@ -272,14 +272,14 @@ def test_an_unknown_reader_raises_naming_reader_site_and_known_readers():
 # -- in the lake -----------------------------------------------------------------------------
 
 
-def _write(lake, table, rows, filename):
+def _write(lake, table, rows):
     from storage.schemas import SCHEMAS
 
     names = SCHEMAS[table].names
-    lake.write(table, pa.Table.from_pylist([{n: r.get(n) for n in names} for r in rows]), filename)
+    lake.append(table, pa.Table.from_pylist([{n: r.get(n) for n in names} for r in rows]))
 
 
-def test_simulate_assisted_writes_one_file_per_run_from_its_calls(tmp_path):
+def test_simulate_assisted_writes_one_source_per_run_from_its_calls(tmp_path):
     from pipelines.readers import simulate_assisted
     from storage.lake import Lake
 
@@ -287,10 +287,10 @@ def test_simulate_assisted_writes_one_file_per_run_from_its_calls(tmp_path):
     rows = [r for r in _population_cached(C.SITE_INTERNAL, 100, 5)][:40]
     pids = sorted({r["patient_id"] for r in rows})
     _write(lake, C.TABLE_PATIENTS, [{C.COL_PATIENT_ID: p, C.COL_SITE: C.SITE_INTERNAL, C.COL_SPLIT: C.TEST,
-                                     C.COL_LABEL: p.split("-")[0]} for p in pids], "patients.parquet")
-    _write(lake, C.TABLE_READS, [{**r, C.COL_READ_SOURCE: "import:reads.csv"} for r in rows], "reads-x.parquet")
+                                     C.COL_LABEL: p.split("-")[0]} for p in pids])
+    _write(lake, C.TABLE_READS, [{**r, C.COL_READ_SOURCE: "import:reads.csv"} for r in rows])
     preds = [{"run_id": "r1", C.COL_PATIENT_ID: p, "cutoff_kind": C.CUTOFF_PAPER, C.COL_CALL: C.GBM} for p in pids]
-    _write(lake, C.TABLE_PATIENT_PREDICTIONS, preds, "preds.parquet")
+    _write(lake, C.TABLE_PATIENT_PREDICTIONS, preds)
 
     with pytest.raises(ConfigError, match="no patient predictions"):
         simulate_assisted(str(tmp_path / "lake"), "r1", cutoff_kind="no_such_cutoff")
@@ -298,5 +298,5 @@ def test_simulate_assisted_writes_one_file_per_run_from_its_calls(tmp_path):
         summary = simulate_assisted(str(tmp_path / "lake"), "r1", cutoff_kind=C.CUTOFF_PAPER)
     reads = lake.read(C.TABLE_READS).to_pylist()
     simulated = [r for r in reads if r[C.COL_ASSISTED]]
-    assert summary.rows == len(simulated) == len(rows) and summary.file == "reads-simulated-r1.parquet"
+    assert summary.rows == len(simulated) == len(rows) and summary.source == C.READ_SOURCE_SIMULATED + "r1"
     assert {r[C.COL_READ_SOURCE] for r in simulated} == {C.READ_SOURCE_SIMULATED + "r1"}
