@@ -148,6 +148,17 @@ def test_overview_counts_failures_and_run_record(dash_lake, monkeypatch):
     assert {b.label for b in at.get("download_button")} == {"Download CSV", "Download PNG"}
 
 
+def test_overview_shows_the_lake_versions_training_and_evaluation_read(dash_lake, monkeypatch):
+    at = open_app(monkeypatch, dash_lake, "overview.py")
+    shown = frame(at, "training read").set_index("table")
+    for kind, column in (("train", "training read"), ("evaluate", "evaluation read")):
+        recorded = json.loads(sql(dash_lake, "select lake_versions from runs where run_id = ? and kind = ?",
+                                  RUN, kind).lake_versions[0])
+        assert {t: shown.loc[t, column] for t in recorded} == {
+            t: "not yet written" if v is None else str(v) for t, v in recorded.items()}
+    assert shown.loc[C.TABLE_PATIENTS, "training read"] != "not yet written"
+
+
 def test_model_vs_readers_table_equals_the_lakes_metrics(dash_lake, monkeypatch):
     from pipelines.report import subsample_note
 
