@@ -156,3 +156,23 @@ def test_a_copy_on_object_storage_is_refused(s3_server, tmp_path):
         catalog.query(lake, f"copy patients to '{tmp_path}/dup.parquet'")
     assert not (tmp_path / "dup.parquet").exists()
     assert catalog.query(lake, "select patient_id from patients").column(0).to_pylist() == ["p1"]
+
+
+def test_version_answers_from_that_version_of_a_table(lake, capsys):
+    lake.append(C.TABLE_PATIENTS, pa.Table.from_pylist([patient_row("p9")]))
+    sql = "select count(*) as n from patients"
+    assert main(["query", sql, "--lake", str(lake.local_root), "--format", "csv", "--version", "patients=0"]) == 0
+    assert main(["query", sql, "--lake", str(lake.local_root), "--format", "csv"]) == 0
+    old, new = capsys.readouterr().out.split('"n"')[1:]
+    assert int(old) + 1 == int(new)
+
+
+@pytest.mark.parametrize(("option", "said"), [
+    (["--version", "patient=0"], "give TABLE=VERSION"),
+    (["--version", "patients=latest"], "give TABLE=VERSION"),
+    (["--version", "patients=99"], "has no version 99"),
+    (["--as-of", "no-such-run"], "no-such-run"),
+])
+def test_a_version_or_run_that_does_not_exist_fails_and_says_which(lake, capsys, option, said):
+    code = main(["query", "select 1", "--lake", str(lake.local_root), *option])
+    assert code in (1, EXIT_USAGE) and said in capsys.readouterr().err
