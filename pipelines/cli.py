@@ -40,8 +40,23 @@ MarginOpt = Annotated[float, typer.Option(help="Non-inferiority margin of the pa
                                                "percentage points): a comparison is non-inferior where its 95 % CI's "
                                                "lower bound is above -margin (the Summary page, gbmmet report). "
                                                "Recorded with the evaluation.")]
+CommitPatientsOpt = Annotated[int, typer.Option("--commit-every", help="Commit finished patients to the lake every N "
+                                               "patients (or --commit-seconds, whichever first, and at the end).")]
+CommitSecondsOpt = Annotated[float, typer.Option("--commit-seconds", help="Commit finished patients at least this "
+                                                 "often (seconds).")]
 DEFAULT_PRIMARY = "model@val_youden_ensemble,reader1,accuracy"
 DEFAULT_MARGIN = 0.10  # gbmmet.evaluation.DEFAULT_MARGIN (a test holds them equal): not imported, for a fast --help
+
+
+def _batch(patients: int, seconds: float):
+    """The ``BatchSettings`` of --commit-every / --commit-seconds (ConfigError if impossible)."""
+    from gbmmet.errors import ConfigError
+    from pipelines.preprocess import BatchSettings
+
+    try:
+        return BatchSettings(patients=patients, seconds=seconds)
+    except ValueError as exc:
+        raise ConfigError(f"--commit-every / --commit-seconds: {exc}") from None
 
 
 def _settings(resamples: int, seed: int, primary: str, margin: float | None = None):
@@ -129,6 +144,8 @@ def preprocess(
     keep_going: Annotated[bool, typer.Option("--keep-going", help="Missing files fail only their own patient instead of stopping the run.")] = False,
     pin_sites: Annotated[bool, typer.Option("--pin-sites", help="Run each site's patients only on nodes with the Ray resource site:<site> (ray start --resources '{\"site:siteA\": 1}').")] = False,
     n4: Annotated[str, typer.Option(help="N4 backend: sitk (default) or ants.")] = "sitk",
+    commit_every: CommitPatientsOpt = 32,
+    commit_seconds: CommitSecondsOpt = 30.0,
 ) -> None:
     """Preprocess site cohorts into the lake: N4, 1 mm, CE-T1 onto T2, WhiteStripe, ROI slices."""
     from dataclasses import replace
@@ -138,12 +155,14 @@ def preprocess(
 
     params = PreprocessParams(n4=replace(N4Params(), backend=n4))
     s = run_preprocess(manifest, lake, params=params, address=address, workers=workers, keep_going=keep_going,
-                       pin_sites=pin_sites)
+                       pin_sites=pin_sites, batch=_batch(commit_every, commit_seconds))
     typer.echo(
         f"preprocess: {len(s.ok)} ok, {len(s.skipped)} skipped (already in the lake), {len(s.failed)} failed; "
         f"{s.slices_written} slices written; "
         + (f"{s.seconds_per_patient:.1f} s per patient; " if s.ok else "")
-        + f"{s.wall_seconds:.0f} s in all"
+        + f"{s.wall_seconds:.0f} s in all; {s.commits} lake commit(s) in {s.batches} batch(es) of at most "
+        f"{s.batch.patients} patients / {s.batch.seconds:g} s"
+        + (f"; compacted {', '.join(s.compacted)}" if s.compacted else "")
     )
     for pid, reason in sorted(s.failed.items()):
         typer.secho(f"  failed {pid}: {reason}", err=True, fg="red")
@@ -178,15 +197,18 @@ def features(
     workers: Annotated[int | None, typer.Option(help="CPUs of the local Ray (default: all); 0 runs in this process.")] = None,
     gpus: Annotated[float, typer.Option(help="GPUs per task (0 on CPU machines).")] = 0.0,
     batch_size: Annotated[int, typer.Option(help="Slices per forward pass.")] = 64,
+    commit_every: CommitPatientsOpt = 32,
+    commit_seconds: CommitSecondsOpt = 30.0,
 ) -> None:
     """Compute frozen-backbone features of every slice once, cached in the lake."""
     from pipelines.features import run_features
 
     s = run_features(lake, backbone=backbone, weights=weights, address=address, workers=workers, gpus=gpus,
-                     batch_size=batch_size)
+                     batch_size=batch_size, batch=_batch(commit_every, commit_seconds))
     typer.echo(f"backbone {s.backbone_id}: {s.reason}")
     typer.echo(f"features: {len(s.computed)} patients computed ({s.slices} slices, "
-               f"{s.slices_per_second:.1f} slices/s), {len(s.skipped)} skipped, {len(s.failed)} failed")
+               f"{s.slices_per_second:.1f} slices/s), {len(s.skipped)} skipped, {len(s.failed)} failed; "
+               f"{s.commits} lake commit(s)")
     for pid, err in sorted(s.failed.items()):
         typer.secho(f"  failed {pid}: {err}", err=True, fg="red")
     if s.failed:

@@ -77,12 +77,19 @@ class PatientJob:
     warnings: tuple[tuple[str, str], ...] = ()
 
 
+#: The tables preprocessing writes, compacted once they pass ``IN_RUN_MAX_FILES`` small files
+#: during a run and ``storage.maintenance.SMALL_FILES`` at its end.
+PREPROCESS_TABLES = (C.TABLE_SLICES, C.TABLE_PREPROCESS_RUNS, C.TABLE_PATIENTS)
+IN_RUN_MAX_FILES = 256
+
+
 @dataclass(frozen=True)
 class BatchSettings:
-    """How often the driver commits finished patients: once ``patients`` have finished, or
-    ``seconds`` after the first of a batch finished, whichever comes first, and at the end (or
-    on Ctrl-C). Fewer, larger commits keep the Delta log short; more, smaller ones show progress
-    sooner and leave less to redo after a crash. Not part of the parameters' hash."""
+    """How often the driver commits finished patients: once ``patients`` have finished since the
+    last commit, or ``seconds`` after it (or the run's start) if any has, whichever comes first;
+    and at the end (or on Ctrl-C). Fewer, larger commits keep the Delta log short; more, smaller
+    ones show progress sooner and leave less to redo after a crash. Not part of the parameters'
+    hash (changing them reprocesses nothing)."""
 
     patients: int = 32
     seconds: float = 30.0
@@ -101,6 +108,7 @@ class PreprocessSummary:
     batch: BatchSettings = field(default_factory=BatchSettings)
     commits: int = 0  # Delta commits this run made (three per batch at most, one for the QC verdicts)
     batches: int = 0  # batches of finished patients committed
+    compacted: list[str] = field(default_factory=list)  # tables compacted at the end of the run
     ok: list[str] = field(default_factory=list)  # raw ids (the user gave them)
     skipped: list[str] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)  # raw id -> "kind: message"
@@ -295,15 +303,13 @@ class Batches:
         self.staged: list = []  # storage.lake.Staged slices files of successful attempts
         self.runs: list[dict] = []  # preprocess_runs rows, one per finished attempt
         self.patients: list[dict] = []  # patients rows of successful attempts
-        self.first: float | None = None  # time.monotonic() when the held batch's first attempt finished
+        self.last = time.monotonic()  # of the last commit (or the run's start)
         self.commits = 0
         self.batches = 0
 
     def add(self, run: dict, staged=None, patient: dict | None = None) -> None:
         """Hold one finished attempt: its run row and, for a successful one, its staged slices and
         its patient row."""
-        if self.first is None:
-            self.first = time.monotonic()
         self.runs.append(run)
         if staged is not None:
             self.staged.append(staged)
@@ -312,9 +318,9 @@ class Batches:
 
     def wait_s(self) -> float:
         """Seconds until the held batch is due by time (``inf`` while nothing is held)."""
-        if self.first is None:
+        if not self.runs:
             return math.inf
-        return max(0.0, self.first + self.settings.seconds - time.monotonic())
+        return max(0.0, self.last + self.settings.seconds - time.monotonic())
 
     def flush_if_due(self) -> None:
         """Commit the held batch if it has its patients, or has waited its seconds."""
@@ -332,7 +338,7 @@ class Batches:
         import pyarrow as pa
 
         from gbmmet.errors import LakeError
-        from storage import catalog
+        from storage import catalog, maintenance
 
         if not self.runs:
             return
@@ -354,8 +360,11 @@ class Batches:
                             f"({exc}). Patients of earlier batches are in the lake; these are not marked done "
                             "(their files not committed stay invisible until `gbmmet lake vacuum`): re-run the "
                             "same command to redo them") from None
-        self.first, self.batches = None, self.batches + 1
-        if self.lake.local_root is not None:
+        self.last, self.batches = time.monotonic(), self.batches + 1
+        # a long run keeps its tables to a few hundred files (each commit checks the files for
+        # patients it replaces); the end of the run compacts them further
+        if not maintenance.compact_small(self.lake, PREPROCESS_TABLES, max_files=IN_RUN_MAX_FILES) \
+                and self.lake.local_root is not None:
             catalog.refresh(self.lake)
 
 
@@ -569,8 +578,8 @@ def _run_tasks(todo: list[tuple[str, tuple]], on_outcome, batches: Batches, *, u
     itself fails its patient alone. Returns the ``BatchReport``.
 
     Raises:
-        Interrupted: Ctrl-C: the outstanding tasks were cancelled (what they staged stays
-            invisible) and what finished was committed first.
+        Interrupted: Ctrl-C: what had finished was committed, then the outstanding tasks were
+            cancelled (what they staged stays invisible).
     """
     from pipelines.ray_runtime import BatchReport, Interrupted, _progress
 
@@ -593,8 +602,9 @@ def _run_tasks(todo: list[tuple[str, tuple]], on_outcome, batches: Batches, *, u
                     finished(_outcome(key, lambda job=job: preprocess_one(job)))
                     batches.flush_if_due()
     except KeyboardInterrupt:
+        _drain(pending, finished)
+        batches.flush()  # before cancelling: a Ray crash on cancel (below) cannot lose it
         _cancel(pending)
-        batches.flush()
         done = {o.key for o in report.outcomes}
         raise Interrupted("preprocess interrupted", done=[o.key for o in report.ok],
                           failed=[o.key for o in report.failed], not_finished=[k for k, _ in todo if k not in done],
@@ -634,6 +644,18 @@ def _ray_tasks(todo, finished, batches: Batches, pending: dict, names: dict[str,
         for ref in ready:
             finished(_outcome(pending.pop(ref), lambda ref=ref: ray.get(ref)))
         batches.flush_if_due()
+
+
+def _drain(pending: dict, finished) -> None:
+    """Collect the submitted Ray tasks that have finished already (before Ctrl-C), so that they
+    are committed rather than cancelled."""
+    if not pending:
+        return
+    import ray
+
+    ready, _ = ray.wait(list(pending), num_returns=len(pending), timeout=0)
+    for ref in ready:
+        finished(_outcome(pending.pop(ref), lambda ref=ref: ray.get(ref)))
 
 
 def _cancel(pending: dict) -> None:
@@ -771,7 +793,7 @@ def run_preprocess(
     """
     from gbmmet.errors import ConfigError
     from pipelines.ray_runtime import Interrupted, init_ray
-    from storage import catalog
+    from storage import catalog, maintenance
 
     t_start = time.perf_counter()
     params, batch = params or PreprocessParams(), batch or BatchSettings()
@@ -823,6 +845,7 @@ def run_preprocess(
     summary.commits = batches.commits + _judge_registration(plan.lake, plan.pseudo, plan.present, params.hash(),
                                                             summary, plan.duplicates)
     summary.batches = batches.batches
+    summary.compacted = sorted(maintenance.compact_small(plan.lake, PREPROCESS_TABLES))
     if plan.lake.local_root is not None:
         summary.catalog = str(catalog.refresh(plan.lake))
     summary.wall_seconds = time.perf_counter() - t_start

@@ -26,6 +26,7 @@ import dataclasses
 import os
 import posixpath
 import random
+import re
 import secrets
 import time
 import uuid
@@ -72,6 +73,12 @@ class Staged:
     partition_values: dict
     rows: int
     modification_time: int  # ms since the epoch
+
+
+def flat(exc: BaseException | None) -> str:
+    """An error's message on one line: delta-rs's colour codes, arrows and line breaks removed."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))
+    return re.sub(r"\s+", " ", text.replace("\u21b3", " ")).strip()
 
 
 def _check_name(name: str) -> None:
@@ -292,7 +299,7 @@ class Lake:
             latest = self.delta_latest(name)
             raise LakeError(f"the lake table {name} has no version {version} (latest: "
                             f"{None if latest is None else latest.version()}; `gbmmet lake vacuum` removes versions "
-                            f"older than its --retain-hours): {exc}") from None
+                            f"older than its --retain-hours): {flat(exc)}") from None
 
     def version(self, name: str) -> int | None:
         """The latest committed version of table ``name`` (None: no commit yet)."""
@@ -474,21 +481,32 @@ class Lake:
         return data is not None and data.count_rows(filter=_expression(where)) > 0
 
     def with_retries(self, name: str, fn):
-        """Run one commit ``fn``, retried against the new state where a concurrent commit won."""
-        from deltalake.exceptions import CommitFailedError
+        """Run one commit ``fn``, retried against the new state where a concurrent commit won
+        (including two jobs creating the same table at once: the loser commits on top).
 
+        Raises:
+            LakeError: the commit kept losing, or failed otherwise (the message names the table).
+        """
+        from deltalake.exceptions import CommitFailedError, DeltaError
+
+        last = None
         for attempt in range(COMMIT_RETRIES):
+            existed = self.exists(name, "_delta_log")
             try:
                 return fn()
             except CommitFailedError as exc:
                 last = exc
-                time.sleep(random.uniform(0.05, 0.2) * (attempt + 1))
+            except DeltaError as exc:
+                if existed or not self.exists(name, "_delta_log"):
+                    raise LakeError(f"cannot commit to the lake table {name} of {self.uri}: {flat(exc)}") from None
+                last = exc  # another job created the table first: commit on top of it
             except OSError as exc:
                 self._refuse_file_root()
-                raise LakeError(f"cannot commit to the lake table {self.table_uri(name)}: {exc}") from None
+                raise LakeError(f"cannot commit to the lake table {name} of {self.uri}: {flat(exc)}") from None
+            time.sleep(random.uniform(0.05, 0.2) * (attempt + 1))
         raise LakeError(f"the lake table {name} of {self.uri} kept changing under this job: {COMMIT_RETRIES} "
-                        f"commits lost to concurrent writers (last: {last}); nothing of this commit is visible, "
-                        f"re-run the job to write it") from None
+                        f"commits lost to concurrent writers (last: {flat(last)}); nothing of this commit is "
+                        f"visible, re-run the job to write it") from None
 
     def _prepare_write(self) -> None:
         self._refuse_file_root()

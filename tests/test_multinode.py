@@ -35,7 +35,7 @@ def test_sites_pinned_to_their_nodes_and_results_equal_a_single_node_run(tiny_co
     shutil.copytree(tiny_cohort, cohort)
     multi, single = tmp_path / "shared" / "lake", tmp_path / "single" / "lake"
     proc = subprocess.run([sys.executable, "-m", "tests.cluster_job", str(cohort), str(multi), str(single)],
-                          cwd=ROOT, capture_output=True, text=True, timeout=1200, env=os.environ.copy())
+                          cwd=ROOT, capture_output=True, text=True, encoding="utf-8", timeout=1200, env=os.environ.copy())
     assert proc.returncode == 0, proc.stderr[-4000:]
     nodes = json.loads(proc.stdout.strip().splitlines()[-1])["nodes"]
     assert len(set(nodes.values())) == 2

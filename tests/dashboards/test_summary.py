@@ -167,7 +167,7 @@ def test_report_command_writes_the_same_report(dash_lake, monkeypatch, tmp_path)
     page_pdf = tmp_path / "page.pdf"
     page_pdf.write_bytes(made[0]())
     page_text = flat(subprocess.run(["pdftotext", "-layout", str(page_pdf), "-"], check=True, capture_output=True,
-                                    text=True).stdout)
+                                    text=True, encoding="utf-8").stdout)
 
     def undated(t: str) -> str:  # the two were made at different minutes, maybe
         import re

@@ -88,7 +88,7 @@ def run_without_write_override(code: str) -> subprocess.CompletedProcess:
     The code prints what the test checks; a child that can still write where it must not exits
     77, and the test is skipped (a system where the capability cannot be dropped).
     """
-    proc = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], cwd=REPO, capture_output=True, text=True,
+    proc = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], cwd=REPO, capture_output=True, text=True, encoding="utf-8",
                           preexec_fn=_drop_write_override, timeout=120)
     if proc.returncode == 77:
         pytest.skip("cannot run a child that file permissions bind on this system")

@@ -153,7 +153,7 @@ def test_ctrl_c_cancels_the_outstanding_ray_tasks_and_kills_their_workers(tmp_pa
             print(json.dumps({{"done": exc.done, "failed": exc.failed, "not_finished": exc.not_finished}}), flush=True)
     """)
     proc = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True, encoding="utf-8")
     family: list[psutil.Process] = []
     try:
         # with 2 CPUs: k0 returns, k1 and k2 sleep, k3 waits

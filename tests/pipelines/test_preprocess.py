@@ -151,6 +151,25 @@ def test_each_batch_lands_in_slices_runs_and_patients_together(tiny_cohort, tmp_
         assert sorted(set(_ids(at, C.TABLE_SLICES))) == _ids(at, C.TABLE_PREPROCESS_RUNS) == patients
 
 
+def test_a_batch_is_committed_once_its_seconds_have_passed_however_few_its_patients(tiny_cohort, tmp_path,
+                                                                                      fast_params):
+    manifest = _small_site(tiny_cohort, tmp_path, 2)
+    batch = BatchSettings(patients=100, seconds=0.01)
+    summary = run_preprocess([manifest], tmp_path / "lake", params=fast_params, workers=0, show_progress=False,
+                             batch=batch)
+    assert len(summary.ok) == 2 and summary.batches == 2 and summary.commits == 6
+    assert Lake(tmp_path / "lake").version(C.TABLE_PATIENTS) == 1
+
+
+@pytest.mark.parametrize("batch", [BatchSettings(patients=0), BatchSettings(seconds=0)])
+def test_impossible_batch_settings_are_refused_before_any_work(tmp_path, batch):
+    from gbmmet.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="batch"):
+        run_preprocess([tmp_path / "none.csv"], tmp_path / "lake", batch=batch, workers=0, show_progress=False)
+    assert not (tmp_path / "lake").exists()
+
+
 def test_staged_slices_stay_invisible_until_committed_and_the_next_run_redoes_the_patient(tiny_cohort, tmp_path,
                                                                                            fast_params):
     from gbmmet.manifest import load_manifests

@@ -217,3 +217,33 @@ def test_secret_is_stable_and_private(tmp_path):
     assert a == pseudonymise(key, "siteA", "A0001") != pseudonymise(key, "siteB", "A0001")
     assert a != pseudonymise(Lake(tmp_path / "other").ensure().secret(), "siteA", "A0001")
     assert a.startswith("p") and len(a) == 17 and "A0001" not in a
+
+
+def _create_concurrently(root, pid, barrier, results):
+    lake = Lake(root)
+    staged = lake.stage(C.TABLE_SLICES, _slices(pid), {C.COL_SITE: pid, C.COL_SPLIT: "train"})
+    barrier.wait(30)
+    try:
+        lake.commit(C.TABLE_SLICES, [staged], where={C.COL_PATIENT_ID: [pid]})
+        lake.replace(C.TABLE_PATIENTS, _patients(pid), {C.COL_PATIENT_ID: pid})
+        results.put("ok")
+    except Exception as exc:  # noqa: BLE001 - reported to the test
+        results.put(f"{type(exc).__name__}: {exc}")
+
+
+def test_two_jobs_creating_the_same_tables_at_once_both_land(tmp_path):
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")
+    for attempt in range(3):  # the race is lost about half of the time: three rounds
+        root = str(tmp_path / f"lake{attempt}")
+        barrier, results = ctx.Barrier(2), ctx.Queue()
+        procs = [ctx.Process(target=_create_concurrently, args=(root, pid, barrier, results)) for pid in ("pa", "pb")]
+        for p in procs:
+            p.start()
+        for p in procs:
+            p.join(120)
+        assert [results.get(timeout=5) for _ in procs] == ["ok", "ok"]
+        lake = Lake(root)
+        assert _ids(lake.read(C.TABLE_PATIENTS)) == ["pa", "pb"] and lake.read(C.TABLE_SLICES).num_rows == 6
+        assert lake.version(C.TABLE_SLICES) == lake.version(C.TABLE_PATIENTS) == 1
