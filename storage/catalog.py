@@ -75,21 +75,30 @@ def view_sql(lake: Lake, name: str) -> str:
     return f'CREATE OR REPLACE VIEW "{name}" AS {_typed_empty(name)}'
 
 
+#: Catalog builds tried while other jobs keep committing (each of them refreshes after its commit).
+REFRESH_TRIES = 3
+
+
 def refresh(lake: Lake) -> Path:
-    """(Re)build the catalog of a local lake atomically; return its path."""
+    """(Re)build the catalog of a local lake atomically; return its path. Built again if a commit
+    landed while it was being built, so two jobs refreshing at once leave the newer listing."""
     if lake.local_root is None:
         raise NotImplementedError("a DuckDB catalog file is written for local lakes; for object "
                                   "storage query through `gbmmet query --lake URI`")
     lake.ensure()
     final = lake.local_root / CATALOG_FILE
     tmp = lake.local_root / f".{CATALOG_FILE}.{os.getpid()}.tmp"
-    tmp.unlink(missing_ok=True)
-    con = duckdb.connect(str(tmp))
-    try:
-        for name in SCHEMAS:
-            con.execute(view_sql(lake, name))
-    finally:
-        con.close()
+    for _ in range(REFRESH_TRIES):  # another job's commit meanwhile: list its files too
+        before = stamp(lake)
+        tmp.unlink(missing_ok=True)
+        con = duckdb.connect(str(tmp))
+        try:
+            for name in SCHEMAS:
+                con.execute(view_sql(lake, name))
+        finally:
+            con.close()
+        if stamp(lake) == before:
+            break
     os.replace(tmp, final)
     return final
 
