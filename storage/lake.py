@@ -81,6 +81,17 @@ def flat(exc: BaseException | None) -> str:
     return re.sub(r"\s+", " ", text.replace("\u21b3", " ")).strip()
 
 
+def table_description(name: str) -> str | None:
+    """The Delta table description of ``name``: its schema's metadata as JSON (the slices' image
+    dtype and layout), which stays with the table when compaction rewrites its files without it."""
+    import json
+
+    meta = SCHEMAS[name].metadata
+    if not meta:
+        return None
+    return json.dumps({k.decode(): v.decode() for k, v in meta.items()}, sort_keys=True)
+
+
 def _check_name(name: str) -> None:
     if name not in SCHEMAS:
         raise ValueError(f"unknown lake table {name!r}; expected one of {sorted(SCHEMAS)}")
@@ -361,7 +372,8 @@ class Lake:
             existing = self.delta_latest(name)
             if existing is None:
                 write_deltalake(self.table_uri(name), data, mode="append", partition_by=list(PARTITIONS.get(name, ())) or None,
-                                configuration=TABLE_CONFIGURATION, storage_options=self.storage_options or None,
+                                configuration=TABLE_CONFIGURATION, description=table_description(name),
+                                storage_options=self.storage_options or None,
                                 post_commithook_properties=commit_hooks())
                 return 0
             if predicate is None:
@@ -452,6 +464,7 @@ class Lake:
             if existing is None:
                 create_table_with_add_actions(self.table_uri(name), DeltaSchema.from_arrow(schema), actions, mode="append", partition_by=parts,
                                               configuration=TABLE_CONFIGURATION,
+                                              description=table_description(name),
                                               storage_options=self.storage_options or None)
                 return "added"
             if predicate is not None and predicate != "false" and self._matches(name, where):

@@ -4,6 +4,7 @@ re-runs, batched commits, orientation, and each kind of bad input failing alone.
 from __future__ import annotations
 
 import csv
+import json
 import shutil
 from pathlib import Path
 
@@ -57,7 +58,8 @@ def test_lake_tables_agree_and_the_catalog_opens_in_plain_duckdb(tiny_lake):
         assert mismatch == 0
     finally:
         con.close()
-    assert pq.read_schema(Lake(lake_dir).files(C.TABLE_SLICES)[0]).metadata[b"image_dtype"] == b"uint8"
+    layout = json.loads(Lake(lake_dir).delta(C.TABLE_SLICES).metadata().description)  # kept through compaction
+    assert layout["image_dtype"] == "uint8" and layout["image_layout"].startswith("channels x height x width")
 
 
 def test_slices_are_the_roi_on_the_t2_slices(tiny_lake):
