@@ -4,7 +4,12 @@
     streamlit run dashboards/app.py -- --lake lake     # the same app, launched by Streamlit
 
 The sidebar chooses the run, cohorts and sites; each page is one file in ``views/``. Everything is
-read from the lake through ``storage`` (``dashboards.data``); nothing is written.
+read from the lake through ``storage`` (``dashboards.data``); the one write is the access log, a row
+per patient shown (``common.log_patient_view``).
+
+With sign-in configured (``[auth]`` in secrets.toml: ``dashboards.access``), only signed-in users
+on the allow-list see anything, each only the sites it names; without it, every site, on this
+machine only.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ import streamlit as st
 if __package__ in (None, ""):  # launched as a script by `streamlit run`: make the project importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from dashboards import common, data, names  # noqa: E402
+from dashboards import access, common, data, names  # noqa: E402
 from storage.lake import Lake  # noqa: E402
 
 VIEWS = Path(__file__).resolve().parent / "views"
@@ -37,18 +42,23 @@ PAGES = (
 COHORT_CHOICES = names.COHORT_ORDER
 
 
-def sidebar() -> common.Context:
-    """Draw the sidebar's choices and return them."""
+def sidebar(decision: access.Decision) -> common.Context:
+    """Draw the sidebar's choices (the sites among those ``decision`` allows) and return them."""
     lake, launch_run = common.launch_args()
     requested = st.query_params.get("run") or launch_run
     st.sidebar.markdown("**gbmmet** · GBM vs solitary metastasis")
     lk = Lake(lake)
     if lk.local_root is not None and not lk.local_root.is_dir():
         st.sidebar.caption(f"lake: `{lake}` (not found)")
-        return common.Context(lake, None, None, requested, (), False, (), (), 0)
+        ctx = common.Context(lake, None, None, requested, (), False, (), (), 0, user=decision.user)
+        common.account(ctx, decision)
+        return ctx
     src = data.Source.of(lk.uri)
     pats = data.patients(src)
-    all_sites = tuple(sorted(pats["site"].unique())) if len(pats) else ()
+    lake_sites = tuple(sorted(pats["site"].unique())) if len(pats) else ()
+    all_sites = access.sites_for(decision, lake_sites)  # the sites this viewer may see
+    limited = all_sites != lake_sites
+    pats = pats[pats["site"].isin(all_sites)] if limited else pats
     runs = data.runs(src)
     run_ids = tuple(runs["run_id"])
     evaluated = dict(zip(runs["run_id"], runs["evaluated"], strict=True))
@@ -71,17 +81,23 @@ def sidebar() -> common.Context:
     sites = st.sidebar.multiselect("Sites", all_sites, key=common.SITES_KEY)
     common.glossary()
     st.sidebar.caption(f"lake: `{lake}` · state `{src.stamp[:8]}`")
-    return common.Context(lake, src, run, requested, run_ids, bool(run and evaluated.get(run)),
-                          tuple(c for c in COHORT_CHOICES if c in cohorts), tuple(sorted(sites)), len(pats))
+    ctx = common.Context(lake, src, run, requested, run_ids, bool(run and evaluated.get(run)),
+                         tuple(c for c in COHORT_CHOICES if c in cohorts), tuple(sorted(sites)), len(pats),
+                         user=decision.user, allowed=all_sites, limited=limited)
+    common.account(ctx, decision)
+    return ctx
 
 
 def main() -> None:
     st.set_page_config(page_title="gbmmet", page_icon=common.page_icon(), layout="wide")
+    decision = common.gate()  # signed out or refused: that page only, and the run stops here
     pages = [st.Page(VIEWS / f, title=t, icon=i, default=(k == 0)) for k, (f, t, i) in enumerate(PAGES)]
     page = st.navigation(pages)
     st.set_page_config(page_icon=common.page_icon())  # the tab's icon, never the page's Material icon
+    if page.url_path != common.PATIENT_PAGE:
+        common.forget_patient_view()
     common.contrast()
-    st.session_state[common.CTX_KEY] = sidebar()
+    st.session_state[common.CTX_KEY] = sidebar(decision)
     page.run()
 
 

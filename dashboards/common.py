@@ -1,6 +1,7 @@
-"""What every page shares: the sidebar's choices (lake, run, cohorts, sites), the guards that
-turn an empty lake or a missing run into a message, what the site filter leaves out, the glossary,
-and tables / charts with their downloads."""
+"""What every page shares: who is looking and the sites they may see (the sign-in, ``access``),
+the sidebar's choices (lake, run, cohorts, sites), the guards that turn an empty lake or a missing
+run into a message, what the site filter leaves out, the access log of the patients shown, the
+glossary, and tables / charts with their downloads."""
 
 from __future__ import annotations
 
@@ -9,12 +10,16 @@ import os
 import re
 import sys
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 import pandas as pd
+import pyarrow as pa
 import streamlit as st
 
-from dashboards import charts, data, names
+from dashboards import access, charts, data, names
 from gbmmet import constants as C
+from gbmmet.errors import LakeError
+from storage.lake import Lake
 from storage.queries import (
     FALLBACK_MARK,
     FALLBACK_NOTE,
@@ -22,12 +27,15 @@ from storage.queries import (
     SUBSAMPLE_NOTE,
     format_estimate,
 )
+from storage.schemas import SCHEMAS
 
 LAKE_ENV = "GBMMET_LAKE"
 RUN_ENV = "GBMMET_RUN"
 CTX_KEY = "_gbmmet_ctx"
 COHORTS_KEY = "sidebar-cohorts"  # the sidebar's widgets, which a page's "show it" button extends
 SITES_KEY = "sidebar-sites"
+PATIENT_PAGE = "patient"  # the patient viewer's address (its file's name): the page the access log records
+VIEWED_KEY = "_gbmmet_viewed"  # the patient last recorded in the access log, so a rerun does not record it again
 DEFAULT_COHORTS = (C.TEST, C.EXTERNAL)
 STATIC_ROWS = 100  # tables up to this long are drawn whole and wrap to the page's width (st.table)
 
@@ -55,13 +63,85 @@ class Context:
     runs: tuple[str, ...]
     evaluated: bool
     cohorts: tuple[str, ...]
-    sites: tuple[str, ...]
-    n_patients: int
+    sites: tuple[str, ...]  # the sites chosen in the sidebar: always among ``allowed``
+    n_patients: int  # the lake's patients at the ``allowed`` sites
+    user: str = C.ACCESS_LOCAL_USER  # who is looking: the signed-in e-mail, or "local" without sign-in
+    allowed: tuple[str, ...] = ()  # the lake's sites this viewer may see (every one without sign-in)
+    limited: bool = False  # the viewer may not see every site of the lake
 
 
 def context() -> Context:
     """The choices ``dashboards/app.py`` made for this run of the page."""
     return st.session_state[CTX_KEY]
+
+
+# -- who is looking -------------------------------------------------------------------------------
+def secrets() -> dict:
+    """The app's secrets (``.streamlit/secrets.toml``, ``gbmmet dashboard --secrets``); none: {}."""
+    return st.secrets.to_dict() if st.secrets.load_if_toml_exists() else {}
+
+
+def gate() -> access.Decision:
+    """Who is looking (``access.decide`` on the secrets, the environment and ``st.user``). Where
+    they may see nothing (signed out, refused, sign-in configured wrongly), draws only that and
+    stops the run before any page, sidebar or lake is touched."""
+    settings = access.settings(secrets(), os.environ)
+    decision = access.decide(settings, st.user.to_dict() if settings.sign_in else {})
+    if decision.shows_data:
+        return decision
+    contrast()
+    st.title("gbmmet")
+    st.caption("GBM vs solitary brain metastasis: the model against radiologists.")
+    if decision.kind == access.SIGN_IN:
+        st.markdown(decision.message)
+        if st.button("Sign in", key="sign-in", type="primary", icon=":material/login:"):
+            st.login()
+    elif decision.kind == access.REFUSED:
+        st.error(decision.message, icon=":material/block:")
+        if st.button("Sign out", key="sign-out", icon=":material/logout:"):
+            st.logout()
+    else:
+        st.error(decision.message, icon=":material/error:")
+    st.stop()
+
+
+def account(ctx: Context, decision: access.Decision) -> None:
+    """The sidebar's word on who is looking: signed in as whom, with which sites, and a sign-out
+    button; without sign-in, that the dashboard is for this machine only."""
+    if decision.kind == access.ALLOWED:
+        sites = ", ".join(ctx.allowed) if ctx.allowed else "none of this lake's"
+        st.sidebar.caption(f"Signed in as `{decision.user}` · sites: {sites}")
+        if st.sidebar.button("Sign out", key="sign-out", icon=":material/logout:"):
+            st.logout()
+        return
+    address = st.get_option("server.address")
+    if address and not access.is_loopback(address):
+        st.sidebar.warning(f"Served on {address} without sign-in: whoever reaches it sees every site. Configure "
+                           "sign-in (`[auth]` in secrets.toml) or serve on 127.0.0.1.", icon=":material/warning:")
+    else:
+        st.sidebar.caption("No sign-in configured: local only, served on 127.0.0.1 (this machine).")
+
+
+def log_patient_view(ctx: Context, patient_id: str, site: str | None, page: str) -> None:
+    """Record in the lake's access log (``access_log``) that this viewer was shown
+    ``patient_id``: once per patient shown, not on every rerun of the same patient's page (a
+    slider moved). The dashboard's only write; on a lake it cannot write to, a warning, and the
+    page goes on."""
+    key = (ctx.lake, ctx.run, patient_id, page)
+    if st.session_state.get(VIEWED_KEY) == key:
+        return
+    st.session_state[VIEWED_KEY] = key
+    row = access.log_row(ctx.user, datetime.now(UTC), page, patient_id, site, ctx.run)
+    try:
+        Lake(ctx.src.uri).append(C.TABLE_ACCESS_LOG, pa.Table.from_pylist([row], schema=SCHEMAS[C.TABLE_ACCESS_LOG]))
+    except (LakeError, OSError) as exc:
+        st.warning(f"This view could not be recorded in the lake's access log: {exc}. The lake may be read-only "
+                   "for the dashboard; tell whoever runs it.", icon=":material/warning:")
+
+
+def forget_patient_view() -> None:
+    """A page other than the patient's ran: the next patient shown is recorded again."""
+    st.session_state.pop(VIEWED_KEY, None)
 
 
 def lake_hint(ctx: Context) -> str:
@@ -73,6 +153,10 @@ def require(ctx: Context, *, patients: bool = True, run: bool = False, evaluated
     if ctx.src is None:
         st.info(f"There is no lake at `{ctx.lake}`. Build one with {lake_hint(ctx)} (the synthetic demo, "
                 "about 10 minutes), or open yours: `gbmmet dashboard --lake PATH`.", icon=":material/info:")
+        st.stop()
+    if patients and ctx.limited and not ctx.allowed:
+        st.info(f"The lake at `{ctx.lake}` has no patients at the sites you may see, `{ctx.user}`.",
+                icon=":material/info:")
         st.stop()
     if patients and ctx.n_patients == 0:
         st.info(f"The lake at `{ctx.lake}` has no patients yet. Preprocess a cohort into it "
@@ -120,14 +204,58 @@ def show_in_sidebar(cohorts: tuple[str, ...] = (), sites: tuple[str, ...] = ()) 
     st.session_state[SITES_KEY] = sorted({*st.session_state.get(SITES_KEY, ()), *sites})
 
 
-def cohort_sites(ctx: Context) -> dict[str, tuple[str, ...]]:
-    """Each cohort's sites (all of them, whatever the filter), from the lake's patients."""
+def visible_patients(ctx: Context) -> pd.DataFrame:
+    """The lake's patients (``data.patients``) at the sites this viewer may see."""
     pats = data.patients(ctx.src)
+    return pats[pats["site"].isin(ctx.allowed)] if ctx.limited else pats
+
+
+def cohort_sites(ctx: Context) -> dict[str, tuple[str, ...]]:
+    """Each cohort's sites this viewer may see (all of them, whatever the sidebar's filter), from
+    the lake's patients."""
+    pats = visible_patients(ctx)
     return {c: tuple(sorted(g["site"].unique())) for c, g in pats.groupby("split")}
 
 
+def every_cohort_site(ctx: Context) -> dict[str, set[str]]:
+    """Each cohort's sites, those this viewer may not see included: its patients' and, for the
+    run, its patient flow's (patients who failed preprocessing count in a cohort's stored metrics
+    too)."""
+    out: dict[str, set[str]] = {}
+    for c, g in data.patients(ctx.src).groupby("split"):
+        out.setdefault(c, set()).update(g["site"].dropna())
+    if ctx.run:
+        for c, g in data.patient_flow(ctx.src, ctx.run).groupby("cohort"):
+            out.setdefault(c, set()).update(g["site"].dropna())
+    return out
+
+
+def stored_cohorts(ctx: Context, cohorts) -> tuple[str, ...]:
+    """Of ``cohorts``, those whose stored cohort-level numbers (metrics, differences, calibration,
+    the summary: each over all the cohort's patients) this viewer may see: every one without a
+    site limit; else those all of whose sites the viewer may see (``access.whole_cohorts``)."""
+    cohorts = tuple(cohorts)
+    if not ctx.limited:
+        return cohorts
+    return access.whole_cohorts(cohorts, every_cohort_site(ctx), ctx.allowed)
+
+
+def stored_note(ctx: Context, cohorts) -> list[str]:
+    """Say which of ``cohorts`` have stored numbers this viewer may not see (``stored_cohorts``):
+    those with patients at the viewer's sites (a cohort with none is simply not theirs). Returns
+    the cohorts named."""
+    mine = cohort_sites(ctx)
+    hidden = [c for c in cohorts if c not in stored_cohorts(ctx, cohorts) and mine.get(c)]
+    if hidden:
+        st.info(f"The stored metrics of the {', '.join(names.cohort_name(c) for c in hidden)} "
+                f"cohort{'s' if len(hidden) > 1 else ''} are over patients of sites you may not see as well as "
+                "yours, so they are not shown. Your sites' own numbers are computed from their patients: ROC, "
+                "and the per-site rows of Model vs readers.", icon=":material/lock:")
+    return hidden
+
+
 def filter_is_set(ctx: Context) -> bool:
-    """Whether the site filter leaves out a site of the lake."""
+    """Whether the site filter (or the viewer's site limit) leaves out a site of the lake."""
     return set(ctx.sites) != set(data.patients(ctx.src)["site"])
 
 
@@ -137,6 +265,7 @@ def site_notes(ctx: Context) -> None:
     shown (a note and a button that adds its sites); one whose sites are chosen in part keeps its
     stored rows, and the pages add rows computed from the chosen sites' patients."""
     sites = cohort_sites(ctx)
+    every = every_cohort_site(ctx) if ctx.limited else {}
     chosen = set(ctx.sites)
     for cohort in ctx.cohorts:
         own = sites.get(cohort, ())
@@ -144,6 +273,10 @@ def site_notes(ctx: Context) -> None:
             continue
         name, kept = names.cohort_name(cohort), [s for s in own if s in chosen]
         left = [s for s in own if s not in chosen]
+        if kept and every.get(cohort, set()) - set(own):  # sites this viewer may not see: never named
+            st.caption(f"The {name} cohort spans {', '.join(own)} and sites you may not see; the site filter keeps "
+                       f"{', '.join(kept)}. The numbers computed here are over the chosen sites' patients only.")
+            continue
         if not kept:
             c1, c2 = st.columns([5, 1], vertical_alignment="center")
             c1.info(f"The {name} cohort ({', '.join(own)}) is not shown: the sidebar's site filter leaves out "

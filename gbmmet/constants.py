@@ -98,6 +98,7 @@ TABLE_DIFFERENCES = "differences"  # paired differences model - reader, assisted
 TABLE_CALIBRATION = "calibration"  # reliability and decision curves per cohort
 TABLE_FLOW = "patient_flow"  # STARD: patients per stage, site and cohort
 TABLE_CAMS = "cams"  # Grad-CAM of the ensemble per test / external slice
+TABLE_ACCESS_LOG = "access_log"  # every patient the dashboard showed: who, when, which (its only write)
 TABLES = (
     TABLE_PATIENTS,
     TABLE_SLICES,
@@ -114,7 +115,13 @@ TABLES = (
     TABLE_CALIBRATION,
     TABLE_FLOW,
     TABLE_CAMS,
+    TABLE_ACCESS_LOG,
 )
+# The access log's columns (its patient and site columns are COL_PATIENT_ID and COL_SITE).
+COL_USER = "user"  # the signed-in user's e-mail, or ACCESS_LOCAL_USER where the dashboard has no sign-in
+COL_TIME = "time"
+COL_PAGE = "page"
+ACCESS_LOCAL_USER = "local"
 
 # Evaluation: the model's two cutoffs on the predictive index, the CI methods of ``metrics``, and
 # the metrics of the paper's table (GBM is the positive class).

@@ -366,14 +366,20 @@ def dashboard(
     lake: Annotated[str, typer.Option(help="Lake folder to show.")] = "lake",
     port: Annotated[int, typer.Option(help="Port to serve on.")] = 8501,
     host: Annotated[str, typer.Option(help="Address to bind. 127.0.0.1 (default): this machine only. "
-                                           "0.0.0.0 opens it to the network; the dashboard has no login, so only "
-                                           "behind an authenticating proxy.")] = "127.0.0.1",
+                                           "Another (0.0.0.0: every network) needs sign-in configured in the "
+                                           "secrets file, or --no-sign-in.")] = "127.0.0.1",
     run: Annotated[str | None, typer.Option(help="Run shown first (default: the lake's latest).")] = None,
+    secrets: Annotated[str | None, typer.Option(
+        envvar="GBMMET_SECRETS", help="secrets.toml with the sign-in ([auth]) and the allow-list "
+        "([gbmmet.access]); default: Streamlit's own places (.streamlit/secrets.toml).")] = None,
+    no_sign_in: Annotated[bool, typer.Option(
+        "--no-sign-in", help="Serve on a --host beyond this machine without sign-in: only behind an "
+        "authenticating proxy of your own (whoever reaches it sees every site).")] = False,
 ) -> None:
     """Serve the dashboard (Streamlit): model vs readers, ROC, subgroups, patients, training."""
     from pipelines.dashboard import serve
 
-    serve(lake, host=host, port=port, run=run, echo=typer.echo)
+    serve(lake, host=host, port=port, run=run, secrets=secrets, no_sign_in=no_sign_in, echo=typer.echo)
 
 
 readers_app = typer.Typer(help="Radiologists' reads.", no_args_is_help=True)

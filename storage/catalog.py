@@ -20,6 +20,7 @@ import duckdb
 import pyarrow as pa
 import pyarrow.fs as pafs
 
+from gbmmet import constants as C
 from gbmmet.errors import ConfigError
 from storage.lake import Lake
 from storage.schemas import PARTITIONS, SCHEMAS
@@ -89,7 +90,7 @@ def refresh(lake: Lake) -> Path:
     final = lake.local_root / CATALOG_FILE
     tmp = lake.local_root / f".{CATALOG_FILE}.{os.getpid()}.tmp"
     for _ in range(REFRESH_TRIES):  # another job's commit meanwhile: list its files too
-        before = stamp(lake)
+        before = stamp(lake, SCHEMAS)
         tmp.unlink(missing_ok=True)
         con = duckdb.connect(str(tmp))
         try:
@@ -97,7 +98,7 @@ def refresh(lake: Lake) -> Path:
                 con.execute(view_sql(lake, name))
         finally:
             con.close()
-        if stamp(lake) == before:
+        if stamp(lake, SCHEMAS) == before:
             break
     os.replace(tmp, final)
     return final
@@ -136,13 +137,19 @@ def memory_connection(lake: Lake, versions: dict[str, int | None] | None = None)
     return con
 
 
-def stamp(lake: Lake) -> str:
-    """A short digest of the names of every table's Delta log entries, which changes with every
-    commit (and only then): a cache key for readers. One listing per table, no file opened."""
+#: Tables ``stamp`` leaves out by default: the access log, which the dashboard itself appends to
+#: on every patient it shows and reads nothing from (a commit there must not make it drop its caches).
+UNSTAMPED = (C.TABLE_ACCESS_LOG,)
+
+
+def stamp(lake: Lake, tables=None) -> str:
+    """A short digest of the names of the Delta log entries of ``tables`` (default: every table
+    but ``UNSTAMPED``), which changes with every commit to them (and only then): a cache key for
+    readers. One listing per table, no file opened."""
     import hashlib
 
     h = hashlib.sha256()
-    for name in SCHEMAS:
+    for name in (tables if tables is not None else [n for n in SCHEMAS if n not in UNSTAMPED]):
         log = lake.path(name, "_delta_log")
         if lake.fs.get_file_info(log).type != pafs.FileType.Directory:
             continue

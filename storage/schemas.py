@@ -253,6 +253,17 @@ CAMS = pa.schema([
     pa.field("cam", pa.binary(), nullable=False),  # height x width uint8, 0..255 = map 0..1, row-major
 ], metadata={b"cam": b"ensemble Grad-CAM (mean of the folds' maps), bilinear to the slice grid at half resolution"})
 
+# Written by the dashboard only, one row per patient shown (``dashboards.common.log_patient_view``);
+# keyed by pseudonym like every patient table, so ``gbmmet lake forget`` erases a patient's views too.
+ACCESS_LOG = pa.schema([
+    pa.field(C.COL_USER, pa.string(), nullable=False),  # the signed-in e-mail, or "local" without sign-in
+    pa.field(C.COL_TIME, pa.timestamp("us", tz="UTC"), nullable=False),
+    pa.field(C.COL_PAGE, pa.string(), nullable=False),  # the page that showed the patient
+    pa.field(C.COL_PATIENT_ID, pa.string(), nullable=False),  # the pseudonym
+    pa.field(C.COL_SITE, pa.string()),
+    pa.field("run_id", pa.string()),  # the run whose evaluation the page showed
+])
+
 SCHEMAS: dict[str, pa.Schema] = {
     C.TABLE_PATIENTS: PATIENTS,
     C.TABLE_SLICES: SLICES,
@@ -269,6 +280,7 @@ SCHEMAS: dict[str, pa.Schema] = {
     C.TABLE_CALIBRATION: CALIBRATION,
     C.TABLE_FLOW: PATIENT_FLOW,
     C.TABLE_CAMS: CAMS,
+    C.TABLE_ACCESS_LOG: ACCESS_LOG,
 }
 
 #: Partition columns per table (Delta partitions, hive-style folders, in order); they are

@@ -83,13 +83,15 @@ pats = common.evaluated_patients(ctx)
 st.caption("P(GBM) is the predictive index turned into a probability by a logistic fit on the validation "
            "patients only, so it is judged on the internal test and external cohorts. Curves and summaries "
            "are the evaluation's, over all of a cohort's patients.")
-cohorts = tuple(c for c in ctx.cohorts if c in set(pats["cohort"]) and c != C.VAL)
+visible = tuple(c for c in ctx.cohorts if c in set(pats["cohort"]) and c != C.VAL)
+cohorts = common.stored_cohorts(ctx, visible)  # stored per cohort: whole cohorts only
 if C.VAL in ctx.cohorts:
     st.caption("Validation: P(GBM) was fitted on these patients, so their calibration says nothing; not shown "
                "(its predictive index is, below).")
+common.stored_note(ctx, visible)
 if cohorts:
     calibration_sections(ctx, cohorts)
-else:
+elif not visible:
     st.info("Choose the internal test or external cohort in the sidebar for P(GBM)'s calibration.",
             icon=":material/info:")
 

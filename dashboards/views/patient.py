@@ -3,7 +3,10 @@ folds' per-slice probabilities, the predictive index against both cutoffs, and e
 patient (the model at each cutoff, the readers alone and with the model), right or wrong.
 
 ``?patient=<pseudonym>`` opens a patient; one the sidebar's filters leave out, or that the run did
-not evaluate, or that is not in the lake, is said to be so (never silently replaced by another)."""
+not evaluate, or that is not in the lake, is said to be so (never silently replaced by another). A
+patient of a site the viewer may not see is, to them, not in the lake.
+
+Every patient shown is recorded in the lake's access log (``common.log_patient_view``)."""
 
 from __future__ import annotations
 
@@ -64,8 +67,7 @@ def calls_table(row: pd.Series, reads: pd.DataFrame) -> pd.DataFrame:
 
 def explain_missing(ctx: common.Context, pid: str) -> None:
     """Say why ``pid`` (from the address bar) is not among the patients shown, and offer to show it."""
-    every = data.patient_predictions(ctx.src, ctx.run, names.COHORT_ORDER,
-                                     tuple(sorted(data.patients(ctx.src)["site"].unique())))
+    every = data.patient_predictions(ctx.src, ctx.run, names.COHORT_ORDER, ctx.allowed)
     hit = every[every["patient_id"] == pid]
     if len(hit):
         cohort, site = hit["cohort"].iloc[0], hit["site"].iloc[0]
@@ -77,7 +79,7 @@ def explain_missing(ctx: common.Context, pid: str) -> None:
         c2.button("Show it", key="show-patient", on_click=common.show_in_sidebar,
                   kwargs={"cohorts": (cohort,), "sites": (site,)})
         return
-    known = data.patients(ctx.src)
+    known = common.visible_patients(ctx)
     known = known[known["patient_id"] == pid]
     if len(known):
         split, site = known["split"].iloc[0], known["site"].iloc[0]
@@ -85,7 +87,8 @@ def explain_missing(ctx: common.Context, pid: str) -> None:
                    f"`{ctx.run}`: " + ("the model was trained on it." if split == C.TRAIN else
                                       "it is not among the run's evaluated patients."), icon=":material/warning:")
     else:
-        st.warning(f"There is no patient `{pid}` in this lake (ids are pseudonyms: copy one from the list below or "
+        where = "at the sites you may see" if ctx.limited else "in this lake"
+        st.warning(f"There is no patient `{pid}` {where} (ids are pseudonyms: copy one from the list below or "
                    "from another page's link).", icon=":material/warning:")
 
 
@@ -108,7 +111,8 @@ if pid is None:
 if pid != requested:
     st.query_params["patient"] = pid  # the user chose this patient: the address bar names it
 row = pats.set_index("patient_id").loc[pid]
-info = data.patients(ctx.src).set_index("patient_id").loc[pid]
+info = common.visible_patients(ctx).set_index("patient_id").loc[pid]
+common.log_patient_view(ctx, pid, info["site"], common.PATIENT_PAGE)
 
 c = st.columns(4)
 c[0].metric("Diagnosis", row["label"])

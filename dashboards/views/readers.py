@@ -104,40 +104,24 @@ def site_view(rows: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-ctx = common.context()
-st.title("Model vs readers")
-common.require(ctx, run=True, evaluated=True)
-cohorts = ctx.cohorts
+def headline(ctx: common.Context, long: pd.DataFrame, shown: list[str], ci: str, auc_ci: str) -> None:
+    """The stored headline metrics of the cohorts ``shown``, and their intention-to-diagnose rows."""
+    st.subheader("Model and readers")
+    st.caption(f"GBM is the positive class. 95% CI: {names.ci_name(ci)}; AUC: {names.ci_name(auc_ci)}. Readers' AUC "
+               "is from their binary calls, as in the paper. Each cohort's metrics are over all its patients.")
+    common.table(ctx, wide_table(long, C.HEADLINE_METRICS), f"headline-table-{ci}",
+                 download=long.drop(columns=["subgroup"]))
+    st.caption(names.CUTOFF_NOTE)
+    common.ci_notes(long)
 
-c1, c2 = st.columns([3, 2])
-ci = c1.radio("95% CI of the metrics", list(names.CI_CHOICES), format_func=names.ci_name, horizontal=True,
-              key="readers-ci", help="The default is the stratified patient-level bootstrap (BCa). The paper's "
-              "subsampling is shown as a reproduction only: its intervals are far too narrow.")
-auc_delong = c2.toggle("AUC's CI from DeLong", value=True, key="readers-auc-delong",
-                       help="Off: the AUC's CI comes from the same resampling as the other metrics.")
-auc_ci = C.CI_DELONG if auc_delong else ci
-long = data.metric_table(ctx.src, ctx.run, ci, auc_ci, cohorts, "all", C.HEADLINE_METRICS)
-pats = common.evaluated_patients(ctx)
-shown = [c for c in cohorts if c in set(pats["cohort"])]
-long = long[long["cohort"].isin(shown)]
-if long.empty:
-    st.info("No metrics for the chosen cohorts and sites. Internal test and external cohorts are read by the "
-            "readers; choose them in the sidebar.", icon=":material/info:")
-    st.stop()
+    itd = data.metric_table(ctx.src, ctx.run, ci, auc_ci, tuple(shown), "all", ITD_METRICS)
+    if not itd.empty:
+        st.markdown("**Intention to diagnose (ITD)**: the patients the system could not process count as wrong.")
+        common.table(ctx, wide_table(itd, ITD_METRICS), f"itd-table-{ci}", download=itd.drop(columns=["subgroup"]))
 
-st.subheader("Model and readers")
-st.caption(f"GBM is the positive class. 95% CI: {names.ci_name(ci)}; AUC: {names.ci_name(auc_ci)}. Readers' AUC "
-           "is from their binary calls, as in the paper. Each cohort's metrics are over all its patients.")
-common.table(ctx, wide_table(long, C.HEADLINE_METRICS), f"headline-table-{ci}", download=long.drop(columns=["subgroup"]))
-st.caption(names.CUTOFF_NOTE)
-common.ci_notes(long)
 
-itd = data.metric_table(ctx.src, ctx.run, ci, auc_ci, tuple(shown), "all", ITD_METRICS)
-if not itd.empty:
-    st.markdown("**Intention to diagnose (ITD)**: the patients the system could not process count as wrong.")
-    common.table(ctx, wide_table(itd, ITD_METRICS), f"itd-table-{ci}", download=itd.drop(columns=["subgroup"]))
-
-if common.filter_is_set(ctx) or pats.groupby("cohort")["site"].nunique().gt(1).any():
+def per_site(ctx: common.Context, pats: pd.DataFrame) -> None:
+    """Rates computed here from the chosen sites' per-patient rows, with Wilson's intervals."""
     st.subheader("Per site")
     reads = data.reads(ctx.src, ctx.run, tuple(pats["patient_id"]))
     rows = compute.site_rows(pats, reads)
@@ -146,20 +130,26 @@ if common.filter_is_set(ctx) or pats.groupby("cohort")["site"].nunique().gt(1).a
                "over all its sites. The site filter chooses these rows.")
     common.table(ctx, site_view(rows), "per-site", download=rows)
 
-st.subheader("Forest plot")
-forest = long.assign(cohort=long["cohort"].map(names.cohort_name), metric=long["metric"].map(names.metric_name))
-common.chart(ctx, charts.forest(forest, y="who", color="cohort", column="metric", color_title="cohort",
-                                title=f"Model and readers, 95% CI ({names.ci_name(ci)}; AUC: {names.ci_name(auc_ci)})",
-                                column_order=[names.metric_name(m) for m in C.HEADLINE_METRICS],
-                                colour_scale=charts.cohort_scale(forest["cohort"])),
-             f"forest-{ci}")
 
-st.subheader("Paired differences")
-diff = data.differences(ctx.src, ctx.run, tuple(shown))
-if diff.empty:
-    st.info("No paired differences: the lake has no reads for these cohorts (`gbmmet readers import`).",
-            icon=":material/info:")
-else:
+def forest_plot(ctx: common.Context, long: pd.DataFrame, ci: str, auc_ci: str) -> None:
+    st.subheader("Forest plot")
+    forest = long.assign(cohort=long["cohort"].map(names.cohort_name), metric=long["metric"].map(names.metric_name))
+    common.chart(ctx, charts.forest(forest, y="who", color="cohort", column="metric", color_title="cohort",
+                                    title=f"Model and readers, 95% CI ({names.ci_name(ci)}; AUC: "
+                                          f"{names.ci_name(auc_ci)})",
+                                    column_order=[names.metric_name(m) for m in C.HEADLINE_METRICS],
+                                    colour_scale=charts.cohort_scale(forest["cohort"])),
+                 f"forest-{ci}")
+
+
+def differences_section(ctx: common.Context, shown: list[str]) -> None:
+    """The stored paired differences of the cohorts ``shown``: a table, how each was tested, a plot."""
+    st.subheader("Paired differences")
+    diff = data.differences(ctx.src, ctx.run, tuple(shown))
+    if diff.empty:
+        st.info("No paired differences: the lake has no reads for these cohorts (`gbmmet readers import`).",
+                icon=":material/info:")
+        return
     common.table(ctx, difference_view(diff), "differences", download=diff)
     families = "; ".join(f"{names.cohort_name(c)} {int(g['family_size'].max())} comparisons"
                          for c, g in diff.groupby("cohort", sort=False) if g["family_size"].notna().any())
@@ -175,14 +165,50 @@ else:
                                                column_order=[names.cohort_name(c) for c in names.COHORT_ORDER]),
                  "differences")
 
-st.subheader("Patient flow")
-flow = data.patient_flow(ctx.src, ctx.run)
-flow = flow[flow["site"].isin(ctx.sites)]
-if flow.empty:
-    st.info("No patient flow for this run at the chosen sites: re-run `gbmmet evaluate` to write it.",
-            icon=":material/info:")
-else:
+
+def flow_section(ctx: common.Context) -> None:
+    st.subheader("Patient flow")
+    flow = data.patient_flow(ctx.src, ctx.run)
+    flow = flow[flow["site"].isin(ctx.sites)]
+    if flow.empty:
+        st.info("No patient flow for this run at the chosen sites: re-run `gbmmet evaluate` to write it.",
+                icon=":material/info:")
+        return
     st.caption("STARD: patients per cohort and site at each stage, every cohort of the run (the site filter "
                "applies). In manifest: every patient with a preprocessing attempt; failed: the latest attempt "
                "failed, by kind; read: read by each reader without the model.")
     common.table(ctx, flow_view(flow), "patient-flow", download=flow)
+
+
+ctx = common.context()
+st.title("Model vs readers")
+common.require(ctx, run=True, evaluated=True)
+cohorts = ctx.cohorts
+
+c1, c2 = st.columns([3, 2])
+ci = c1.radio("95% CI of the metrics", list(names.CI_CHOICES), format_func=names.ci_name, horizontal=True,
+              key="readers-ci", help="The default is the stratified patient-level bootstrap (BCa). The paper's "
+              "subsampling is shown as a reproduction only: its intervals are far too narrow.")
+auc_delong = c2.toggle("AUC's CI from DeLong", value=True, key="readers-auc-delong",
+                       help="Off: the AUC's CI comes from the same resampling as the other metrics.")
+auc_ci = C.CI_DELONG if auc_delong else ci
+pats = common.evaluated_patients(ctx)
+# stored metrics are per cohort, over all its patients: only cohorts whose every site the viewer may see
+shown = list(common.stored_cohorts(ctx, [c for c in cohorts if c in set(pats["cohort"])]))
+common.stored_note(ctx, [c for c in cohorts if c in set(pats["cohort"])])
+long = data.metric_table(ctx.src, ctx.run, ci, auc_ci, cohorts, "all", C.HEADLINE_METRICS)
+long = long[long["cohort"].isin(shown)]
+if long.empty and not ctx.limited:
+    st.info("No metrics for the chosen cohorts and sites. Internal test and external cohorts are read by the "
+            "readers; choose them in the sidebar.", icon=":material/info:")
+    st.stop()
+
+if not long.empty:
+    headline(ctx, long, shown, ci, auc_ci)
+if ctx.limited or common.filter_is_set(ctx) or pats.groupby("cohort")["site"].nunique().gt(1).any():
+    per_site(ctx, pats)
+if not long.empty:
+    forest_plot(ctx, long, ci, auc_ci)
+if shown:
+    differences_section(ctx, shown)
+flow_section(ctx)

@@ -20,6 +20,10 @@ st.caption("By tumour location (every metric), and by primary tumour: a primary'
            "diagnosis made it undefined. Metrics are per cohort, over all its sites.")
 pats = common.evaluated_patients(ctx)
 cohorts = tuple(c for c in ctx.cohorts if c in set(pats["cohort"]))
+common.stored_note(ctx, cohorts)
+cohorts = common.stored_cohorts(ctx, cohorts)  # the metrics are per cohort: whole cohorts only
+if ctx.limited and not cohorts:
+    st.stop()
 
 c1, c2 = st.columns([1, 2])
 metric = c1.selectbox("Metric", METRICS, index=METRICS.index("auc"), format_func=names.metric_name, key="sub-metric")
@@ -59,8 +63,8 @@ common.table(ctx, view, f"subgroups-{metric}", download=long)
 common.ci_notes(long)
 
 # the subgroups the lake has patients for but no row of this metric: say so rather than drop them silently
-whole = data.patient_predictions(ctx.src, ctx.run, cohorts, tuple(sorted(data.patients(ctx.src)["site"].unique())))
-info = data.patients(ctx.src)[["patient_id", "location", "primary_tumor"]]
+whole = data.patient_predictions(ctx.src, ctx.run, cohorts, ctx.allowed)  # the cohorts are whole: all theirs
+info = common.visible_patients(ctx)[["patient_id", "location", "primary_tumor"]]
 missing = compute.missing_subgroups(whole.merge(info, on="patient_id", how="left"), every, metric)
 for r in missing.itertuples(index=False):
     st.caption(f"Not shown: {names.subgroup_name(r.subgroup)}, {names.cohort_name(r.cohort)} "

@@ -97,13 +97,21 @@ st.caption(f"Run `{ctx.run}`. The model at its validation cutoff (Youden on the 
 if not report.margin_recorded:
     st.info(f"This evaluation was recorded before the margin was a setting: the default {margin} is used. "
             f"`gbmmet evaluate --lake {ctx.lake} --run {ctx.run} --margin M` records one.", icon=":material/info:")
-st.download_button("Download the report (PDF)", lambda: data.report_pdf(ctx.src, ctx.run, ci),
-                   file_name=common.file_name(ctx, f"report-{ci}", "pdf"), mime="application/pdf",
-                   key="report-pdf", on_click="ignore", icon=":material/picture_as_pdf:",
-                   help="Summary, headline table, ROC, calibration, patient flow and the run's record, both test "
-                        "cohorts: the same file as `gbmmet report`.")
+if ctx.limited:  # the report is every test cohort's, every site's
+    st.caption("The printable report covers every site of the lake: it is for viewers allowed every site.")
+else:
+    st.download_button("Download the report (PDF)", lambda: data.report_pdf(ctx.src, ctx.run, ci),
+                       file_name=common.file_name(ctx, f"report-{ci}", "pdf"), mime="application/pdf",
+                       key="report-pdf", on_click="ignore", icon=":material/picture_as_pdf:",
+                       help="Summary, headline table, ROC, calibration, patient flow and the run's record, both "
+                            "test cohorts: the same file as `gbmmet report`.")
 
-shown = [s for s in report.summaries if s.cohort in ctx.cohorts]
+chosen = [s.cohort for s in report.summaries if s.cohort in ctx.cohorts]
+hidden = common.stored_note(ctx, chosen)
+whole = common.stored_cohorts(ctx, chosen)  # over all a cohort's patients: whole cohorts only
+shown = [s for s in report.summaries if s.cohort in whole]
+if hidden and not shown:  # the note said why
+    st.stop()
 if not shown:
     st.info("Choose the internal test or external cohort in the sidebar: the summary is about the cohorts the "
             "readers read.", icon=":material/info:")

@@ -203,6 +203,19 @@ def test_the_stamp_changes_with_each_commit_and_only_then(tmp_path):
     assert after != before and catalog.stamp(lake) == after
 
 
+def test_the_stamp_leaves_out_the_access_log_unless_asked(tmp_path):
+    lake = Lake(tmp_path / "lake")
+    lake.append(C.TABLE_PATIENTS, _patients("p1"))
+    before, every = catalog.stamp(lake), catalog.stamp(lake, SCHEMAS)
+    row = {C.COL_USER: "a@x.org", C.COL_TIME: dt.datetime(2026, 1, 1, tzinfo=dt.UTC), C.COL_PAGE: "patient",
+           C.COL_PATIENT_ID: "p1", C.COL_SITE: "siteA", "run_id": "r1"}
+    lake.append(C.TABLE_ACCESS_LOG, pa.Table.from_pylist([row], schema=SCHEMAS[C.TABLE_ACCESS_LOG]))
+    assert catalog.stamp(lake) == before  # the dashboard's own log row: its caches stand
+    assert catalog.stamp(lake, SCHEMAS) != every  # the catalog's rebuild still sees the commit
+    assert catalog.query(lake, "select user, page from access_log").to_pylist() == [
+        {C.COL_USER: "a@x.org", C.COL_PAGE: "patient"}]
+
+
 def test_file_uri_is_a_local_lake(tmp_path):
     lake = Lake(f"file://{tmp_path}/lake")
     assert lake.local_root == (tmp_path / "lake").resolve()

@@ -60,6 +60,8 @@ def patient_lake(root: Path, raw_ids=("A0001", "A0002", "A0003")) -> tuple[Lake,
         C.TABLE_PATIENT_PREDICTIONS: dict(run_id="r1", cutoff_kind="val_youden_ensemble", predictive_index=0.5),
         C.TABLE_READS: {C.COL_READER_ID: "reader1", C.COL_ASSISTED: False, C.COL_CALL: C.GBM},
         C.TABLE_CAMS: dict(run_id="r1", slice_index=0, cam=b"\x00\x01"),
+        C.TABLE_ACCESS_LOG: {C.COL_USER: "a@x.org", C.COL_TIME: dt.datetime(2026, 1, 1, tzinfo=dt.UTC),
+                             C.COL_PAGE: "patient", C.COL_SITE: "siteA", "run_id": "r1"},
     }
     for name, values in rows.items():
         table = pa.Table.from_pylist([row_of(name, **values, **{C.COL_PATIENT_ID: pid}) for pid in pids])
@@ -467,7 +469,7 @@ def test_lake_forget_prints_the_rows_removed_and_reminds_to_vacuum(tmp_path, cap
     patient_lake(tmp_path / "lake")
     code, output = lake_cli(capsys, "forget", "--lake", str(tmp_path / "lake"), "--site", "siteA", "--patient", "A0001")
     assert code == 0, output
-    assert "removed 10 rows" in output and "gbmmet lake vacuum" in output
+    assert "removed 11 rows" in output and "gbmmet lake vacuum" in output
     assert "--retain-hours 0" in output
 
 
