@@ -1,15 +1,22 @@
 """What the dashboard shows, read from the lake through ``storage`` only, and cached.
 
-One in-memory DuckDB database of views per lake state (``catalog.memory_connection``: the dashboard
-never writes to the lake, not even the catalog file), shared by every session
-(``st.cache_resource``), one query at a time; every value is a ``?`` parameter.
-Results are cached (``st.cache_data``) under the lake's ``stamp``, a digest of its files, so a job
-that writes to the lake shows on the next rerun without serving stale tables.
+A small pool of in-memory DuckDB databases of views per lake state (``Pool``, each
+``catalog.memory_connection``: reading never writes to the lake, not even the catalog file), shared
+by every session (``st.cache_resource``): a query takes a connection for as long as it runs, so 20
+sessions do not queue behind one connection; every value is a ``?`` parameter. Results are cached
+(``st.cache_data``) under the lake's ``stamp``, a digest of its files, so a session reuses what
+another one read, and a job that writes to the lake shows on the next rerun without serving stale
+tables.
 """
 
 from __future__ import annotations
 
+import json
+import os
+import sys
 import threading
+import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -29,20 +36,133 @@ def lake_stamp(uri: str) -> str:
     return catalog.stamp(Lake(uri))
 
 
+#: How many DuckDB connections each lake state gets (the environment's GBMMET_DASHBOARD_CONNECTIONS,
+#: else DEFAULT_CONNECTIONS); 1 is one shared connection, one query at a time.
+CONNECTIONS_ENV = "GBMMET_DASHBOARD_CONNECTIONS"
+DEFAULT_CONNECTIONS = 4
+#: Where, if set, every query appends a line (what, seconds waiting for a connection and holding it),
+#: and every connection made one (``made``, seconds making it): ``bench/dashboard.py`` reads them.
+QUERY_LOG_ENV = "GBMMET_DASHBOARD_QUERY_LOG"
+_LOG_LOCK = threading.Lock()
+
+
+class Pool:
+    """``size`` read-only connections to one lake state (``catalog.memory_connection`` each); a
+    query takes one for as long as it runs, so sessions wait on each other only when ``size``
+    queries run at once.
+
+    Several connections, not cursors of one: a lake on object storage is read through Arrow
+    datasets registered on the connection, which its cursors do not see. Each is its own in-memory
+    database of views over the same files, made by listing every table: about 0.07 s on an idle
+    machine, 1-2 s under load, far longer than most queries. So the first query makes the first
+    connection (its error, no lake..., is that query's), and the others are made right after, one by
+    one in the background, while the first serves: a query never waits for one being made."""
+
+    def __init__(self, uri: str, size: int):
+        self.lake = Lake(uri)
+        self.size = max(1, size)
+        self._idle: list = []
+        self._made = 0  # made or being made
+        self._filling = False
+        self._free = threading.Condition()
+        self._log = os.environ.get(QUERY_LOG_ENV)
+
+    @contextmanager
+    def connection(self, what: str = ""):
+        """A connection of this pool, for one query (or a few in a row); back in the pool after."""
+        t0 = time.perf_counter()
+        first = False
+        with self._free:
+            while not self._idle:
+                if self._made == 0:
+                    self._made, first = 1, True
+                    break
+                self._free.wait()
+            con = None if first else self._idle.pop()
+        if first:
+            try:
+                con = self._new(what)
+            except BaseException:
+                with self._free:
+                    self._made = 0
+                    self._free.notify_all()  # a waiter tries in turn
+                raise
+            if self.size > 1:
+                with self._free:
+                    self._filling = True
+                threading.Thread(target=self._fill, name="gbmmet-pool", daemon=True).start()
+        t1 = time.perf_counter()
+        try:
+            yield con
+        finally:
+            t2 = time.perf_counter()
+            with self._free:
+                self._idle.append(con)
+                self._free.notify()
+            if self._log:
+                self._note(what, wait_s=t1 - t0, hold_s=t2 - t1)
+
+    def _new(self, what: str):
+        t = time.perf_counter()
+        con = catalog.memory_connection(self.lake)
+        if self._log:
+            self._note(f"connection for {what}".strip(), made=True, make_s=time.perf_counter() - t)
+        return con
+
+    def _fill(self) -> None:
+        """The pool's other connections, one after another (a failure leaves it smaller)."""
+        try:
+            while True:
+                with self._free:
+                    if self._made >= self.size:
+                        return
+                    self._made += 1
+                try:
+                    con = self._new("the pool")
+                except Exception:  # noqa: BLE001  (the connections made serve on)
+                    with self._free:
+                        self._made -= 1
+                    return
+                with self._free:
+                    self._idle.append(con)
+                    self._free.notify()
+        finally:
+            with self._free:
+                self._filling = False
+                self._free.notify_all()
+
+    def _note(self, what: str, **times) -> None:
+        line = json.dumps({"what": what, **times, "size": self.size, "thread": threading.get_ident(), "t": time.time()})
+        with _LOG_LOCK, open(self._log, "a") as fh:
+            fh.write(line + "\n")
+
+
+def connections() -> int:
+    """The connections each lake state gets: ``CONNECTIONS_ENV``, else ``DEFAULT_CONNECTIONS``."""
+    raw = os.environ.get(CONNECTIONS_ENV, "").strip()
+    try:
+        n = int(raw) if raw else DEFAULT_CONNECTIONS
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise ValueError(f"{CONNECTIONS_ENV} must be a whole number of at least 1, not {raw!r}")
+    return n
+
+
 @st.cache_resource(show_spinner=False, max_entries=4)
-def _connection(uri: str, stamp: str):
-    return catalog.memory_connection(Lake(uri))
+def _pool(uri: str, stamp: str) -> Pool:
+    """The connections to one lake state, shared by every session (a new state, a new pool)."""
+    return Pool(uri, connections())
 
 
-# Sessions run in threads and share one connection: one query at a time (they take milliseconds).
-# Not a cursor per thread: a lake on object storage is read through Arrow datasets registered on
-# the connection, which its cursors do not see.
-_QUERY_LOCK = threading.Lock()
+def _use(uri: str, stamp: str, what: str):
+    """A connection to the lake state, for one query: ``with _use(...) as con``."""
+    return _pool(uri, stamp).connection(what)
 
 
 def _df(uri: str, stamp: str, sql: str, params: list | tuple = ()) -> pd.DataFrame:
-    with _QUERY_LOCK:
-        return _connection(uri, stamp).execute(sql, list(params)).df()
+    with _use(uri, stamp, f"{sys._getframe(1).f_code.co_name} {list(params)!r:.200}") as con:
+        return con.execute(sql, list(params)).df()
 
 
 @dataclass(frozen=True)
@@ -108,7 +228,8 @@ def runs(src: Source) -> pd.DataFrame:
 def run_records(src: Source, run: str) -> dict[str, dict]:
     """The run's ``runs`` records by kind (train, evaluate), JSON fields decoded
     (``storage.queries.run_records``)."""
-    return queries.run_records(_connection(src.uri, src.stamp), run)
+    with _use(src.uri, src.stamp, f"run_records {run}") as con:
+        return queries.run_records(con, run)
 
 
 # -- evaluation -------------------------------------------------------------------------------
@@ -117,8 +238,8 @@ def metric_table(src: Source, run: str, ci_method: str, auc_ci: str, cohorts: tu
                  subgroup: str | None, metrics: tuple[str, ...]) -> pd.DataFrame:
     """``storage.queries.metric_rows`` as a frame (one row per cohort, subgroup, rater, metric), each
     rater named by ``names.rater_name``, in the one cohort order."""
-    with _QUERY_LOCK:
-        rows = queries.metric_rows(_connection(src.uri, src.stamp), run, ci_method=ci_method, auc_ci=auc_ci,
+    with _use(src.uri, src.stamp, f"metric_rows {run} {ci_method} {auc_ci} {cohorts} {subgroup} {metrics}") as con:
+        rows = queries.metric_rows(con, run, ci_method=ci_method, auc_ci=auc_ci,
                                    cohorts=cohorts, subgroup=subgroup, metrics=metrics)
     cols = ["cohort", "subgroup", "who", "rater", "assisted", "cutoff_kind", "metric", "value", "ci_low",
             "ci_high", "ci_method", "ci_choice", "n", "n_gbm", "tp", "fp", "tn", "fn"]
@@ -136,8 +257,8 @@ def metric_table(src: Source, run: str, ci_method: str, auc_ci: str, cohorts: tu
 
 def _rows(src: Source, query, *args, columns: list[str]) -> pd.DataFrame:
     """A ``storage.queries`` function's rows as a frame (its columns even where it found none)."""
-    with _QUERY_LOCK:
-        rows = query(_connection(src.uri, src.stamp), *args)
+    with _use(src.uri, src.stamp, f"{query.__name__} {args!r:.200}") as con:
+        rows = query(con, *args)
     return pd.DataFrame(rows, columns=columns)
 
 
@@ -271,14 +392,14 @@ def report_data(src: Source, run: str, ci: str):
     verdicts and sentence, the headline table, ROC inputs, calibration, flow and the run record."""
     from storage.report import collect
 
-    with _QUERY_LOCK:
-        return collect(_connection(src.uri, src.stamp), run, ci)
+    with _use(src.uri, src.stamp, f"report_data {run} {ci}") as con:
+        return collect(con, run, ci)
 
 
 @st.cache_data(show_spinner=False, max_entries=4, hash_funcs={Source: _key})
 def report_pdf(src: Source, run: str, ci: str) -> bytes:
     """The report as PDF bytes: ``storage.report.render`` of ``report_data``, the function
-    ``gbmmet report`` uses. Typeset outside the query lock (about a second)."""
+    ``gbmmet report`` uses. Typeset holding no connection (about a second)."""
     from storage.report import render
 
     return render(report_data(src, run, ci))
