@@ -35,7 +35,9 @@ every = data.metric_table(ctx.src, ctx.run, ci, C.CI_DELONG if auc_delong else c
 raters = list(dict.fromkeys(every["who"]))
 paper = names.model_name(C.CUTOFF_PAPER)
 default = [r for r in raters if r != paper] or raters
-if st.session_state.get("sub-raters-options") != raters:  # other cohorts or metric: keep what still applies
+# other cohorts or metric: keep what still applies; back from another page, Streamlit has dropped
+# the widget's value (not the options kept beside it): choose again
+if st.session_state.get("sub-raters-options") != raters or "sub-raters" not in st.session_state:
     kept = [r for r in st.session_state.get("sub-raters", []) if r in raters]
     st.session_state["sub-raters"] = kept or default
     st.session_state["sub-raters-options"] = raters

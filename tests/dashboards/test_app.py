@@ -582,3 +582,12 @@ def test_the_tab_icon_is_drawn_here_not_fetched():
     test records every request and fails on any to another host."""
     text = APP.read_text()
     assert "page_icon=common.page_icon()" in text and text.index("st.navigation(") < text.rindex("st.set_page_config(")
+
+
+def test_subgroups_keep_their_raters_after_a_visit_to_another_page(dash_lake, monkeypatch):
+    at = open_app(monkeypatch, dash_lake, "subgroups.py")
+    assert "Choose at least one rater" not in texts(at)
+    at.switch_page("views/overview.py").run()
+    at.switch_page("views/subgroups.py").run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert "Choose at least one rater" not in texts(at) and at.multiselect(key="sub-raters").value
