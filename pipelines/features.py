@@ -154,7 +154,7 @@ def _run_tasks(todo: list[tuple[str, tuple]], batches: _Batches, *, description:
     Raises:
         Interrupted: Ctrl-C: the outstanding tasks were cancelled and what finished committed.
     """
-    from pipelines.ray_runtime import BatchReport, Interrupted, _progress
+    from pipelines.ray_runtime import BatchReport, Interrupted, _progress, cancel_pending
 
     report, pending = BatchReport(), {}
     progress, task = _progress(description, len(todo))
@@ -184,14 +184,14 @@ def _run_tasks(todo: list[tuple[str, tuple]], batches: _Batches, *, description:
                 for key, args in todo:
                     finished(key, lambda args=args: features_one(*args))
     except KeyboardInterrupt:
-        _cancel(pending)
+        cancel_pending(pending)
         batches.flush()
         done = {o.key for o in report.outcomes}
         raise Interrupted(f"{description} interrupted", done=[o.key for o in report.ok],
                           failed=[o.key for o in report.failed], not_finished=[k for k, _ in todo if k not in done],
                           report=report) from None
     except BaseException:
-        _cancel(pending)
+        cancel_pending(pending)
         raise
     batches.flush()
     report.seconds = time.perf_counter() - start
@@ -209,16 +209,6 @@ def _outcome(key: str, get):
         return TaskOutcome(key, False, error=f"{type(cause).__name__}: {cause}")
 
 
-def _cancel(pending: dict) -> None:
-    """Cancel the submitted Ray tasks not yet collected (their workers killed)."""
-    if pending:
-        import ray
-
-        for ref in list(pending):
-            try:
-                ray.cancel(ref, force=True)
-            except Exception:  # noqa: BLE001 - already finished or its worker gone: nothing to stop
-                pass
 
 
 def _todo(snap, backbone_id: str) -> tuple[list[tuple[str, tuple]], list[str]]:

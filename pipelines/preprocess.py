@@ -581,7 +581,7 @@ def _run_tasks(todo: list[tuple[str, tuple]], on_outcome, batches: Batches, *, u
         Interrupted: Ctrl-C: what had finished was committed, then the outstanding tasks were
             cancelled (what they staged stays invisible).
     """
-    from pipelines.ray_runtime import BatchReport, Interrupted, _progress
+    from pipelines.ray_runtime import BatchReport, Interrupted, _progress, cancel_pending
 
     report = BatchReport()
     pending: dict = {}
@@ -604,13 +604,13 @@ def _run_tasks(todo: list[tuple[str, tuple]], on_outcome, batches: Batches, *, u
     except KeyboardInterrupt:
         _drain(pending, finished)
         batches.flush()  # before cancelling: a Ray crash on cancel (below) cannot lose it
-        _cancel(pending)
+        cancel_pending(pending)
         done = {o.key for o in report.outcomes}
         raise Interrupted("preprocess interrupted", done=[o.key for o in report.ok],
                           failed=[o.key for o in report.failed], not_finished=[k for k, _ in todo if k not in done],
                           report=report) from None
     except BaseException:
-        _cancel(pending)
+        cancel_pending(pending)
         raise
     report.seconds = time.perf_counter() - start
     return report
@@ -658,17 +658,6 @@ def _drain(pending: dict, finished) -> None:
         finished(_outcome(pending.pop(ref), lambda ref=ref: ray.get(ref)))
 
 
-def _cancel(pending: dict) -> None:
-    """Cancel the submitted Ray tasks not yet collected (their workers killed)."""
-    if not pending:
-        return
-    import ray
-
-    for ref in list(pending):
-        try:
-            ray.cancel(ref, force=True)
-        except Exception:  # noqa: BLE001 - already finished or its worker gone: nothing to stop
-            pass
 
 
 def _write_id_maps(entries: list[PatientEntry], pseudo: dict[str, str]) -> None:

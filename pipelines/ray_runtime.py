@@ -168,14 +168,7 @@ def run_batch(
                    num_gpus=num_gpus, max_retries=max_retries, show_progress=show_progress, names=names,
                    resources=resources)
     except KeyboardInterrupt:
-        if pending:
-            import ray
-
-            for ref in list(pending):
-                try:
-                    ray.cancel(ref, force=True)
-                except Exception:  # noqa: BLE001 - already finished or its worker gone: nothing to stop
-                    pass
+        cancel_pending(pending)
         finished = {o.key for o in report.outcomes}
         done = [o.key for o in report.outcomes if o.ok]
         failed = [o.key for o in report.outcomes if not o.ok]
@@ -225,3 +218,15 @@ def _run_items(items, fn, report: BatchReport, pending: dict, *, description, us
                         )
                     progress.update(task, advance=1, failed=failed)
     report.seconds = time.perf_counter() - start
+
+
+def cancel_pending(pending: dict) -> None:
+    """Cancel the submitted Ray tasks not yet collected (keys of ``pending``; their workers killed)."""
+    if pending:
+        import ray
+
+        for ref in list(pending):
+            try:
+                ray.cancel(ref, force=True)
+            except Exception:  # noqa: BLE001 - already finished or its worker gone: nothing to stop
+                pass
