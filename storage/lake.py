@@ -369,7 +369,7 @@ class Lake:
         self._prepare_write()
 
         def write():
-            existing = self.delta_latest(name)
+            existing = self._evolved(name, self.delta_latest(name))
             if existing is None:
                 write_deltalake(self.table_uri(name), data, mode="append", partition_by=list(PARTITIONS.get(name, ())) or None,
                                 configuration=TABLE_CONFIGURATION, description=table_description(name),
@@ -384,6 +384,23 @@ class Lake:
 
         self.with_retries(name, write)
         return self.version(name)
+
+    def _evolved(self, name: str, existing):
+        """``existing`` (the latest ``DeltaTable`` of ``name``, or None), rewritten in one commit
+        with the columns its schema gained since it was written (null in the rows already there),
+        where it lacks any; otherwise as given. Tables that gain columns are small (evaluation
+        results), so the whole table is rewritten: every data file then has every column."""
+        from deltalake import write_deltalake
+
+        if existing is None:
+            return None
+        schema = self.full_schema(name)
+        if {f.name for f in existing.schema().fields} >= set(schema.names):
+            return existing
+        table = self.at({}).dataset(name).to_table()  # the dataset's schema is today's: new columns null
+        write_deltalake(existing, table, mode="overwrite", schema_mode="overwrite",
+                        partition_by=list(PARTITIONS.get(name, ())) or None, post_commithook_properties=commit_hooks())
+        return self.delta_latest(name)
 
     def delete(self, name: str, where: dict) -> int:
         """Delete the rows of ``name`` matching ``where`` (as in ``replace``) in one commit; return

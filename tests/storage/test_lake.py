@@ -260,3 +260,26 @@ def test_two_jobs_creating_the_same_tables_at_once_both_land(tmp_path):
         lake = Lake(root)
         assert _ids(lake.read(C.TABLE_PATIENTS)) == ["pa", "pb"] and lake.read(C.TABLE_SLICES).num_rows == 6
         assert lake.version(C.TABLE_SLICES) == lake.version(C.TABLE_PATIENTS) == 1
+
+
+def test_a_table_written_before_its_schema_gained_columns_takes_them_with_nulls_in_old_rows(tmp_path):
+    from deltalake import write_deltalake
+
+    from storage.schemas import PATIENT_PREDICTIONS
+
+    lake = Lake(tmp_path / "lake")
+    older = pa.schema([f for f in PATIENT_PREDICTIONS if f.name not in (C.COL_OOD, C.set_column(0.9))])
+    write_deltalake(lake.table_uri(C.TABLE_PATIENT_PREDICTIONS),
+                    pa.Table.from_pylist([{"run_id": "old", C.COL_PATIENT_ID: "p1", "cutoff_kind": "k"}], schema=older),
+                    mode="append")
+    new = pa.Table.from_pylist([{"run_id": "new", C.COL_PATIENT_ID: "p1", "cutoff_kind": "k", C.COL_OOD: True,
+                                 C.set_column(0.9): "GBM"}], schema=PATIENT_PREDICTIONS)
+    lake.replace(C.TABLE_PATIENT_PREDICTIONS, new, {"run_id": "new"})
+    rows = sorted(lake.read(C.TABLE_PATIENT_PREDICTIONS, columns=["run_id", C.COL_OOD, C.set_column(0.9)]).to_pylist(),
+                  key=lambda r: r["run_id"])
+    assert rows == [{"run_id": "new", C.COL_OOD: True, C.set_column(0.9): "GBM"},
+                    {"run_id": "old", C.COL_OOD: None, C.set_column(0.9): None}]
+    assert {f.name for f in lake.delta(C.TABLE_PATIENT_PREDICTIONS).schema().fields} >= set(PATIENT_PREDICTIONS.names)
+    catalog.refresh(lake)
+    got = catalog.query(lake, f"select run_id, {C.COL_OOD} from {C.TABLE_PATIENT_PREDICTIONS} order by run_id")
+    assert got.column(C.COL_OOD).to_pylist() == [True, None]
