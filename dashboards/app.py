@@ -35,9 +35,11 @@ PAGES = (
     ("readers.py", "Model vs readers", ":material/groups:"),
     ("roc.py", "ROC", ":material/show_chart:"),
     ("calibration.py", "Calibration", ":material/tune:"),
+    ("trust.py", "Trust", ":material/verified_user:"),
     ("subgroups.py", "Subgroups", ":material/category:"),
     ("patient.py", "Patient viewer", ":material/image_search:"),
     ("training.py", "Training", ":material/model_training:"),
+    ("qc.py", "Preprocessing QC", ":material/fact_check:"),
 )
 COHORT_CHOICES = names.COHORT_ORDER
 
@@ -94,7 +96,7 @@ def main() -> None:
     pages = [st.Page(VIEWS / f, title=t, icon=i, default=(k == 0)) for k, (f, t, i) in enumerate(PAGES)]
     page = st.navigation(pages)
     st.set_page_config(page_icon=common.page_icon())  # the tab's icon, never the page's Material icon
-    if page.url_path != common.PATIENT_PAGE:
+    if page.url_path not in (common.PATIENT_PAGE, "qc"):  # the pages that show one patient's images
         common.forget_patient_view()
     common.contrast()
     st.session_state[common.CTX_KEY] = sidebar(decision)

@@ -348,3 +348,33 @@ def fold_bar(sizes: pd.DataFrame) -> alt.Chart:
         y=alt.Y("fold:N", title=None, sort=folds), x=alt.X("patients:Q"),
         color=alt.Color("label:N", scale=LABEL_COLOURS, title="diagnosis", legend=bottom_legend("diagnosis")),
         tooltip=["fold", "label", "patients", "slices"]).properties(width=480, height=alt.Step(30))
+
+
+# -- when not to trust a call ---------------------------------------------------------------------
+def risk_coverage(curve: pd.DataFrame, rule: pd.DataFrame | None = None) -> alt.LayerChart:
+    """Accuracy of the calls kept against the share of patients kept, most certain first, one line
+    per cohort (``curve``: cohort, x, y, n, the lake's ``risk_coverage`` rows); where ``rule`` (cohort,
+    x, y) is given, a diamond per cohort where the deferral rule lands. Colour and dash both tell
+    the cohorts apart."""
+    df = curve.assign(cohort=curve["cohort"].map(names.cohort_name))
+    shown = names.in_cohort_order(df["cohort"])
+    scale = cohort_scale(shown)
+    dashes = alt.Scale(domain=shown, range=[[1, 0], [6, 3], [2, 2], [8, 2, 2, 2]][:len(shown)])
+    low = min(0.5, float(df["y"].min()) - 0.05) if len(df) else 0.5
+    enc = {"x": alt.X("x:Q", title="share of patients kept (most certain first)", scale=alt.Scale(domain=[0, 1])),
+           "y": alt.Y("y:Q", title="accuracy of the calls kept", scale=alt.Scale(domain=[max(low, 0), 1]))}
+    lines = alt.Chart(df).mark_line(point=alt.OverlayMarkDef(size=40, filled=True)).encode(
+        **enc, color=alt.Color("cohort:N", scale=scale, sort=shown, title="cohort", legend=bottom_legend("cohort")),
+        strokeDash=alt.StrokeDash("cohort:N", scale=dashes, sort=shown, title="cohort"),
+        tooltip=["cohort", alt.Tooltip("x:Q", title="share kept", format=".2f"),
+                 alt.Tooltip("y:Q", title="accuracy kept", format=".3f"), alt.Tooltip("n:Q", title="patients kept")])
+    layers = [lines]
+    if rule is not None and len(rule):
+        marks = rule.assign(cohort=rule["cohort"].map(names.cohort_name))
+        layers.append(alt.Chart(marks).mark_point(shape="diamond", size=160, filled=True, stroke=INK,
+                                                  strokeWidth=1, opacity=1).encode(
+            **enc, color=alt.Color("cohort:N", scale=scale, sort=shown, legend=None),
+            tooltip=["cohort", alt.Tooltip("x:Q", title="kept by the deferral rule", format=".2f"),
+                     alt.Tooltip("y:Q", title="accuracy kept", format=".3f")]))
+    return alt.layer(*layers).properties(title="Risk-coverage: accuracy as the least certain calls are deferred",
+                                         width=480, height=300)

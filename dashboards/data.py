@@ -313,6 +313,37 @@ def patient_predictions(src: Source, run: str, cohorts: tuple[str, ...], sites: 
 
 
 @st.cache_data(show_spinner=False, max_entries=16, hash_funcs={Source: _key})
+def patient_trust(src: Source, run: str, cohorts: tuple[str, ...], sites: tuple[str, ...]) -> pd.DataFrame:
+    """One row per patient of the cohorts at the sites: cohort, site, label, the call at the
+    validation cutoff (``call_val``) and when not to trust it (``dashboards.trust.PATIENT_COLUMNS``:
+    sets, spread, entropy, OOD, deferral; null in a lake evaluated before they were stored)."""
+    from dashboards.trust import PATIENT_COLUMNS
+
+    cols = ", ".join(f'"{c}"' for c in PATIENT_COLUMNS)  # names from the schema's constants, never input
+    return _df(src.uri, src.stamp, f"""
+        select patient_id, site, split as cohort, label, call as call_val, {cols}
+        from patient_predictions
+        where run_id = ? and cutoff_kind = ? and list_contains(?, split) and list_contains(?, site)
+        order by list_position(?, cohort), site, patient_id""",
+               [run, C.CUTOFF_VAL, list(cohorts), list(sites), list(names.ALL_COHORTS)])
+
+
+@st.cache_data(show_spinner=False, max_entries=16, hash_funcs={Source: _key})
+def trust_metrics(src: Source, run: str, cohorts: tuple[str, ...]) -> pd.DataFrame:
+    """The model's stored conformal-coverage and deferral rows per cohort (``metrics``, subgroup
+    all: ``dashboards.trust.trust_metric_names``), with their Wilson intervals, in the cohort order."""
+    from dashboards.trust import trust_metric_names
+
+    return _df(src.uri, src.stamp, """
+        select cohort, metric, value, ci_low, ci_high, ci_method, n, n_gbm from metrics
+        where run_id = ? and rater = ? and subgroup = 'all' and list_contains(?, cohort)
+          and list_contains(?, metric)
+        order by list_position(?, cohort), list_position(?, metric)""",
+               [run, C.MODEL_RATER, list(cohorts), list(trust_metric_names()), list(names.ALL_COHORTS),
+                list(trust_metric_names())])
+
+
+@st.cache_data(show_spinner=False, max_entries=16, hash_funcs={Source: _key})
 def cutoffs(src: Source, run: str) -> dict[str, float]:
     df = _df(src.uri, src.stamp, """
         select cutoff_kind, max(cutoff) as cutoff from patient_predictions where run_id = ?

@@ -99,6 +99,7 @@ TABLE_CALIBRATION = "calibration"  # reliability and decision curves per cohort
 TABLE_FLOW = "patient_flow"  # STARD: patients per stage, site and cohort
 TABLE_CAMS = "cams"  # Grad-CAM of the ensemble per test / external slice
 TABLE_ACCESS_LOG = "access_log"  # every patient the dashboard showed: who, when, which (its only write)
+TABLE_QC_PANELS = "qc_panels"  # preprocessing QC pictures (PNG) per patient and panel, with its measures and flags
 TABLES = (
     TABLE_PATIENTS,
     TABLE_SLICES,
@@ -116,6 +117,7 @@ TABLES = (
     TABLE_FLOW,
     TABLE_CAMS,
     TABLE_ACCESS_LOG,
+    TABLE_QC_PANELS,
 )
 # The access log's columns (its patient and site columns are COL_PATIENT_ID and COL_SITE).
 COL_USER = "user"  # the signed-in user's e-mail, or ACCESS_LOCAL_USER where the dashboard has no sign-in
@@ -144,3 +146,31 @@ MODEL_RATER = "model"
 AUC_CONFIDENCE = "auc_confidence"
 # Intention-to-diagnose: a patient the system could not process counts as wrong.
 ITD_SUFFIX = "_itd"
+
+# Knowing when not to trust a call (``gbmmet.uncertainty``, ``gbmmet.ood``, ``gbmmet.conformal``,
+# ``gbmmet.selective``): columns of ``patient_predictions``, the conformal levels, and the
+# metric / curve names evaluation writes.
+COL_INDEX_FOLD_SD = "index_fold_sd"  # sd (ddof 0) over the fold models of each fold's own predictive index
+COL_ENTROPY_TOTAL = "entropy_total"  # bits: mean over slices of H(mean over folds of P(GBM))
+COL_ENTROPY_ALEATORIC = "entropy_aleatoric"  # bits: mean over slices of the mean over folds of H(P(GBM))
+COL_MUTUAL_INFORMATION = "mutual_information"  # bits: entropy_total - entropy_aleatoric (epistemic)
+COL_OOD_SCORE = "ood_score"
+COL_OOD_THRESHOLD = "ood_threshold"
+COL_OOD = "ood"
+COL_DEFERRED = "deferred"
+COL_DEFER_REASON = "defer_reason"
+CONFORMAL_LEVELS = (0.90, 0.95)
+DEFERRAL_LEVEL = 0.90  # the conformal set the deferral rule reads
+SET_SEPARATOR = "|"  # a two-label set is stored as "GBM|MET"; the empty set as ""
+CI_WILSON = "wilson"  # shares (coverage, deferral, accuracy of kept calls): Wilson score interval
+CURVE_RISK_COVERAGE = "risk_coverage"  # in ``calibration``: x share kept, y accuracy of kept calls, n kept
+
+
+def set_column(level: float) -> str:
+    """The ``patient_predictions`` column of the conformal set at ``level``: 0.9 -> ``set_90``."""
+    return f"set_{round(level * 100)}"
+
+
+def level_suffix(level: float) -> str:
+    """A metric's level suffix: 0.95 -> ``_95``."""
+    return f"_{round(level * 100)}"

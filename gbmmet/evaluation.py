@@ -49,6 +49,7 @@ import numpy as np
 
 from gbmmet import constants as C
 from gbmmet import stats
+from gbmmet.trust import TrustSettings
 
 # ---------------------------------------------------------------------------------------------
 # settings
@@ -85,6 +86,8 @@ class EvaluationSettings:
     # "How to demonstrate similarity by using noninferiority and equivalence statistical testing in
     # radiology research", Radiology 2013;267(2):328-338. Set your own with ``--margin``.
     margin: float = DEFAULT_MARGIN
+    # conformal sets, the out-of-distribution flag and deferral (gbmmet.trust)
+    trust: TrustSettings = field(default_factory=TrustSettings)
 
     def __post_init__(self):
         if self.n_resamples < 100:
@@ -107,6 +110,7 @@ class EvaluationSettings:
     def from_dict(cls, d: dict) -> EvaluationSettings:
         d = dict(d)
         d["primary"] = PrimaryComparison(**d.get("primary", {}))
+        d["trust"] = TrustSettings.from_dict(d.get("trust", {}))
         for k in ("ci_methods", "decision_thresholds"):
             if k in d:
                 d[k] = tuple(d[k])

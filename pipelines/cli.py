@@ -7,6 +7,7 @@ Every command is callable from tests as ``main([...])``, which returns the exit 
 from __future__ import annotations
 
 import functools
+import json
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -113,11 +114,17 @@ def synth(
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a cohort folder made with other settings.")] = False,
     workers: Annotated[int | None, typer.Option(help="CPUs of the local Ray (default: all); 0 runs in this process without Ray.")] = None,
     address: Annotated[str | None, typer.Option(help="Ray cluster address (default: RAY_ADDRESS, else a local Ray).")] = None,
+    ood: Annotated[str, typer.Option(help="Also write out-of-distribution patients in OUT/ood/<kind>/, kinds "
+                                          "comma-separated: meningioma, no_lesion (ROI on normal brain), swapped "
+                                          "(CE-T1 and T2 files exchanged). Adds to an existing cohort.")] = "",
+    ood_count: Annotated[int, typer.Option("--ood-count", help="Patients of each --ood kind.")] = 10,
 ) -> None:
     """Write synthetic multi-site cohorts: NIfTI per patient, ROI masks, manifests, reader reads."""
+    from gbmmet.synth.ood import parse_kinds
     from pipelines.synth import SynthConfig, run_synth
 
-    cfg = SynthConfig(preset=preset, out=out, seed=seed, difficulty=difficulty, truth=truth)
+    cfg = SynthConfig(preset=preset, out=out, seed=seed, difficulty=difficulty, truth=truth,
+                      ood=parse_kinds(ood), ood_count=ood_count)
     result = run_synth(cfg, overwrite=overwrite, preview=preview, workers=workers, address=address)
     n = result.n_written + result.n_reused
     typer.echo(
@@ -128,6 +135,12 @@ def synth(
         typer.echo(f"  manifest: {manifest}")
     if result.preview:
         typer.echo(f"  preview:  {result.preview}")
+    if result.ood_manifests:
+        typer.echo(f"  ood: {result.ood_written} written, {result.ood_reused} reused")
+    for kind, manifest in result.ood_manifests.items():
+        typer.echo(f"  ood {kind}: {manifest}")
+    if result.ood_preview:
+        typer.echo(f"  ood preview: {result.ood_preview}")
     if result.failed:
         for pid, err in sorted(result.failed.items()):
             typer.secho(f"  failed {pid}: {err}", err=True, fg="red")
@@ -335,16 +348,22 @@ def predict(
     run: Annotated[str | None, typer.Option(help="Training run (default: the lake's latest).")] = None,
     out: Annotated[Path, typer.Option(help="Folder for the class activation map PNGs.")] = Path("predict-out"),
     cam: Annotated[bool, typer.Option("--cam/--no-cam", help="Write Grad-CAM overlays.")] = True,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object (for scripts) instead of text.")] = False,
 ) -> None:
-    """Score one new patient with a run's ensemble: predictive index, call, per-slice probabilities."""
+    """Score one new patient with a run's ensemble: the call, whether to trust it (calibrated
+    probability, conformal set, uncertainty, out-of-distribution flag), per-slice probabilities."""
     from gbmmet import constants as C
     from pipelines.predict import run_predict
 
     p = run_predict(str(t1c), str(t2), str(roi), lake_root=lake, run=run, out=out, cam=cam)
+    if as_json:
+        typer.echo(json.dumps(p.to_dict(), indent=2))
+        return
     typer.echo(f"run {p.run_id} ({p.backbone_id}), {p.slice_probs.shape[0]} fold models, {p.n_slices} ROI slices")
     if p.registration_qc is not None:
         qc = p.registration_qc
         typer.secho(qc.describe(), fg="yellow" if qc.suspect else None)
+    _echo_trust(p.trust)
     typer.echo(f"predictive index (share of slices the ensemble calls GBM): {p.predictive_index:.3f}; "
                f"mean P(GBM) {p.soft_index:.3f}")
     if not p.cutoffs:
@@ -358,6 +377,25 @@ def predict(
     if p.overlays:
         typer.echo(f"class activation maps: {len(p.overlays)} PNGs in {out}")
     typer.echo("time: " + ", ".join(f"{k} {v:.1f} s" for k, v in p.seconds.items()))
+
+
+def _echo_trust(t) -> None:
+    """``gbmmet predict``'s lines on whether to trust the call (``pipelines.predict.Trust``)."""
+    if t is None:
+        return
+    u = t.uncertainty
+    typer.secho(f"call: {t.call or 'none (no evaluation of this run)'}"
+                + (f" at the {t.cutoff_kind} cutoff" if t.cutoff_kind else "")
+                + (f"; calibrated P(GBM) {t.prob_gbm:.2f}" if t.prob_gbm is not None else ""), bold=True)
+    if t.sets:
+        typer.echo("conformal sets: " + ", ".join(f"{round(k * 100)} % {{{v.replace('|', ', ') or 'empty'}}}"
+                                                   for k, v in sorted(t.sets.items())))
+    typer.echo(f"uncertainty: fold models' indices sd {u.index_fold_sd:.3f}; entropy {u.entropy_total:.3f} bits "
+               f"= aleatoric {u.entropy_aleatoric:.3f} + epistemic (mutual information) {u.mutual_information:.3f}")
+    if t.ood is not None:
+        typer.echo(f"out of distribution: {'YES' if t.ood else 'no'} (feature distance {t.ood_score:.3f}, "
+                   f"threshold {t.ood_threshold:.3f})")
+    typer.secho(t.line, fg="yellow" if t.deferred else "green")
 
 
 @app.command()
@@ -483,6 +521,8 @@ def report(
 
 
 _register_lake_commands()
+__import__("pipelines.qc_cmd").qc_cmd.register(app)  # gbmmet qc (pipelines/qc_cmd.py)
+__import__("pipelines.manifest_cmd").manifest_cmd.register(app)  # gbmmet manifest (pipelines/manifest_cmd.py)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -40,8 +40,9 @@ EVAL_SPLITS = (C.VAL, C.TEST, C.EXTERNAL)
 CUT_PAPER = C.CUTOFF_PAPER
 CUT_VAL = C.CUTOFF_VAL
 # Part of every evaluation's fingerprint: raise it when evaluate writes its tables differently, so
-# that lakes evaluated before are evaluated again rather than reused (3: issue 12's statistics).
-EVALUATE_VERSION = 3
+# that lakes evaluated before are evaluated again rather than reused (3: issue 12's statistics;
+# 4: uncertainty, out-of-distribution flag, conformal sets and deferral).
+EVALUATE_VERSION = 4
 SCORE_VERSION = 1
 ENSEMBLE_VOTE = "ensemble_vote"
 ENSEMBLE_MEAN = "ensemble_mean"
@@ -282,11 +283,17 @@ def _patients_table(run: str, pat: dict, cutoffs: dict):
     return pa.Table.from_pylist(_patient_rows(run, pat, cutoffs), schema=PATIENT_PREDICTIONS)
 
 
+#: The trust columns (``pipelines.trust.assess`` sets them per patient; null where not computed).
+TRUST_COLUMNS = (C.COL_INDEX_FOLD_SD, C.COL_ENTROPY_TOTAL, C.COL_ENTROPY_ALEATORIC, C.COL_MUTUAL_INFORMATION,
+                 C.COL_OOD_SCORE, C.COL_OOD_THRESHOLD, C.COL_OOD,
+                 *[C.set_column(level) for level in C.CONFORMAL_LEVELS], C.COL_DEFERRED, C.COL_DEFER_REASON)
+
+
 def _patient_rows(run: str, pat: dict, cutoffs: dict) -> list[dict]:
     return [{"run_id": run, C.COL_PATIENT_ID: p, C.COL_SITE: d[C.COL_SITE], C.COL_SPLIT: d[C.COL_SPLIT],
              C.COL_LABEL: d[C.COL_LABEL], "n_slices": d["n_slices_scored"], "predictive_index": d["index"],
              "soft_index": d["soft"], "prob_gbm": d.get("prob"), "cutoff_kind": kind, "cutoff": cut.value,
-             C.COL_CALL: C.GBM if d["index"] >= cut.value else C.MET}
+             C.COL_CALL: C.GBM if d["index"] >= cut.value else C.MET, **{c: d.get(c) for c in TRUST_COLUMNS}}
             for p, d in sorted(pat.items()) for kind, cut in cutoffs.items()]
 
 
@@ -429,7 +436,7 @@ def run_evaluate(lake_root: str, run: str | None = None, *, settings: Evaluation
         return EvaluateSummary(run, t["cutoffs"], t["patients"], t["slices"], t["metrics_rows"],
                                t["differences_rows"], t["readers"], 0.0)
     started = dt.datetime.now(dt.UTC)
-    summary, config, tables = _statistics(snap, run, reads, settings, show_progress, echo)
+    summary, config, tables = _statistics(snap, rec, reads, settings, show_progress, echo)
     for name, table in tables.items():
         lake.replace(name, table, {"run_id": run})
     summary.seconds = time.perf_counter() - t0
@@ -439,21 +446,25 @@ def run_evaluate(lake_root: str, run: str | None = None, *, settings: Evaluation
     return summary
 
 
-def _statistics(lake, run: str, reads: list[dict], settings: EvaluationSettings, show_progress: bool,
+def _statistics(lake, rec: dict, reads: list[dict], settings: EvaluationSettings, show_progress: bool,
                 echo) -> tuple[EvaluateSummary, dict, dict]:
-    """The evaluation of run ``run`` from the lake (pinned): its summary, its settings and
+    """The evaluation of train run ``rec`` from the lake (pinned): its summary, its settings and
     cutoffs (for the record), and the rows of every table it writes (table -> Arrow table)."""
     import pyarrow as pa
 
     from gbmmet import evaluation as E
+    from pipelines import trust
     from storage import schemas as S
 
+    run = rec["run_id"]
     pat = _patients(lake, run)
     cutoffs = _cutoffs(pat, echo)
     calibrator = _calibrate(pat, settings, echo)
+    trusted, trust_metrics, trust_curves = trust.assess(lake, rec, pat, cutoffs, settings.trust, echo)
     attempts = lake.read(C.TABLE_PREPROCESS_RUNS).to_pylist()
     mrows, drows = _metrics_and_differences(pat, cutoffs, reads, attempts, settings, show_progress, echo)
-    crows = []
+    mrows += trust_metrics
+    crows = list(trust_curves)
     for cohort in EVAL_SPLITS:
         ps, y, _ = _by_cohort(pat, cohort)
         if calibrator is None or not ps or cohort == C.VAL:
@@ -474,7 +485,8 @@ def _statistics(lake, run: str, reads: list[dict], settings: EvaluationSettings,
     summary = EvaluateSummary(run, {k: c.value for k, c in cutoffs.items()}, len(pat),
                               sum(d["n_slices_scored"] for d in pat.values()), len(mrows), len(drows), readers)
     config = {"settings": settings.to_dict(), "cutoffs": {k: vars(c) for k, c in cutoffs.items()},
-              "calibrator": calibrator, "ci_methods": list(settings.ci_methods) + [C.CI_DELONG]}
+              "calibrator": calibrator, "ci_methods": list(settings.ci_methods) + [C.CI_DELONG],
+              "trust": trusted}
     return summary, config, tables
 
 

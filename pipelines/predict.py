@@ -42,6 +42,45 @@ class Prediction:
     overlays: list[str] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=dict)
     registration_qc: object = None  # gbmmet.preprocess.qc.RegistrationQC
+    trust: Trust | None = None
+
+    def to_dict(self) -> dict:
+        """``gbmmet predict --json``: the prediction as plain JSON types."""
+        qc = self.registration_qc
+        return {
+            "run_id": self.run_id, "backbone_id": self.backbone_id, "n_slices": self.n_slices,
+            "predictive_index": self.predictive_index, "soft_index": self.soft_index, "cutoffs": self.cutoffs,
+            "calls": self.calls, "trust": self.trust.to_dict() if self.trust is not None else None,
+            "registration_qc": None if qc is None else {"suspect": bool(qc.suspect), "description": qc.describe()},
+            "slices": [{"slice_index": int(s), "prob_gbm_by_fold": [float(v) for v in self.slice_probs[:, i]],
+                        "vote": C.GBM if self.slice_vote[i] else C.MET} for i, s in enumerate(self.slice_index)],
+            "overlays": self.overlays, "seconds": self.seconds}
+
+
+@dataclass
+class Trust:
+    """Whether to trust the call (definitions: ``gbmmet.trust``): the calibrated P(GBM), the
+    conformal sets, the ensemble's uncertainty, the out-of-distribution score and flag, the
+    deferral and its plain-language line. A part is None where the run's evaluation lacks it."""
+
+    cutoff_kind: str | None
+    call: str | None
+    prob_gbm: float | None
+    sets: dict[float, str]
+    uncertainty: object  # gbmmet.uncertainty.PatientUncertainty
+    ood_score: float | None
+    ood_threshold: float | None
+    ood: bool | None
+    deferred: bool
+    line: str
+
+    def to_dict(self) -> dict:
+        from dataclasses import asdict
+
+        return {"cutoff_kind": self.cutoff_kind, "call": self.call, "prob_gbm": self.prob_gbm,
+                "sets": {C.set_column(k): v for k, v in self.sets.items()}, "uncertainty": asdict(self.uncertainty),
+                "ood_score": self.ood_score, "ood_threshold": self.ood_threshold, "ood": self.ood,
+                "deferred": self.deferred, "explanation": self.line}
 
 
 def registration_check(lake, params, metric: float):
@@ -53,6 +92,43 @@ def registration_check(lake, params, metric: float):
             "registration_suspect"]
     latest = qc.latest_ok_runs(lake.read(C.TABLE_PREPROCESS_RUNS, columns=cols).to_pylist(), params.hash())
     return qc.registration_qc(metric, (), qc.cohort_values(latest.values()))
+
+
+def assess_trust(lake, rec: dict, evaluation: dict | None, images, probs, index: float) -> Trust:
+    """The ``Trust`` of one new patient from run ``rec``'s evaluation record (its calibrator,
+    conformal thresholds and trust settings) and the lake's backbone features (the detector is
+    fitted again exactly as evaluation fitted it: on the training slices, its threshold on the
+    validation patients)."""
+    from gbmmet.calibration import IndexCalibrator
+    from gbmmet.conformal import ClassConditionalConformal
+    from gbmmet.evaluation import EvaluationSettings
+    from gbmmet.trust import DEFER, explain
+    from gbmmet.uncertainty import patient_uncertainty
+    from pipelines.features import embed
+    from pipelines.trust import fit_ood
+
+    config = json.loads(evaluation["config"]) if evaluation else {}
+    settings = EvaluationSettings.from_dict(config.get("settings", {})).trust
+    trusted = config.get("trust") or {}
+    cutoffs = config.get("cutoffs") or {}
+    kind = C.CUTOFF_VAL if C.CUTOFF_VAL in cutoffs else next(iter(cutoffs), None)
+    call = (C.GBM if index >= cutoffs[kind]["value"] else C.MET) if kind else None
+    prob = (float(IndexCalibrator.from_dict(config["calibrator"]).predict_proba(np.array([index]))[0])
+            if config.get("calibrator") else None)
+    sets = (ClassConditionalConformal.from_summary(trusted["conformal"]).predict_sets(np.array([index]))
+            if trusted.get("conformal") else {})
+    sets = {level: column[0] for level, column in sets.items()}
+    uncertainty = patient_uncertainty(["new"] * probs.shape[1], probs)["new"]
+    score = threshold = ood = None
+    detector = fit_ood(lake, rec["backbone_id"], settings, echo=lambda _: None) if trusted.get("ood") else None
+    if detector is not None:
+        name = rec["backbone_id"].split("@")[0]
+        weights = json.loads(rec["config"]).get("weights_file")
+        features, _ = embed(images, name, weights)
+        score = detector.patient_scores(features, np.array(["new"] * len(features)))["new"]
+        threshold, ood = float(detector.threshold_), bool(detector.flag(score))
+    verdict, line = explain(sets.get(settings.deferral_level), settings.deferral_level, ood, score, threshold, call)
+    return Trust(kind, call, prob, sets, uncertainty, score, threshold, ood, verdict == DEFER, line)
 
 
 def _lake_params(lake):
@@ -86,6 +162,7 @@ def run_predict(t1c: str, t2: str, roi: str, *, lake_root: str = "lake", run: st
     rec = train_run_record(lake, run)
     evals = [r for r in lake.read(C.TABLE_RUNS).to_pylist() if r["run_id"] == rec["run_id"] and r["kind"] == "evaluate"]
     cutoffs = json.loads(evals[-1]["timings"])["cutoffs"] if evals else {}
+    evaluation = evals[-1] if evals else None
     params = _lake_params(lake)
 
     import SimpleITK as sitk
@@ -105,6 +182,9 @@ def run_predict(t1c: str, t2: str, roi: str, *, lake_root: str = "lake", run: st
     pred = Prediction(rec["run_id"], ensemble.info.id, len(vote), index, float(mean_p.mean()), cutoffs,
                       {k: (C.GBM if index >= v else C.MET) for k, v in cutoffs.items()}, probs,
                       [b.slice_index for b in out_p.boxes], vote, seconds=sec, registration_qc=qc)
+    t = time.perf_counter()
+    pred.trust = assess_trust(lake, rec, evaluation, out_p.images, probs, index)
+    sec["trust"] = time.perf_counter() - t
     if cam and out is not None:
         t = time.perf_counter()
         from PIL import Image

@@ -160,6 +160,19 @@ PATIENT_PREDICTIONS = pa.schema([
     pa.field("cutoff_kind", pa.string(), nullable=False),  # paper_youden_internal_test / val_youden_ensemble
     pa.field("cutoff", pa.float64()),
     pa.field(C.COL_CALL, pa.string()),  # GBM where predictive_index >= cutoff
+    # Knowing when not to trust the call (definitions: gbmmet.uncertainty, gbmmet.ood,
+    # gbmmet.conformal, gbmmet.selective); null where the run could not compute them
+    pa.field(C.COL_INDEX_FOLD_SD, pa.float64()),  # sd over the fold models of their own indices
+    pa.field(C.COL_ENTROPY_TOTAL, pa.float64()),  # bits; total = aleatoric + mutual information
+    pa.field(C.COL_ENTROPY_ALEATORIC, pa.float64()),
+    pa.field(C.COL_MUTUAL_INFORMATION, pa.float64()),  # the epistemic part: the folds disagree
+    pa.field(C.COL_OOD_SCORE, pa.float64()),  # backbone-feature distance to the training slices
+    pa.field(C.COL_OOD_THRESHOLD, pa.float64()),  # fixed on validation patients only
+    pa.field(C.COL_OOD, pa.bool_()),  # ood_score > ood_threshold
+    # the conformal set at each level (set_90, set_95): "GBM", "MET", "GBM|MET" or "" (empty)
+    *[pa.field(C.set_column(level), pa.string()) for level in C.CONFORMAL_LEVELS],
+    pa.field(C.COL_DEFERRED, pa.bool_()),  # defer to the readers: not one label at 90 %, or ood
+    pa.field(C.COL_DEFER_REASON, pa.string()),  # why, in words; null where not deferred
 ])
 
 READS = pa.schema([
@@ -264,6 +277,27 @@ ACCESS_LOG = pa.schema([
     pa.field("run_id", pa.string()),  # the run whose evaluation the page showed
 ])
 
+# One row per patient and QC panel of its latest successful preprocessing attempt (replaced with
+# its slices): ``gbmmet.preprocess.qc_panels`` draws them, ``gbmmet qc`` and the dashboard's QC page
+# show them with the flags of ``gbmmet.preprocess.qc_flags``.
+QC_PANELS = pa.schema([
+    pa.field(C.COL_PATIENT_ID, pa.string(), nullable=False),
+    pa.field(C.COL_SITE, pa.string()),
+    pa.field(C.COL_SPLIT, pa.string()),
+    pa.field("attempt_id", pa.string(), nullable=False),  # the preprocess_runs row it belongs to
+    pa.field("params_hash", pa.string()),
+    pa.field("panel", pa.string(), nullable=False),  # gbmmet.preprocess.qc_panels.PANELS
+    pa.field("height", pa.int16()),
+    pa.field("width", pa.int16()),
+    pa.field("png", pa.binary(), nullable=False),
+    # JSON, the same on every row of the patient: what the task measured (registration shift in mm,
+    # the T2's share of zeros outside the head, skull_stripped, n_slices, the panels' plane) ...
+    pa.field("measures", pa.string()),
+    # ... and the flags judged on the patient alone (ROI slices, skull-stripped): a list of
+    # {"name", "raised", "value", "detail", "rule", ...}; the cohort's flags are judged when shown
+    pa.field("flags", pa.string()),
+])
+
 SCHEMAS: dict[str, pa.Schema] = {
     C.TABLE_PATIENTS: PATIENTS,
     C.TABLE_SLICES: SLICES,
@@ -281,6 +315,7 @@ SCHEMAS: dict[str, pa.Schema] = {
     C.TABLE_FLOW: PATIENT_FLOW,
     C.TABLE_CAMS: CAMS,
     C.TABLE_ACCESS_LOG: ACCESS_LOG,
+    C.TABLE_QC_PANELS: QC_PANELS,
 }
 
 #: Partition columns per table (Delta partitions, hive-style folders, in order); they are

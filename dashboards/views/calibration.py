@@ -36,6 +36,7 @@ def three(value: float | None) -> str:
 def calibration_sections(ctx: common.Context, cohorts: tuple[str, ...]) -> None:
     """Summary, reliability and decision curves of the cohorts (never validation)."""
     points = data.calibration(ctx.src, ctx.run, cohorts)
+    points = points[points["curve"] != C.CURVE_RISK_COVERAGE]  # the Trust page's curve, not P(GBM)'s
     summary = data.calibration_summary(ctx.src, ctx.run, cohorts)
     if points.empty:
         st.info("No calibration for these cohorts in this run: P(GBM) needs validation patients of both diagnoses "
@@ -82,7 +83,8 @@ common.require(ctx, run=True, evaluated=True)
 pats = common.evaluated_patients(ctx)
 st.caption("P(GBM) is the predictive index turned into a probability by a logistic fit on the validation "
            "patients only, so it is judged on the internal test and external cohorts. Curves and summaries "
-           "are the evaluation's, over all of a cohort's patients.")
+           "are the evaluation's, over all of a cohort's patients. Which single calls not to trust (conformal "
+           "sets, deferral, the risk-coverage curve): the Trust page.")
 visible = tuple(c for c in ctx.cohorts if c in set(pats["cohort"]) and c != C.VAL)
 cohorts = common.stored_cohorts(ctx, visible)  # stored per cohort: whole cohorts only
 if C.VAL in ctx.cohorts:

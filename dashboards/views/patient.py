@@ -17,7 +17,7 @@ import pandas as pd
 import streamlit as st
 from PIL import Image
 
-from dashboards import charts, common, data, names
+from dashboards import charts, common, data, names, trust
 from gbmmet import constants as C
 from gbmmet import render
 
@@ -63,6 +63,38 @@ def calls_table(row: pd.Series, reads: pd.DataFrame) -> pd.DataFrame:
         out.append({"rater": names.rater_name(r.reader, bool(r.assisted), None), "call": r.call,
                     "result": verdict(r.call, row["label"]), "how": ", ".join(p for p in (how, source) if p)})
     return pd.DataFrame(out, columns=["rater", "call", "result", "how"])
+
+
+TRUST_BOX = {trust.DEFER: (st.warning, ":material/front_hand:"), trust.ONE_LABEL: (st.success, ":material/check:"),
+             trust.DISAGREES: (st.info, ":material/compare_arrows:"), trust.UNKNOWN: (st.info, ":material/info:")}
+
+
+def trust_section(rows: pd.DataFrame, pid: str) -> None:
+    """Whether to trust the call on ``pid``: the plain-language line (``dashboards.trust``), the
+    conformal sets, the folds' spread and entropy split, and the distance to the training data."""
+    st.subheader("Trust this call?")
+    hit = rows[rows["patient_id"] == pid]
+    row = hit.iloc[0].to_dict() if len(hit) else {}
+    kind, line = trust.patient_line(row)
+    box, icon = TRUST_BOX[kind]
+    box(line, icon=icon)
+    if kind == trust.UNKNOWN and all(pd.isna(row.get(k)) for k in trust.PATIENT_COLUMNS):
+        return
+    fig = trust.uncertainty_figures(row)
+    c = st.columns(4)
+    for col, level in zip(c, C.CONFORMAL_LEVELS, strict=False):
+        col.metric(f"Set at {round(level * 100)} %", trust.set_text(row.get(C.set_column(level))),
+                   help=f"The labels the model cannot rule out at {round(level * 100)} % coverage: one label, "
+                        "both (not sure) or none (unlike both classes).")
+    c[2].metric("Fold spread", fig["fold spread"],
+                help="Standard deviation of the fold models' own predictive indices: how much the folds disagree.")
+    c[3].metric("Entropy (bits)", fig["entropy"],
+                help="Total predictive entropy of the ensemble over the slices: 0 sure, 1 a coin toss.")
+    notes = [f"entropy split: {fig['entropy split']}" if fig["entropy split"] else "",
+             f"distance to the training data {fig['distance']}: {fig['training data']}"]
+    if isinstance(row.get(C.COL_DEFER_REASON), str) and row[C.COL_DEFER_REASON]:
+        notes.append(f"deferred: {row[C.COL_DEFER_REASON]}")
+    st.caption(" · ".join(n for n in notes if n))
 
 
 def explain_missing(ctx: common.Context, pid: str) -> None:
@@ -130,6 +162,7 @@ if pd.notna(info["location"]) and info["location"]:
 if row["label"] == C.MET and pd.notna(info["primary_tumor"]) and info["primary_tumor"]:
     facts.append(f"{names.primary_name(info['primary_tumor'])} primary")
 st.caption(" · ".join(facts))
+trust_section(data.patient_trust(ctx.src, ctx.run, ctx.cohorts, ctx.sites), pid)
 
 reads = data.reads(ctx.src, ctx.run, (pid,))
 st.subheader("Calls")

@@ -2,7 +2,9 @@
 
 Modules: ``anatomy`` (template), ``lesion`` (class distributions), ``sites`` (scanner profiles),
 ``cohort`` (presets, demographics), ``render`` (images), ``readers`` (simulated radiologists),
-``writer`` (files), ``preview`` (montage), ``features`` (hand-made features for calibration).
+``writer`` (files), ``preview`` (montage), ``features`` (hand-made features for calibration),
+``ood`` (out-of-distribution patients: meningioma, no lesion, swapped sequences; they never change
+the GBM / MET cohort, and have their own ``OOD_VERSION``).
 """
 
 #: Bumped whenever the generator draws different images for the same settings; recorded in

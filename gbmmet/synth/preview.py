@@ -67,3 +67,44 @@ def write_preview(out_dir: Path, path: Path, per_label: int = 2) -> Path:
     fig.savefig(path, dpi=110, facecolor=fig.get_facecolor())
     plt.close(fig)
     return path
+
+
+def write_ood_preview(manifests: list[Path], path: Path, per_kind: int = 1) -> Path:
+    """A montage of OOD patients: CE-T1 (on the T2 slice) and T2 with the ROI outline, one row per
+    patient, the first ``per_kind`` of each manifest (``gbmmet.synth.ood`` folders); returns ``path``.
+
+    The slice is the T2 slice where the ROI is largest (swapped: the file named T2 holds the CE-T1).
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    chosen = [(Path(m).parent, r) for m in manifests for r in _rows(Path(m).parent)[:per_kind]]
+    if not chosen:
+        raise FileNotFoundError(f"no patients in {[str(m) for m in manifests]}")
+    fig, axes = plt.subplots(len(chosen), 2, figsize=(5.2, 2.6 * len(chosen)), squeeze=False)
+    fig.patch.set_facecolor("black")
+    for row, (folder, r) in enumerate(chosen):
+        t2 = sitk.ReadImage(str(folder / r[C.COL_T2_PATH]), sitk.sitkFloat32)
+        t1 = sitk.ReadImage(str(folder / r[C.COL_T1C_PATH]), sitk.sitkFloat32)
+        roi = sitk.GetArrayFromImage(sitk.ReadImage(str(folder / r[C.COL_ROI_PATH])))
+        k = int(np.argmax(roi.reshape(roi.shape[0], -1).sum(1)))
+        a1 = sitk.GetArrayFromImage(sitk.Resample(t1, t2, sitk.Transform(), sitk.sitkLinear, 0.0))[k]
+        a2 = sitk.GetArrayFromImage(t2)[k]
+        sx, sy = t2.GetSpacing()[:2]
+        extent = (0, a2.shape[1] * sx, a2.shape[0] * sy, 0)
+        kind = r.get("ood_kind", "")
+        for col, (img, name) in enumerate(((a1, "file t1c"), (a2, "file t2 + ROI"))):
+            ax = axes[row, col]
+            ax.imshow(_window(img), cmap="gray", extent=extent, interpolation="bilinear")
+            if col == 1:
+                ax.contour(np.linspace(0, extent[1], roi.shape[2]), np.linspace(0, extent[2], roi.shape[1]),
+                           roi[k], levels=[0.5], colors="yellow", linewidths=0.8)
+            ax.set_title(f"{kind} {r[C.COL_PATIENT_ID]}: {name}, slice {k}", color="white", fontsize=7)
+            ax.axis("off")
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=110, facecolor=fig.get_facecolor())
+    plt.close(fig)
+    return path

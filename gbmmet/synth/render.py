@@ -155,8 +155,14 @@ def _bias_field(rng: np.random.Generator, shape_kji: tuple[int, int, int], stren
     return np.exp(log_field).astype(np.float32)
 
 
-def _intensity_and_labels(anatomy: Anatomy, parts: L.LesionParts, lesion: L.LesionParams,
-                          rng: np.random.Generator) -> tuple[dict[str, np.ndarray], np.ndarray]:
+def intensity_and_labels(anatomy: Anatomy, parts: L.LesionParts, lesion: L.LesionParams,
+                          rng: np.random.Generator, mass_t2: float | None = None
+                          ) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Relative intensities of both sequences and the truth labels on the template grid.
+
+    ``lesion`` needs only ``enhancement``, ``nodularity`` and ``edema_t2``; ``mass_t2`` replaces
+    the T2 level of the enhancing part (``TISSUE``), for lesions other than GBM / MET.
+    """
     jit = {seq: {k: v * (1.0 + rng.normal(0.0, TISSUE_JITTER)) for k, v in tab.items()}
            for seq, tab in TISSUE.items()}
     a = anatomy
@@ -178,7 +184,10 @@ def _intensity_and_labels(anatomy: Anatomy, parts: L.LesionParts, lesion: L.Lesi
     for seq in (T1C, T2):
         t = jit[seq]
         edema_level = t["edema"] if seq == T1C else lesion.edema_t2 * (1.0 + 0.04 * tex)
-        enh_level = enh_t1 if seq == T1C else t["enhancing"] * (1.0 + 0.05 * tex)
+        if seq == T1C:
+            enh_level = enh_t1
+        else:
+            enh_level = (t["enhancing"] if mass_t2 is None else mass_t2) * (1.0 + 0.05 * tex)
         lesion_img = (csf2 * t["csf"] + gm2 * t["gm"] + wm2 * t["wm"] + ed * edema_level
                       + parts.enhancing * enh_level + parts.necrosis * t["necrosis"] * (1.0 + 0.05 * tex))
         # Lesions stay inside the intracranial space, so skull and scalp keep their values.
@@ -261,18 +270,30 @@ def patient_reads(spec: PatientSpec, difficulty: float = 0.5, lesion: L.LesionPa
     return [{"patient_id": spec.patient_id, **row} for row in rows]
 
 
-def synthesize_patient(spec: PatientSpec, preset: Preset, difficulty: float = 0.5) -> SyntheticPatient:
-    """Draw one patient's images, ROI, truth and reads; deterministic in (seed, site, index)."""
-    anatomy = load_anatomy(preset.template_mm)
-    profile = get_site(spec.site)
-    seed, site, idx = spec.seed, spec.site, spec.index
-    lesion = patient_lesion(spec, difficulty, anatomy)
-    parts = L.rasterize_lesion(lesion, anatomy)
-    rng_anat = patient_rng(seed, site, idx, STREAM_ANATOMY)
-    images, labels = _intensity_and_labels(anatomy, parts, lesion, rng_anat)
-    template_from_scanner, head = _pose(rng_anat, anatomy)
+@dataclass(frozen=True, eq=False)
+class Scan:
+    """One patient's acquisition: both sequences, their truth labels, the ROI, the motion."""
 
-    rng_scan = patient_rng(seed, site, idx, STREAM_SCANNER)
+    t1c: sitk.Image
+    t2: sitk.Image
+    labels_t1c: sitk.Image
+    labels_t2: sitk.Image
+    roi: sitk.Image
+    roi_slices: list[int]
+    t2_to_t1c: sitk.Euler3DTransform
+
+
+def scan_patient(anatomy: Anatomy, images: dict[str, np.ndarray], labels: np.ndarray, site: str,
+                 preset: Preset, rng_pose: np.random.Generator, rng_scan: np.random.Generator,
+                 rng_roi: np.random.Generator, roi_labels: np.ndarray | None = None) -> Scan:
+    """Pose, acquire (both sequences on the site's native grids) and draw the ROI.
+
+    ``images`` and ``labels`` are on the template grid (``intensity_and_labels``). The ROI is
+    drawn around the mass of ``roi_labels`` (default ``labels``): a template-grid label map
+    whose enhancing / necrosis / oedema voxels say where a reader would draw.
+    """
+    profile = get_site(site)
+    template_from_scanner, head = _pose(rng_pose, anatomy)
     t1_acq, t2_acq = scaled(profile.t1c, preset.voxel_factor), scaled(profile.t2, preset.voxel_factor)
     # Fields of view centred a little above the head's centre (vertex to foramen magnum), as a
     # technologist would place them, within a few mm.
@@ -283,18 +304,35 @@ def synthesize_patient(spec: PatientSpec, preset: Preset, difficulty: float = 0.
     t2_img, t2_lab = _acquire(anatomy, images[T2], labels, t2_grid, template_from_scanner, t2_acq, rng_scan)
     t1_transform = sitk.CompositeTransform([template_from_scanner, motion])
     t1_img, t1_lab = _acquire(anatomy, images[T1C], labels, t1_grid, t1_transform, t1_acq, rng_scan)
+    roi_on = t2_lab
+    if roi_labels is not None:
+        roi_on = sitk.Resample(anatomy.image(roi_labels), t2_grid, template_from_scanner,
+                               sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
+    roi, drawn = draw_roi(roi_on, rng_roi)
+    return Scan(t1c=t1_img, t2=t2_img, labels_t1c=t1_lab, labels_t2=t2_lab, roi=roi, roi_slices=drawn,
+                t2_to_t1c=motion.GetInverse())
 
-    roi, drawn = draw_roi(t2_lab, patient_rng(seed, site, idx, STREAM_ROI))
+
+def synthesize_patient(spec: PatientSpec, preset: Preset, difficulty: float = 0.5) -> SyntheticPatient:
+    """Draw one patient's images, ROI, truth and reads; deterministic in (seed, site, index)."""
+    anatomy = load_anatomy(preset.template_mm)
+    seed, site, idx = spec.seed, spec.site, spec.index
+    lesion = patient_lesion(spec, difficulty, anatomy)
+    parts = L.rasterize_lesion(lesion, anatomy)
+    rng_anat = patient_rng(seed, site, idx, STREAM_ANATOMY)
+    images, labels = intensity_and_labels(anatomy, parts, lesion, rng_anat)
+    scan = scan_patient(anatomy, images, labels, site, preset, rng_anat,
+                        patient_rng(seed, site, idx, STREAM_SCANNER), patient_rng(seed, site, idx, STREAM_ROI))
     reads = patient_reads(spec, difficulty, lesion)
     return SyntheticPatient(
         spec=spec,
         lesion=lesion,
-        t1c=t1_img,
-        t2=t2_img,
-        roi=roi,
-        labels_t1c=t1_lab,
-        labels_t2=t2_lab,
-        t2_to_t1c=motion.GetInverse(),
+        t1c=scan.t1c,
+        t2=scan.t2,
+        roi=scan.roi,
+        labels_t1c=scan.labels_t1c,
+        labels_t2=scan.labels_t2,
+        t2_to_t1c=scan.t2_to_t1c,
         reads=reads,
-        roi_slices=drawn,
+        roi_slices=scan.roi_slices,
     )

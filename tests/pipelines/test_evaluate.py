@@ -207,7 +207,8 @@ def test_calibration_and_patient_flow_tables_are_written(evaluated_lake):
     lake_dir, _, s = evaluated_lake
     lake = Lake(lake_dir)
     cal = lake.read(C.TABLE_CALIBRATION, filter=pc.field("run_id") == "ev").to_pandas()
-    assert set(cal.curve) == {"reliability", "decision"} and set(cal.cohort) == {C.TEST, C.EXTERNAL}
+    probability = cal[cal.curve != C.CURVE_RISK_COVERAGE]  # the risk-coverage curve has its own test
+    assert set(probability.curve) == {"reliability", "decision"} and set(probability.cohort) == {C.TEST, C.EXTERNAL}
     flow = lake.read(C.TABLE_FLOW, filter=pc.field("run_id") == "ev").to_pandas()
     evaluated = flow[flow.stage == "evaluated"].n.sum()
     tested = flow[(flow.stage == "preprocessed") & (flow.cohort != C.TRAIN)].n.sum()
@@ -258,6 +259,18 @@ def test_predict_one_real_patient_with_the_lakes_run(evaluated_lake, tmp_path, c
     assert "call at the paper_youden_internal_test cutoff" in text
     n = int(text.split("fold models, ")[1].split(" ROI slices")[0])
     assert n > 10 and len(list(out.glob("slice*_cam.png"))) == n
+    table = text.index("slice  fold0")  # whether to trust the call comes before the per-slice table
+    for line in ("call: ", "conformal sets: 90 % {", "uncertainty: fold models' indices sd", "out of distribution: "):
+        assert -1 < text.find(line) < table, line
+    assert main(["predict", "--t1c", str(case / "Brats18_2013_3_1_t1ce.nii.gz"), "--t2",
+                 str(case / "Brats18_2013_3_1_t2.nii.gz"), "--roi", str(case / "Brats18_2013_3_1_seg.nii.gz"),
+                 "--lake", str(lake_dir), "--no-cam", "--json"]) == 0
+    got = json.loads(capsys.readouterr().out)
+    trust = got["trust"]
+    assert got["n_slices"] == n and len(got["slices"]) == n
+    assert trust["sets"][C.set_column(0.9)] in (C.GBM, C.MET, C.GBM + C.SET_SEPARATOR + C.MET, "")
+    assert trust["ood"] == (trust["ood_score"] > trust["ood_threshold"])
+    assert ("defer to the readers" in trust["explanation"]) == trust["deferred"]
     # a missing file is a clear error naming it
     assert main(["predict", "--t1c", str(tmp_path / "nope.nii.gz"), "--t2", str(case / "Brats18_2013_3_1_t2.nii.gz"),
                  "--roi", str(case / "Brats18_2013_3_1_seg.nii.gz"), "--lake", str(lake_dir)]) == 2
@@ -288,3 +301,79 @@ def test_train_and_evaluate_records_hold_the_versions_that_reproduce_what_they_r
     readers = catalog.query(lake, readers_sql, versions=run_versions(lake, "ev", "evaluate")).column(0).to_pylist()
     assert readers == json.loads(runs["evaluate"]["timings"])["readers"] == ["reader1", "reader2"]
     assert catalog.query(lake, readers_sql).column(0).to_pylist() == ["reader1", "reader2", "reader3"]
+
+
+# ---------------------------------------------------------------------------------------------
+# when not to trust a call (pipelines.trust): every column recomputed from the lake's own rows
+# ---------------------------------------------------------------------------------------------
+def _eval_config(lake) -> dict:
+    rec = [r for r in lake.read(C.TABLE_RUNS).to_pylist() if r["run_id"] == "ev" and r["kind"] == "evaluate"][-1]
+    return json.loads(rec["config"])
+
+
+def test_each_patients_uncertainty_recomputes_from_the_fold_models_slice_rows(evaluated_lake):
+    from gbmmet.uncertainty import patient_uncertainty
+
+    lake = Lake(evaluated_lake[0])
+    pp = _pp(lake).drop_duplicates(C.COL_PATIENT_ID).set_index(C.COL_PATIENT_ID)
+    sp = lake.read(C.TABLE_SLICE_PREDICTIONS, filter=(pc.field("run_id") == "ev") & pc.field("fold").is_valid()
+                   & (pc.field(C.COL_SPLIT) != C.TRAIN)).to_pandas()
+    wide = sp.pivot_table(index=[C.COL_PATIENT_ID, "slice_index"], columns="fold", values="prob_gbm").sort_index()
+    expected = patient_uncertainty(wide.index.get_level_values(0).to_numpy(str), wide.to_numpy().T)
+    assert set(expected) == set(pp.index)
+    for p, u in expected.items():
+        assert pp.loc[p, C.COL_INDEX_FOLD_SD] == pytest.approx(u.index_fold_sd)
+        assert pp.loc[p, C.COL_ENTROPY_TOTAL] == pytest.approx(u.entropy_total)
+        assert pp.loc[p, C.COL_ENTROPY_TOTAL] == pytest.approx(pp.loc[p, C.COL_ENTROPY_ALEATORIC]
+                                                               + pp.loc[p, C.COL_MUTUAL_INFORMATION])
+
+
+def test_conformal_sets_follow_from_the_recorded_thresholds_fitted_on_out_of_fold_training_patients(evaluated_lake):
+    from gbmmet.conformal import ClassConditionalConformal
+
+    lake = Lake(evaluated_lake[0])
+    conformal = _eval_config(lake)["trust"]["conformal"]
+    n_train = lake.read(C.TABLE_PATIENTS, filter=pc.field(C.COL_SPLIT) == C.TRAIN).num_rows
+    assert conformal["calibration"] == "oof" and conformal["n_calibration"] == n_train
+    pp = _pp(lake).drop_duplicates(C.COL_PATIENT_ID)
+    sets = ClassConditionalConformal.from_summary(conformal).predict_sets(pp["predictive_index"].to_numpy())
+    for level in C.CONFORMAL_LEVELS:
+        assert list(pp[C.set_column(level)]) == list(sets[level])
+        assert set(pp[C.set_column(level)]) <= {C.GBM, C.MET, C.GBM + C.SET_SEPARATOR + C.MET, ""}
+
+
+def test_the_ood_flag_is_a_score_above_a_threshold_fixed_on_validation_patients(evaluated_lake):
+    lake = Lake(evaluated_lake[0])
+    pp = _pp(lake).drop_duplicates(C.COL_PATIENT_ID)
+    ood = _eval_config(lake)["trust"]["ood"]
+    val = pp[pp[C.COL_SPLIT] == C.VAL][C.COL_OOD_SCORE].to_numpy()
+    assert ood["threshold"] == pytest.approx(np.quantile(val, ood["quantile"], method="higher"))
+    assert (pp[C.COL_OOD_THRESHOLD] == ood["threshold"]).all()
+    assert list(pp[C.COL_OOD]) == list(pp[C.COL_OOD_SCORE] > ood["threshold"])
+
+
+def test_a_patient_is_deferred_exactly_when_its_90_set_is_not_one_label_or_it_is_ood(evaluated_lake):
+    from gbmmet.trust import labels_of
+
+    pp = _pp(Lake(evaluated_lake[0])).drop_duplicates(C.COL_PATIENT_ID)
+    expected = [len(labels_of(s)) != 1 or bool(o) for s, o in zip(pp[C.set_column(C.DEFERRAL_LEVEL)], pp[C.COL_OOD],
+                                                                   strict=True)]
+    assert list(pp[C.COL_DEFERRED]) == expected
+    assert all((r is None) != d for r, d in zip(pp[C.COL_DEFER_REASON], pp[C.COL_DEFERRED], strict=True))
+
+
+def test_trust_metrics_and_the_risk_coverage_curve_are_written_for_every_cohort(evaluated_lake):
+    lake = Lake(evaluated_lake[0])
+    m = lake.read(C.TABLE_METRICS, filter=pc.field("run_id") == "ev").to_pandas()
+    pp = _pp(lake)
+    at_val = pp[pp["cutoff_kind"] == CUT_VAL]
+    for cohort in (C.VAL, C.TEST, C.EXTERNAL):
+        rows = m[(m["cohort"] == cohort) & (m["ci_method"] == C.CI_WILSON)].set_index("metric")
+        for level in C.CONFORMAL_LEVELS:
+            assert "conformal_coverage_gbm" + C.level_suffix(level) in rows.index
+        mine = at_val[at_val[C.COL_SPLIT] == cohort]
+        assert rows.loc["deferred_share", "value"] == pytest.approx(mine[C.COL_DEFERRED].mean())
+        curve = lake.read(C.TABLE_CALIBRATION, filter=(pc.field("run_id") == "ev") & (pc.field("cohort") == cohort)
+                          & (pc.field("curve") == C.CURVE_RISK_COVERAGE)).to_pandas().sort_values("x")
+        assert curve["x"].iloc[-1] == pytest.approx(1.0) and curve["n"].iloc[-1] == len(mine)
+        assert curve["y"].iloc[-1] == pytest.approx((mine[C.COL_CALL] == mine[C.COL_LABEL]).mean())

@@ -1,0 +1,147 @@
+"""Evaluation's wiring of "when not to trust a call" (the rules: ``gbmmet.trust`` and the modules
+it names): it reads the run's fold predictions and backbone features from the lake, calls the
+pure functions, and adds to every evaluated patient its uncertainty, out-of-distribution score and
+flag, conformal sets and deferral; it returns what the evaluation record keeps (the fitted
+detector's and conformal sets' summaries) and each cohort's metric and curve rows.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from gbmmet import constants as C
+
+EVAL_SPLITS = (C.VAL, C.TEST, C.EXTERNAL)
+
+
+def fold_probabilities(lake, run: str, splits) -> tuple[np.ndarray, np.ndarray]:
+    """(patient id per slice, P(GBM) (folds, slices)) of run ``run``'s fold models on the slices
+    of ``splits``, slices in patient / slice order. Training slices hold one fold (out of fold)."""
+    import pyarrow.compute as pc
+
+    t = lake.read(C.TABLE_SLICE_PREDICTIONS, columns=[C.COL_PATIENT_ID, "slice_index", "fold", "prob_gbm"],
+                  filter=(pc.field("run_id") == run) & pc.field(C.COL_SPLIT).isin(list(splits))
+                  & pc.field("fold").is_valid()).to_pandas()
+    if t.empty:
+        return np.array([], str), np.zeros((0, 0), np.float32)
+    wide = t.pivot_table(index=[C.COL_PATIENT_ID, "slice_index"], columns="fold", values="prob_gbm",
+                         aggfunc="first").sort_index()
+    return wide.index.get_level_values(0).to_numpy(str), wide.to_numpy(np.float64).T
+
+
+def _uncertainty(lake, run: str, pat: dict) -> None:
+    from gbmmet.uncertainty import patient_uncertainty
+
+    pids, probs = fold_probabilities(lake, run, EVAL_SPLITS)
+    for p, u in (patient_uncertainty(pids, probs).items() if len(pids) else ()):
+        if p in pat:
+            pat[p].update({C.COL_INDEX_FOLD_SD: u.index_fold_sd, C.COL_ENTROPY_TOTAL: u.entropy_total,
+                           C.COL_ENTROPY_ALEATORIC: u.entropy_aleatoric,
+                           C.COL_MUTUAL_INFORMATION: u.mutual_information})
+
+
+def fit_ood(lake, backbone_id: str, settings, echo=print):
+    """The out-of-distribution detector of ``backbone_id``'s features: fitted on the training
+    slices, its threshold fixed on the validation patients. None (and a note) where either is
+    missing."""
+    from gbmmet.ood import OodDetector
+    from pipelines.train import load_feature_matrix
+
+    _, train = load_feature_matrix(lake, backbone_id, C.TRAIN)
+    meta, val = load_feature_matrix(lake, backbone_id, C.VAL)
+    if not len(train) or not len(val):
+        echo(f"  note: no out-of-distribution flag: no {backbone_id} features of "
+             f"{'training slices' if not len(train) else 'validation patients'} (run `gbmmet features`)")
+        return None
+    return OodDetector(settings.ood_settings()).fit(train, val, meta.column(C.COL_PATIENT_ID).to_numpy())
+
+
+def _ood(lake, rec: dict, pat: dict, settings, echo) -> dict | None:
+    from pipelines.train import load_feature_matrix
+
+    detector = fit_ood(lake, rec["backbone_id"], settings, echo)
+    if detector is None:
+        return None
+    for split in EVAL_SPLITS:
+        meta, X = load_feature_matrix(lake, rec["backbone_id"], split)
+        if not len(X):
+            continue
+        for p, score in detector.patient_scores(X, meta.column(C.COL_PATIENT_ID).to_numpy()).items():
+            if p in pat:
+                pat[p].update({C.COL_OOD_SCORE: score, C.COL_OOD_THRESHOLD: detector.threshold_,
+                               C.COL_OOD: bool(detector.flag(score))})
+    return detector.summary()
+
+
+def _calibration_patients(lake, run: str, pat: dict, settings) -> tuple[np.ndarray, np.ndarray]:
+    """(predictive index, 1 where GBM) of the patients that calibrate the conformal sets."""
+    from gbmmet.evaluation import patient_scores
+
+    if settings.calibration == "val":
+        ps = sorted(p for p, d in pat.items() if d[C.COL_SPLIT] == C.VAL)
+        return (np.array([pat[p]["index"] for p in ps]),
+                np.array([pat[p][C.COL_LABEL] == C.GBM for p in ps], int))
+    pids, probs = fold_probabilities(lake, run, (C.TRAIN,))
+    if not len(pids):
+        return np.zeros(0), np.zeros(0, int)
+    prob = np.nanmax(probs, axis=0)  # one fold per training slice: the one that held it out
+    scores = patient_scores(pids, prob >= 0.5, prob)
+    labels = {r[C.COL_PATIENT_ID]: r[C.COL_LABEL]
+              for r in lake.read(C.TABLE_PATIENTS, columns=[C.COL_PATIENT_ID, C.COL_LABEL]).to_pylist()}
+    ps = sorted(p for p in scores if p in labels)
+    return np.array([scores[p].index for p in ps]), np.array([labels[p] == C.GBM for p in ps], int)
+
+
+def _conformal(lake, run: str, pat: dict, settings, echo) -> dict | None:
+    from gbmmet.conformal import ClassConditionalConformal
+
+    index, y = _calibration_patients(lake, run, pat, settings)
+    if not len(y):
+        echo(f"  note: no conformal sets: no {settings.calibration} patients to calibrate them")
+        return None
+    conformal = ClassConditionalConformal(settings.levels).fit(index, y)
+    for note in conformal.notes_:
+        echo("  note: conformal sets: " + note)
+    ps = sorted(pat)
+    sets = conformal.predict_sets(np.array([pat[p]["index"] for p in ps]))
+    for level, column in sets.items():
+        for p, s in zip(ps, column, strict=True):
+            pat[p][C.set_column(level)] = s
+    return {**conformal.summary(), "calibration": settings.calibration, "n_calibration": int(len(y))}
+
+
+def decision_cutoff(cutoffs: dict):
+    """The cutoff the deferral rule and the risk-coverage curve use: the leakage-free one."""
+    return cutoffs.get(C.CUTOFF_VAL) or cutoffs[C.CUTOFF_PAPER]
+
+
+def assess(lake, rec: dict, pat: dict, cutoffs: dict, settings, echo=print) -> tuple[dict, list[dict], list[dict]]:
+    """Add the trust columns to every patient of ``pat`` (in place); return the record's part
+    (detector and conformal summaries, the cutoff used) and the ``metrics`` and ``calibration``
+    rows of every cohort (without ``run_id``)."""
+    from gbmmet.trust import cohort_rows
+
+    run = rec["run_id"]
+    _uncertainty(lake, run, pat)
+    ood = _ood(lake, rec, pat, settings, echo)
+    conformal = _conformal(lake, run, pat, settings, echo)
+    cut = decision_cutoff(cutoffs)
+    mrows, crows = [], []
+    for cohort in EVAL_SPLITS:
+        ps = sorted(p for p, d in pat.items() if d[C.COL_SPLIT] == cohort)
+        if not ps:
+            continue
+        calls = [C.GBM if pat[p]["index"] >= cut.value else C.MET for p in ps]
+        y = [int(pat[p][C.COL_LABEL] == C.GBM) for p in ps]
+        sets = {lv: [pat[p][C.set_column(lv)] for p in ps] for lv in settings.levels} if conformal else {}
+        entropy = [pat[p].get(C.COL_ENTROPY_TOTAL, np.nan) for p in ps]
+        rows, curve, defer = cohort_rows(calls, y, sets, [pat[p].get(C.COL_OOD) for p in ps], entropy, settings)
+        if defer is not None:
+            for p, d, why in zip(ps, defer.deferred, defer.reasons, strict=True):
+                pat[p].update({C.COL_DEFERRED: bool(d), C.COL_DEFER_REASON: why})
+        base = {"cohort": cohort, "subgroup": "all", "rater": C.MODEL_RATER, C.COL_ASSISTED: None,
+                "ci_choice": None}
+        mrows += [{**base, "cutoff_kind": cut.kind if not r["metric"].startswith("conformal") else None, **r}
+                  for r in rows]
+        crows += [{"cohort": cohort, **r} for r in curve]
+    return {"ood": ood, "conformal": conformal, "cutoff_kind": cut.kind}, mrows, crows

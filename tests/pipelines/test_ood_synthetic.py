@@ -1,0 +1,74 @@
+"""The out-of-distribution score on synthetic cases that are neither GBM nor MET (issue: know
+when not to trust a call): meningiomas, ROIs on normal brain, and patients whose CE-T1 and T2
+files are swapped, each against the in-distribution internal test and external patients, with
+the detector evaluation fits (training slices; threshold on validation patients) on the backbone
+users get offline (EfficientNet-Lite0, ImageNet weights)."""
+
+from __future__ import annotations
+
+import csv
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sklearn.metrics import roc_auc_score
+
+from gbmmet import constants as C
+from gbmmet.preprocess.patient import preprocess_patient
+from gbmmet.synth.ood import OOD_KINDS
+from gbmmet.trust import TrustSettings
+from pipelines.features import embed, run_features
+from pipelines.synth import SynthConfig, run_synth
+from pipelines.train import load_feature_matrix
+from pipelines.trust import fit_ood
+from storage.lake import Lake
+
+pytestmark = pytest.mark.slow
+PER_KIND = 4  # the tiny preset's test + external hold 8 patients: as many swapped as it allows
+
+
+@pytest.fixture(scope="module")
+def scored(tiny_cohort, tiny_lake, tmp_path_factory, fast_params):
+    """Patient OOD scores: in-distribution (test + external) and each OOD kind, and the threshold."""
+    src, _, _ = tiny_lake
+    lake_dir = tmp_path_factory.mktemp("ood") / "lake"
+    shutil.copytree(src, lake_dir, ignore=shutil.ignore_patterns("runs", "catalog.duckdb"))
+    features = run_features(str(lake_dir), show_progress=False)
+    assert not features.failed
+    lake = Lake(lake_dir)
+    backbone_id = lake.read(C.TABLE_FEATURES, columns=["backbone"]).column("backbone")[0].as_py()
+    detector = fit_ood(lake, backbone_id, TrustSettings())
+    inside = {}
+    for split in (C.TEST, C.EXTERNAL):
+        meta, X = load_feature_matrix(lake, backbone_id, split)
+        inside.update(detector.patient_scores(X, meta.column(C.COL_PATIENT_ID).to_numpy()))
+    cohort = tmp_path_factory.mktemp("ood-cohort") / "cohort"
+    shutil.copytree(tiny_cohort, cohort)
+    result = run_synth(SynthConfig(preset="tiny", out=cohort, seed=0, truth=True, ood=OOD_KINDS, ood_count=PER_KIND),
+                       workers=0, show_progress=False)
+    assert not result.failed and set(result.ood_manifests) == set(OOD_KINDS)
+    outside = {}
+    for kind, manifest in result.ood_manifests.items():
+        manifest = Path(manifest)
+        rows = list(csv.DictReader(manifest.open()))
+        assert len(rows) == PER_KIND
+        for r in rows:
+            out = preprocess_patient(*(str(manifest.parent / r[c]) for c in (C.COL_T1C_PATH, C.COL_T2_PATH,
+                                                                              C.COL_ROI_PATH)),
+                                     fast_params, patient_id=r[C.COL_PATIENT_ID])
+            X, _ = embed(out.images, backbone_id.split("@")[0])
+            outside.setdefault(kind, []).append(detector.patient_scores(X, ["new"] * len(X))["new"])
+    return inside, outside, detector.threshold_
+
+
+@pytest.mark.parametrize("kind", OOD_KINDS)
+def test_the_ood_score_separates_each_synthetic_kind_from_in_distribution_test_patients(scored, kind):
+    inside, outside, threshold = scored
+    scores = np.r_[list(inside.values()), outside[kind]]
+    y = np.r_[np.zeros(len(inside)), np.ones(len(outside[kind]))]
+    auroc = roc_auc_score(y, scores)
+    flagged = np.mean(np.asarray(outside[kind]) > threshold)
+    print(f"\nOOD {kind}: AUROC {auroc:.3f} against {len(inside)} test/external patients; "
+          f"{flagged:.0%} of {len(outside[kind])} flagged (threshold {threshold:.3f})")
+    assert auroc >= 0.9
