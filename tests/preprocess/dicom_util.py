@@ -8,7 +8,9 @@ import numpy as np
 import SimpleITK as sitk
 
 
-def write_series(img: sitk.Image, folder: Path, series_uid: str, prefix: str = "IM") -> list[Path]:
+def write_series(img: sitk.Image, folder: Path, series_uid: str, prefix: str = "IM",
+                 tags: dict[str, str] | None = None) -> list[Path]:
+    """``tags`` ("gggg|eeee" -> value) are added to every slice (series description, echo time...)."""
     folder.mkdir(parents=True, exist_ok=True)
     img = sitk.Cast(sitk.RescaleIntensity(img, 0, 4000), sitk.sitkInt16)
     direction = img.GetDirection()
@@ -19,7 +21,7 @@ def write_series(img: sitk.Image, folder: Path, series_uid: str, prefix: str = "
     for k in range(img.GetDepth()):
         s = img[:, :, k]
         pos = img.TransformIndexToPhysicalPoint((0, 0, k))
-        tags = {
+        meta = {
             "0008|0060": "MR",
             "0020|000d": "1.2.826.0.1.3680043.2.1125.1",
             "0020|000e": series_uid,
@@ -29,8 +31,9 @@ def write_series(img: sitk.Image, folder: Path, series_uid: str, prefix: str = "
             "0028|0030": f"{img.GetSpacing()[1]:.6f}\\{img.GetSpacing()[0]:.6f}",
             "0018|0050": f"{img.GetSpacing()[2]:.6f}",
             "0008|0018": f"{series_uid}.{k + 1}",
+            **(tags or {}),
         }
-        for key, value in tags.items():
+        for key, value in meta.items():
             s.SetMetaData(key, value)
         path = folder / f"{prefix}{k:04d}.dcm"
         writer.SetFileName(str(path))
