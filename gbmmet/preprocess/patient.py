@@ -13,7 +13,7 @@ import SimpleITK as sitk
 
 from gbmmet import io
 from gbmmet.errors import ImageContentError, NormalizationError, RoiError
-from gbmmet.preprocess import bias, register, resample, slices, whitestripe
+from gbmmet.preprocess import bias, register, resample, skull, slices, whitestripe
 from gbmmet.preprocess.params import PreprocessParams
 
 STEPS = ("read", "n4", "resample", "register", "whitestripe", "slices")
@@ -29,10 +29,31 @@ class PatientOutput:
     registration_metric: float = float("nan")
     registration: sitk.Euler3DTransform | None = None
     ws: dict[str, whitestripe.WhiteStripe] = field(default_factory=dict)
+    background_zero_share: float = float("nan")  # of the T2 (``gbmmet.preprocess.skull``)
+    skull_stripped: bool = False
+    qc: QCInputs | None = None  # only with ``preprocess_patient(..., qc=True)``
 
 
-def _fit_mask(t2_iso: sitk.Image, roi_iso: sitk.Image, p: PreprocessParams, patient_id: str | None) -> np.ndarray:
-    """Where WhiteStripe is fit: inside the head eroded (no scalp, no skull), outside the ROI.
+@dataclass(frozen=True)
+class QCInputs:
+    """What the QC panels (``gbmmet.preprocess.qc_panels``) are drawn from: the images before and
+    after N4 on their own LPS grids, the CE-T1 on the 1 mm grid before registration, the T2 on it,
+    and, per sequence, the histogram of the voxels WhiteStripe was fit on (counts, bin edges)."""
+
+    t1_raw: sitk.Image
+    t1_n4: sitk.Image
+    t2_raw: sitk.Image
+    t2_n4: sitk.Image
+    t1_iso: sitk.Image
+    t2_iso: sitk.Image
+    histograms: dict[str, tuple[np.ndarray, np.ndarray]]
+
+
+def _fit_mask(t2_iso: sitk.Image, roi_iso: sitk.Image, p: PreprocessParams, patient_id: str | None
+              ) -> tuple[np.ndarray, float]:
+    """Where WhiteStripe is fit: inside the head eroded (no scalp, no skull), outside the ROI; and
+    the T2's share of exact zeros outside the head (``skull``: 0.95 and more, skull-stripped).
+    A skull-stripped brain is eroded too (why: ``gbmmet.preprocess.skull``).
 
     Distances are computed on a 2x block-averaged grid (a quarter of a second instead of a
     second and a half) and the mask brought back to the full grid.
@@ -41,6 +62,7 @@ def _fit_mask(t2_iso: sitk.Image, roi_iso: sitk.Image, p: PreprocessParams, pati
     t2_iso = sitk.BinShrink(t2_iso, [2] * 3)
     roi_iso = sitk.Cast(sitk.BinShrink(sitk.Cast(roi_iso, sitk.sitkFloat32), [2] * 3) > 0, sitk.sitkUInt8)
     head = bias.head_mask(t2_iso)
+    zero_share = skull.background_zero_share(sitk.GetArrayViewFromImage(t2_iso), sitk.GetArrayViewFromImage(head))
     inside = sitk.SignedMaurerDistanceMap(head, insideIsPositive=True, squaredDistance=False, useImageSpacing=True)
     depth = sitk.GetArrayFromImage(inside)
     roi_dist = sitk.SignedMaurerDistanceMap(roi_iso, insideIsPositive=False, squaredDistance=False, useImageSpacing=True)
@@ -51,14 +73,15 @@ def _fit_mask(t2_iso: sitk.Image, roi_iso: sitk.Image, p: PreprocessParams, pati
             small = sitk.GetImageFromArray(mask.astype(np.uint8))
             small.CopyInformation(t2_iso)
             up = sitk.Resample(small, full, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
-            return sitk.GetArrayFromImage(up).astype(bool)
+            return sitk.GetArrayFromImage(up).astype(bool), zero_share
     raise NormalizationError(f"patient {patient_id}: no brain left to fit WhiteStripe on outside the ROI",
                              patient_id=patient_id)
 
 
 def preprocess_patient(t1c_path: str, t2_path: str, roi_path: str, params: PreprocessParams | None = None,
-                       *, patient_id: str | None = None) -> PatientOutput:
-    """Run one patient through every step.
+                       *, patient_id: str | None = None, qc: bool = False) -> PatientOutput:
+    """Run one patient through every step; with ``qc``, keep what the QC panels are drawn from
+    (``PatientOutput.qc``: references to images made anyway, and two histograms).
 
     Raises:
         PatientError subclasses naming the patient and the file: missing or unreadable images,
@@ -92,6 +115,7 @@ def preprocess_patient(t1c_path: str, t2_path: str, roi_path: str, params: Prepr
         raise RoiError(f"patient {patient_id}: ROI {roi_path} is empty", patient_id=patient_id, path=roi_path)
     lap("read")
 
+    t1_raw = t1
     t1 = bias.n4_correct(t1, backend=p.n4.backend, shrink=p.n4.shrink, iterations=p.n4.iterations,
                          convergence=p.n4.convergence)
     t2_n4 = bias.n4_correct(t2, backend=p.n4.backend, shrink=p.n4.shrink, iterations=p.n4.iterations,
@@ -113,14 +137,13 @@ def preprocess_patient(t1c_path: str, t2_path: str, roi_path: str, params: Prepr
     t1_on_t2 = sitk.Resample(t1_iso, t2_iso, reg.transform, sitk.sitkLinear, 0.0, sitk.sitkFloat32)
     lap("register")
 
-    mask = _fit_mask(t2_iso, roi_iso, p, patient_id)
+    mask, zero_share = _fit_mask(t2_iso, roi_iso, p, patient_id)
     w = p.whitestripe
-    ws = {
-        "t1c": whitestripe.fit_whitestripe(sitk.GetArrayViewFromImage(t1_on_t2), mask & (sitk.GetArrayViewFromImage(t1_on_t2) > 0),
-                                           "t1", width=w.width, max_samples=w.kde_samples, patient_id=patient_id),
-        "t2": whitestripe.fit_whitestripe(sitk.GetArrayViewFromImage(t2_iso), mask, "t2", width=w.width,
-                                          max_samples=w.kde_samples, patient_id=patient_id),
-    }
+    fit = {"t1c": (sitk.GetArrayViewFromImage(t1_on_t2), mask & (sitk.GetArrayViewFromImage(t1_on_t2) > 0), "t1"),
+           "t2": (sitk.GetArrayViewFromImage(t2_iso), mask & (sitk.GetArrayViewFromImage(t2_iso) > 0), "t2")}
+    ws = {name: whitestripe.fit_whitestripe(data, where, modality, width=w.width, max_samples=w.kde_samples,
+                                            patient_id=patient_id)
+          for name, (data, where, modality) in fit.items()}
     lap("whitestripe")
 
     s = p.slices
@@ -132,5 +155,14 @@ def preprocess_patient(t1c_path: str, t2_path: str, roi_path: str, params: Prepr
         for c, name in enumerate(s.channels):
             images[n, c] = slices.to_uint8(sampled[name], *s.ws_range[name])
     lap("slices")
+    kept = QCInputs(t1_raw, t1, t2, t2_n4, t1_iso, t2_iso, {name: _histogram(data[where]) for name, (data, where, _) in
+                                                           fit.items()}) if qc else None
     return PatientOutput(images=images, boxes=boxes, seconds=sec, registration_metric=reg.metric,
-                         registration=reg.transform, ws=ws)
+                         registration=reg.transform, ws=ws, background_zero_share=zero_share,
+                         skull_stripped=skull.is_skull_stripped(zero_share), qc=kept)
+
+
+def _histogram(values: np.ndarray, bins: int = 96) -> tuple[np.ndarray, np.ndarray]:
+    """(counts, edges) of ``values`` between their 0.5th and 99.5th percentiles."""
+    lo, hi = np.percentile(values, (0.5, 99.5))
+    return np.histogram(values, bins=bins, range=(float(lo), float(hi) if hi > lo else float(lo) + 1.0))

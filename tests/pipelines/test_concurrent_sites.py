@@ -23,7 +23,7 @@ from storage.lake import Lake
 
 ROOT = Path(__file__).resolve().parents[2]
 PER_SITE = 4
-TABLES = (C.TABLE_SLICES, C.TABLE_PREPROCESS_RUNS, C.TABLE_PATIENTS)
+TABLES = (C.TABLE_SLICES, C.TABLE_QC_PANELS, C.TABLE_PREPROCESS_RUNS, C.TABLE_PATIENTS)
 
 
 def _site(tiny_cohort: Path, tmp_path: Path, site: str) -> Path:

@@ -141,16 +141,17 @@ def test_each_batch_lands_in_slices_runs_and_patients_together(tiny_cohort, tmp_
     batch = BatchSettings(patients=2)
     summary = run_preprocess([manifest], lake_dir, params=fast_params, workers=0, show_progress=False, batch=batch)
     assert len(summary.ok) == 4 and summary.batch == batch
-    # two batches of three commits; no QC verdict yet (4 patients are too few to compare)
-    assert summary.batches == 2 and summary.commits == 6 and len(summary.qc_pending) == 4
+    # two batches of four commits; no QC verdict yet (4 patients are too few to compare)
+    assert summary.batches == 2 and summary.commits == 8 and len(summary.qc_pending) == 4
     lake = Lake(lake_dir)
-    tables = (C.TABLE_SLICES, C.TABLE_PREPROCESS_RUNS, C.TABLE_PATIENTS)
-    assert [lake.version(t) for t in tables] == [1, 1, 1]
-    for version, n in ((0, 2), (1, 4)):  # each version of the three holds the same patients
+    tables = (C.TABLE_SLICES, C.TABLE_QC_PANELS, C.TABLE_PREPROCESS_RUNS, C.TABLE_PATIENTS)
+    assert [lake.version(t) for t in tables] == [1, 1, 1, 1]
+    for version, n in ((0, 2), (1, 4)):  # each version of the four holds the same patients
         at = lake.at(dict.fromkeys(tables, version))
         patients = _ids(at, C.TABLE_PATIENTS)
         assert len(patients) == n
         assert sorted(set(_ids(at, C.TABLE_SLICES))) == _ids(at, C.TABLE_PREPROCESS_RUNS) == patients
+        assert sorted(set(_ids(at, C.TABLE_QC_PANELS))) == patients
 
 
 def test_a_batch_is_committed_once_its_seconds_have_passed_however_few_its_patients(tiny_cohort, tmp_path,
@@ -159,7 +160,7 @@ def test_a_batch_is_committed_once_its_seconds_have_passed_however_few_its_patie
     batch = BatchSettings(patients=100, seconds=0.01)
     summary = run_preprocess([manifest], tmp_path / "lake", params=fast_params, workers=0, show_progress=False,
                              batch=batch)
-    assert len(summary.ok) == 2 and summary.batches == 2 and summary.commits == 6
+    assert len(summary.ok) == 2 and summary.batches == 2 and summary.commits == 8
     assert Lake(tmp_path / "lake").version(C.TABLE_PATIENTS) == 1
 
 

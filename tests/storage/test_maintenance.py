@@ -62,6 +62,7 @@ def patient_lake(root: Path, raw_ids=("A0001", "A0002", "A0003")) -> tuple[Lake,
         C.TABLE_CAMS: dict(run_id="r1", slice_index=0, cam=b"\x00\x01"),
         C.TABLE_ACCESS_LOG: {C.COL_USER: "a@x.org", C.COL_TIME: dt.datetime(2026, 1, 1, tzinfo=dt.UTC),
                              C.COL_PAGE: "patient", C.COL_SITE: "siteA", "run_id": "r1"},
+        C.TABLE_QC_PANELS: dict(site="siteA", attempt_id="a1", panel="roi_slices", png=b"\x89PNG"),
     }
     for name, values in rows.items():
         table = pa.Table.from_pylist([row_of(name, **values, **{C.COL_PATIENT_ID: pid}) for pid in pids])
@@ -469,7 +470,7 @@ def test_lake_forget_prints_the_rows_removed_and_reminds_to_vacuum(tmp_path, cap
     patient_lake(tmp_path / "lake")
     code, output = lake_cli(capsys, "forget", "--lake", str(tmp_path / "lake"), "--site", "siteA", "--patient", "A0001")
     assert code == 0, output
-    assert "removed 11 rows" in output and "gbmmet lake vacuum" in output
+    assert f"removed {len(PATIENT_TABLES) + 1} rows" in output and "gbmmet lake vacuum" in output  # slices: 2
     assert "--retain-hours 0" in output
 
 
