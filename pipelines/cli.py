@@ -293,14 +293,15 @@ def _print_report(lake: str, run: str, ci: str) -> None:
     """The headline table, the paired differences and the patient flow of run ``run``."""
     from rich.console import Console
 
-    from pipelines.report import difference_table, flow_table, headline_table
+    from pipelines.report import difference_table, flow_table, headline_table, trust_table
     from storage import catalog
     from storage.lake import Lake
 
     con = catalog.connect(Lake(lake))
     try:
         console = Console(width=200)
-        for part in (headline_table(con, run, ci), difference_table(con, run), flow_table(con, run)):
+        for part in (headline_table(con, run, ci), difference_table(con, run), trust_table(con, run),
+                     flow_table(con, run)):
             for item in part:
                 console.print(item)
     finally:

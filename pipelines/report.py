@@ -15,6 +15,7 @@ from storage.queries import (
     flow_rows,
     format_estimate,
     paper_table,
+    trust_rows,
 )
 
 HEADINGS = {"recall": "sensitivity", "precision": "PPV", "auc": "AUC", "f1": "F1"}
@@ -94,3 +95,31 @@ def _p(p) -> str:
     if p is None or p != p:
         return ""
     return "<0.001" if p < 0.001 else f"{p:.3f}"
+
+
+def trust_table(con, run: str) -> list:
+    """When not to trust a call, per cohort: conformal coverage of each class and two-label sets
+    at the deferral level, the share deferred and the accuracy of the calls kept (Wilson CIs)."""
+    from rich.table import Table
+
+    rows = trust_rows(con, run)
+    if not rows:
+        return []
+    sfx = C.level_suffix(C.DEFERRAL_LEVEL)
+    pct = f"{round(C.DEFERRAL_LEVEL * 100)} %"
+    columns = {f"coverage of GBMs ({pct} set)": "conformal_coverage_gbm" + sfx,
+               f"coverage of METs ({pct} set)": "conformal_coverage_met" + sfx,
+               f"two-label sets ({pct})": "conformal_two_label" + sfx, "deferred": "deferred_share",
+               "accuracy of calls kept": "accuracy_kept", "accuracy of all calls": "accuracy_all"}
+    table = Table(title=f"run {run}: when not to trust a call (95 % CI: Wilson)",
+                  caption=f"deferred: the {pct} conformal set is not one label, or the patient is out of distribution")
+    table.add_column("cohort")
+    for col in columns:
+        table.add_column(col, justify="right")
+    for cohort, metrics in rows.items():
+        cells = []
+        for metric in columns.values():
+            m = metrics.get(metric)
+            cells.append("-" if m is None or m["value"] is None else format_estimate(m["value"], m["ci_low"], m["ci_high"]))
+        table.add_row(cohort, *cells)
+    return [table]

@@ -223,6 +223,7 @@ def test_the_cli_prints_the_table_differences_and_flow(evaluated_lake, capsys):
     out = capsys.readouterr().out
     assert "reader1 + model" in out and "external" in out and "cutoffs paper_youden_internal_test" in out
     assert "bootstrap_bca" in out and "paired differences" in out and "patient flow" in out
+    assert "when not to trust a call" in out and "coverage of GBMs (90 % set)" in out
     assert main(["evaluate", "--lake", str(lake_dir), "--resamples", "100", "--ci", "paper_subsample90"]) == 0
     assert "reproduction" in capsys.readouterr().out
     assert main(["evaluate", "--lake", str(lake_dir), "--primary", "model,reader1"]) == 2
