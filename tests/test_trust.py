@@ -10,7 +10,16 @@ import pytest
 from gbmmet import constants as C
 from gbmmet.conformal import ClassConditionalConformal
 from gbmmet.model.ensemble import ensemble_vote
-from gbmmet.trust import DEFER, DISAGREES, ONE_LABEL, UNKNOWN, TrustSettings, cohort_rows, explain, labels_of
+from gbmmet.trust import (
+    DEFER,
+    DISAGREES,
+    ONE_LABEL,
+    UNKNOWN,
+    TrustSettings,
+    cohort_rows,
+    explain,
+    labels_of,
+)
 
 BOTH = C.GBM + C.SET_SEPARATOR + C.MET
 
