@@ -102,15 +102,15 @@ def trust_table(con, run: str) -> list:
     at the deferral level, the share deferred and the accuracy of the calls kept (Wilson CIs)."""
     from rich.table import Table
 
-    rows = trust_rows(con, run)
-    if not rows:
-        return []
     sfx = C.level_suffix(C.DEFERRAL_LEVEL)
     pct = f"{round(C.DEFERRAL_LEVEL * 100)} %"
     columns = {f"coverage of GBMs ({pct} set)": "conformal_coverage_gbm" + sfx,
                f"coverage of METs ({pct} set)": "conformal_coverage_met" + sfx,
                f"two-label sets ({pct})": "conformal_two_label" + sfx, "deferred": "deferred_share",
                "accuracy of calls kept": "accuracy_kept", "accuracy of all calls": "accuracy_all"}
+    rows = trust_rows(con, run, list(columns.values()))
+    if not rows:
+        return []
     table = Table(title=f"run {run}: when not to trust a call (95 % CI: Wilson)",
                   caption=f"deferred: the {pct} conformal set is not one label, or the patient is out of distribution")
     table.add_column("cohort")

@@ -6,6 +6,8 @@ Each takes a DuckDB connection holding the views (``catalog.connect`` or
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import duckdb
 
 from gbmmet import constants as C
@@ -110,14 +112,14 @@ def flow_rows(con: duckdb.DuckDBPyConnection, run: str) -> list[dict]:
     return [dict(zip(cols, r, strict=True)) for r in res.fetchall()]
 
 
-def trust_rows(con: duckdb.DuckDBPyConnection, run: str) -> dict[str, dict[str, dict]]:
-    """Run ``run``'s trust metrics (conformal coverage and set sizes, deferral; Wilson CIs):
+def trust_rows(con: duckdb.DuckDBPyConnection, run: str, metrics: Sequence[str]) -> dict[str, dict[str, dict]]:
+    """Run ``run``'s trust ``metrics`` (conformal coverage and set sizes, deferral; Wilson CIs):
     cohort -> metric -> {value, ci_low, ci_high, n}; empty for runs evaluated without them."""
     res = con.execute("""
         select cohort, metric, value, ci_low, ci_high, n from metrics
-        where run_id = ? and ci_method = ? and rater = ? and subgroup = 'all'
+        where run_id = ? and ci_method = ? and rater = ? and subgroup = 'all' and list_contains(?, metric)
         order by list_position(?, cohort), metric
-    """, [run, C.CI_WILSON, C.MODEL_RATER, list(C.SPLITS)])
+    """, [run, C.CI_WILSON, C.MODEL_RATER, list(metrics), list(C.SPLITS)])
     out: dict[str, dict[str, dict]] = {}
     for cohort, metric, value, low, high, n in res.fetchall():
         out.setdefault(cohort, {})[metric] = {"value": value, "ci_low": low, "ci_high": high, "n": n}
