@@ -26,6 +26,19 @@ def _rows(site_dir: Path) -> list[dict]:
         return list(csv.DictReader(fh))
 
 
+def _largest_roi_slice(folder: Path, r: dict):
+    """The T2 slice where the ROI of manifest row ``r`` is largest: (CE-T1 resampled onto it, T2,
+    the ROI volume, the slice index, the slice's extent in mm for imshow)."""
+    t2 = sitk.ReadImage(str(folder / r[C.COL_T2_PATH]), sitk.sitkFloat32)
+    t1 = sitk.ReadImage(str(folder / r[C.COL_T1C_PATH]), sitk.sitkFloat32)
+    roi = sitk.GetArrayFromImage(sitk.ReadImage(str(folder / r[C.COL_ROI_PATH])))
+    k = int(np.argmax(roi.reshape(roi.shape[0], -1).sum(1)))
+    a1 = sitk.GetArrayFromImage(sitk.Resample(t1, t2, sitk.Transform(), sitk.sitkLinear, 0.0))[k]
+    a2 = sitk.GetArrayFromImage(t2)[k]
+    sx, sy = t2.GetSpacing()[:2]
+    return a1, a2, roi, k, (0, a2.shape[1] * sx, a2.shape[0] * sy, 0)
+
+
 def write_preview(out_dir: Path, path: Path, per_label: int = 2) -> Path:
     """Write the montage of the cohort under ``out_dir`` to ``path``; return ``path``."""
     import matplotlib
@@ -44,15 +57,7 @@ def write_preview(out_dir: Path, path: Path, per_label: int = 2) -> Path:
     fig, axes = plt.subplots(len(chosen), 3, figsize=(7.5, 2.6 * len(chosen)), squeeze=False)
     fig.patch.set_facecolor("black")
     for row, (site_dir, r) in enumerate(chosen):
-        t2 = sitk.ReadImage(str(site_dir / r[C.COL_T2_PATH]), sitk.sitkFloat32)
-        t1 = sitk.ReadImage(str(site_dir / r[C.COL_T1C_PATH]), sitk.sitkFloat32)
-        roi = sitk.GetArrayFromImage(sitk.ReadImage(str(site_dir / r[C.COL_ROI_PATH])))
-        k = int(np.argmax(roi.reshape(roi.shape[0], -1).sum(1)))
-        t1_on_t2 = sitk.Resample(t1, t2, sitk.Transform(), sitk.sitkLinear, 0.0)
-        a1 = sitk.GetArrayFromImage(t1_on_t2)[k]
-        a2 = sitk.GetArrayFromImage(t2)[k]
-        sx, sy = t2.GetSpacing()[:2]
-        extent = (0, a2.shape[1] * sx, a2.shape[0] * sy, 0)
+        a1, a2, roi, k, extent = _largest_roi_slice(site_dir, r)
         title = f"{r[C.COL_SITE]} {r[C.COL_PATIENT_ID]} {r[C.COL_LABEL]} ({r[C.COL_LOCATION]})"
         for col, (img, name) in enumerate(((a1, "CE-T1"), (a2, "T2"), (a2, "T2 + ROI"))):
             ax = axes[row, col]
@@ -86,14 +91,7 @@ def write_ood_preview(manifests: list[Path], path: Path, per_kind: int = 1) -> P
     fig, axes = plt.subplots(len(chosen), 2, figsize=(5.2, 2.6 * len(chosen)), squeeze=False)
     fig.patch.set_facecolor("black")
     for row, (folder, r) in enumerate(chosen):
-        t2 = sitk.ReadImage(str(folder / r[C.COL_T2_PATH]), sitk.sitkFloat32)
-        t1 = sitk.ReadImage(str(folder / r[C.COL_T1C_PATH]), sitk.sitkFloat32)
-        roi = sitk.GetArrayFromImage(sitk.ReadImage(str(folder / r[C.COL_ROI_PATH])))
-        k = int(np.argmax(roi.reshape(roi.shape[0], -1).sum(1)))
-        a1 = sitk.GetArrayFromImage(sitk.Resample(t1, t2, sitk.Transform(), sitk.sitkLinear, 0.0))[k]
-        a2 = sitk.GetArrayFromImage(t2)[k]
-        sx, sy = t2.GetSpacing()[:2]
-        extent = (0, a2.shape[1] * sx, a2.shape[0] * sy, 0)
+        a1, a2, roi, k, extent = _largest_roi_slice(folder, r)
         kind = r.get("ood_kind", "")
         for col, (img, name) in enumerate(((a1, "file t1c"), (a2, "file t2 + ROI"))):
             ax = axes[row, col]
