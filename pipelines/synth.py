@@ -199,6 +199,41 @@ def _synth_one(spec, preset, difficulty: float, site_dir: str, truth: bool) -> d
     return write_patient(synthesize_patient(spec, preset, difficulty), Path(site_dir), truth=truth)
 
 
+def _cohort_todo(cfg: SynthConfig, out: Path, preset, specs, resume: bool) -> tuple[list, int]:
+    """The cohort patients still to write (Ray items) and how many are reused; the temporary
+    folders of patients a killed run was writing (never seen as patients) are removed."""
+    from gbmmet.synth.writer import patient_complete
+
+    for stale in out.glob("*/*/.*.tmp"):
+        shutil.rmtree(stale, ignore_errors=True)
+    todo, reused = [], 0
+    for spec in specs:
+        site_dir = out / spec.site
+        if resume and patient_complete(site_dir, spec.patient_id, cfg.truth):
+            reused += 1
+            continue
+        todo.append((spec.patient_id, (spec, preset, cfg.difficulty, str(site_dir.resolve()), cfg.truth)))
+    return todo, reused
+
+
+def _write_site_tables(out: Path, specs, failed: dict, difficulty: float) -> list[Path]:
+    """Each site's manifest and reads (patients that failed left out); the manifests' paths."""
+    from gbmmet.synth.render import patient_reads
+    from gbmmet.synth.writer import manifest_row, write_table
+
+    manifests = []
+    for site in sorted({s.site for s in specs}):
+        site_specs = sorted((s for s in specs if s.site == site and s.patient_id not in failed),
+                            key=lambda s: s.patient_id)
+        site_dir = out / site
+        site_dir.mkdir(parents=True, exist_ok=True)
+        write_table([manifest_row(s) for s in site_specs], C.MANIFEST_COLUMNS, site_dir / C.MANIFEST_FILE)
+        reads = [r for s in site_specs for r in patient_reads(s, difficulty)]
+        write_table(reads, C.READS_COLUMNS, site_dir / C.READS_FILE)
+        manifests.append(site_dir / C.MANIFEST_FILE)
+    return manifests
+
+
 def run_synth(
     cfg: SynthConfig,
     *,
@@ -220,9 +255,6 @@ def run_synth(
         OutputExistsError: ``out`` (or an OOD kind's folder) is not empty and cannot be resumed or
             overwritten.
     """
-    from gbmmet.synth.render import patient_reads
-    from gbmmet.synth.writer import manifest_row, patient_complete, write_table
-
     if workers is not None and workers < 0:
         raise ConfigError(f"The 'workers' parameter must be >= 0. Got {workers!r} instead.")
     ospecs = _ood_specs(cfg)
@@ -232,16 +264,7 @@ def run_synth(
     out.mkdir(parents=True, exist_ok=True)
     (out / COHORT_FILE).write_text(json.dumps(cfg.record(), indent=1, sort_keys=True))
 
-    # Temporary folders of patients a killed run was writing: never seen as patients, removed.
-    for stale in out.glob("*/*/.*.tmp"):
-        shutil.rmtree(stale, ignore_errors=True)
-    todo, reused = [], 0
-    for spec in specs:
-        site_dir = out / spec.site
-        if resume and patient_complete(site_dir, spec.patient_id, cfg.truth):
-            reused += 1
-            continue
-        todo.append((spec.patient_id, (spec, preset, cfg.difficulty, str(site_dir.resolve()), cfg.truth)))
+    todo, reused = _cohort_todo(cfg, out, preset, specs, resume)
 
     ood_todo, ood_reused = _ood_todo(cfg, preset, ospecs, keep)
     use_ray = workers != 0 and len(todo) + len(ood_todo) > 0
@@ -261,17 +284,7 @@ def run_synth(
         failed.update({o.key: o.error for o in ood_report.failed})
         ood_written, seconds = len(ood_report.ok), seconds + ood_report.seconds
 
-    manifests = []
-    for site in sorted({s.site for s in specs}):
-        site_specs = [s for s in specs if s.site == site and s.patient_id not in failed]
-        site_specs.sort(key=lambda s: s.patient_id)
-        site_dir = out / site
-        site_dir.mkdir(parents=True, exist_ok=True)
-        write_table([manifest_row(s) for s in site_specs], C.MANIFEST_COLUMNS, site_dir / C.MANIFEST_FILE)
-        reads = [r for s in site_specs for r in patient_reads(s, cfg.difficulty)]
-        write_table(reads, C.READS_COLUMNS, site_dir / C.READS_FILE)
-        manifests.append(site_dir / C.MANIFEST_FILE)
-
+    manifests = _write_site_tables(out, specs, failed, cfg.difficulty)
     ood_manifests = _write_ood_manifests(out, ospecs, failed) if ospecs else {}
 
     preview_path = ood_preview = None
