@@ -25,9 +25,7 @@ from storage.queries import format_estimate
 
 NBSP = "\u00a0"  # "90 %" kept on one line in a narrow table column
 #: The per-patient columns of ``patient_predictions`` this module reads.
-PATIENT_COLUMNS = (C.COL_INDEX_FOLD_SD, C.COL_ENTROPY_TOTAL, C.COL_ENTROPY_ALEATORIC, C.COL_MUTUAL_INFORMATION,
-                   C.COL_OOD_SCORE, C.COL_OOD_THRESHOLD, C.COL_OOD,
-                   *(C.set_column(level) for level in C.CONFORMAL_LEVELS), C.COL_DEFERRED, C.COL_DEFER_REASON)
+PATIENT_COLUMNS = C.TRUST_COLUMNS
 # The conformal metrics of a level (``gbmmet.conformal.coverage_rows``), as the tables name them.
 CONFORMAL_PARTS = {"conformal_coverage": "coverage", "conformal_coverage_gbm": "coverage of GBMs",
                    "conformal_coverage_met": "coverage of METs", "conformal_two_label": "two-label sets",

@@ -27,7 +27,7 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.exceptions import NotFittedError
 
 from gbmmet import constants as C
-from gbmmet.stats import wilson_interval
+from gbmmet.stats import share_row
 
 #: Class codes as in ``y`` (1 = GBM), in set order.
 _CLASSES = ((C.GBM, 1), (C.MET, 0))
@@ -198,12 +198,6 @@ class ClassConditionalConformal:
                 "notes": list(self.notes_)}
 
 
-def _row(metric: str, k: int, m: int, n: int, n_gbm: int) -> dict:
-    low, high = wilson_interval(k, m) if m > 0 else (None, None)
-    return {"metric": metric, "value": k / m if m > 0 else None, "ci_low": low, "ci_high": high,
-            "ci_method": C.CI_WILSON, "n": n, "n_gbm": n_gbm}
-
-
 def coverage_rows(sets, y, level: float) -> list[dict]:
     """Metric rows of the conformal sets at ``level`` on a cohort with known labels.
 
@@ -226,9 +220,9 @@ def coverage_rows(sets, y, level: float) -> list[dict]:
     size = np.array([len(m) for m in members])
     n, n_gbm, sfx = len(y), int(y.sum()), C.level_suffix(level)
     return [
-        _row(f"conformal_coverage{sfx}", int(covered.sum()), n, n, n_gbm),
-        _row(f"conformal_coverage_gbm{sfx}", int(covered[y == 1].sum()), n_gbm, n, n_gbm),
-        _row(f"conformal_coverage_met{sfx}", int(covered[y == 0].sum()), n - n_gbm, n, n_gbm),
-        _row(f"conformal_two_label{sfx}", int((size == 2).sum()), n, n, n_gbm),
-        _row(f"conformal_empty{sfx}", int((size == 0).sum()), n, n, n_gbm),
+        share_row(f"conformal_coverage{sfx}", int(covered.sum()), n, n, n_gbm),
+        share_row(f"conformal_coverage_gbm{sfx}", int(covered[y == 1].sum()), n_gbm, n, n_gbm),
+        share_row(f"conformal_coverage_met{sfx}", int(covered[y == 0].sum()), n - n_gbm, n, n_gbm),
+        share_row(f"conformal_two_label{sfx}", int((size == 2).sum()), n, n, n_gbm),
+        share_row(f"conformal_empty{sfx}", int((size == 0).sum()), n, n, n_gbm),
     ]

@@ -174,3 +174,9 @@ def set_column(level: float) -> str:
 def level_suffix(level: float) -> str:
     """A metric's level suffix: 0.95 -> ``_95``."""
     return f"_{round(level * 100)}"
+
+
+#: The trust columns of ``patient_predictions`` (null where a run could not compute them).
+TRUST_COLUMNS = (COL_INDEX_FOLD_SD, COL_ENTROPY_TOTAL, COL_ENTROPY_ALEATORIC, COL_MUTUAL_INFORMATION,
+                 COL_OOD_SCORE, COL_OOD_THRESHOLD, COL_OOD, *(set_column(level) for level in CONFORMAL_LEVELS),
+                 COL_DEFERRED, COL_DEFER_REASON)

@@ -25,7 +25,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from sklearn.exceptions import NotFittedError
 
 METHODS = ("knn", "mahalanobis")
 
@@ -122,6 +121,8 @@ class OodDetector:
 
     def _check_fitted(self):
         if not hasattr(self, "threshold_"):
+            from sklearn.exceptions import NotFittedError
+
             raise NotFittedError("This OodDetector instance is not fitted yet. Call 'fit' with the "
                                  "training and reference features before using it.")
 

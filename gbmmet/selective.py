@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from gbmmet import constants as C
-from gbmmet.stats import wilson_interval
+from gbmmet.stats import share_row
 
 REASON_TWO_LABELS = "two labels"
 REASON_EMPTY = "empty set"
@@ -71,12 +71,6 @@ def risk_coverage(correct, uncertainty) -> RiskCoverage:
     return RiskCoverage(coverage, accuracy, n_kept, aurc)
 
 
-def _row(metric: str, k: int, m: int, n: int, n_gbm: int) -> dict:
-    low, high = wilson_interval(k, m) if m > 0 else (None, None)
-    return {"metric": metric, "value": k / m if m > 0 else None, "ci_low": low, "ci_high": high,
-            "ci_method": C.CI_WILSON, "n": n, "n_gbm": n_gbm}
-
-
 @dataclass(frozen=True)
 class Deferral:
     """Which calls are deferred to a radiologist, why, and the accuracy of the others."""
@@ -96,9 +90,9 @@ class Deferral:
         n = len(self.deferred)
         kept = ~self.deferred
         return [
-            _row("deferred_share", int(self.deferred.sum()), n, n, self.n_gbm),
-            _row("accuracy_kept", int(self.correct[kept].sum()), int(kept.sum()), n, self.n_gbm),
-            _row("accuracy_all", int(self.correct.sum()), n, n, self.n_gbm),
+            share_row("deferred_share", int(self.deferred.sum()), n, n, self.n_gbm),
+            share_row("accuracy_kept", int(self.correct[kept].sum()), int(kept.sum()), n, self.n_gbm),
+            share_row("accuracy_all", int(self.correct.sum()), n, n, self.n_gbm),
         ]
 
 

@@ -69,6 +69,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import stats as sps
 
+from gbmmet import constants as C
+
 Z975 = float(sps.norm.ppf(0.975))
 
 #: Metrics computed from calls, and from a score (or the calls) for the AUC, in report order.
@@ -84,7 +86,7 @@ PAIRED_PROPORTION_METRICS = ("accuracy", "recall", "specificity")
 #: ``bootstrap_percentile``; the paper's scheme ``paper_subsample90``).
 CI_BCA = "bootstrap_bca"
 CI_PERCENTILE = "bootstrap_percentile"
-CI_WILSON = "wilson"  # Wilson score interval of k / m: stands in for a degenerate bootstrap interval
+CI_WILSON = C.CI_WILSON  # Wilson score interval of k / m: stands in for a degenerate bootstrap interval
 CI_NEWCOMBE = "newcombe"  # Newcombe's hybrid score interval of a paired difference of proportions
 CI_DELONG = "delong"  # DeLong's interval of a difference of two correlated AUCs
 
@@ -457,6 +459,14 @@ class DiffInterval:
     n_resamples: int  # 0 for newcombe and delong
     n_degenerate: int  # resamples left out (the metric undefined for a or b)
     method: str  # bootstrap_bca, bootstrap_percentile (also where BCa is undefined), newcombe, delong
+
+
+def share_row(metric: str, k: int, m: int, n: int, n_gbm: int) -> dict:
+    """A ``metrics`` row of the share ``k / m`` with its Wilson 95 % interval (value and interval
+    None where ``m`` is 0); ``n`` and ``n_gbm`` are the cohort's patients and GBMs."""
+    low, high = wilson_interval(k, m) if m > 0 else (None, None)
+    return {"metric": metric, "value": k / m if m > 0 else None, "ci_low": low, "ci_high": high,
+            "ci_method": C.CI_WILSON, "n": n, "n_gbm": n_gbm}
 
 
 def wilson_interval(k: float, m: float, level: float = 0.95) -> tuple[float, float]:

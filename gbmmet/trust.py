@@ -32,11 +32,12 @@ reached per cohort with Wilson intervals. An external site breaks exchangeabilit
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
 from gbmmet import constants as C
+from gbmmet.ood import OodSettings
 
 CALIBRATION_SETS = ("oof", "val")
 
@@ -50,15 +51,13 @@ class TrustSettings:
         deferral_level: the level whose set the deferral rule reads (one of ``levels``).
         calibration: ``"oof"`` (training patients, out of fold) or ``"val"`` (validation
             patients): who calibrates the conformal sets (see the module's docstring).
-        ood_method, ood_k, ood_quantile: ``gbmmet.ood.OodSettings``.
+        ood: the out-of-distribution detector's ``gbmmet.ood.OodSettings``.
     """
 
     levels: tuple[float, ...] = C.CONFORMAL_LEVELS
     deferral_level: float = C.DEFERRAL_LEVEL
     calibration: str = "oof"
-    ood_method: str = "knn"
-    ood_k: int = 10
-    ood_quantile: float = 0.95
+    ood: OodSettings = field(default_factory=OodSettings)
 
     def __post_init__(self):
         if self.calibration not in CALIBRATION_SETS:
@@ -70,11 +69,6 @@ class TrustSettings:
         if not all(0.5 < lv < 1 for lv in self.levels):
             raise ValueError(f"The 'levels' parameter must hold levels in (0.5, 1). Got {self.levels} instead.")
 
-    def ood_settings(self):
-        from gbmmet.ood import OodSettings
-
-        return OodSettings(method=self.ood_method, k=self.ood_k, quantile=self.ood_quantile)
-
     def to_dict(self) -> dict:
         return asdict(self)
 
@@ -83,6 +77,7 @@ class TrustSettings:
         d = dict(d)
         if "levels" in d:
             d["levels"] = tuple(d["levels"])
+        d["ood"] = OodSettings(**d.get("ood", {}))
         return cls(**d)
 
 

@@ -283,17 +283,11 @@ def _patients_table(run: str, pat: dict, cutoffs: dict):
     return pa.Table.from_pylist(_patient_rows(run, pat, cutoffs), schema=PATIENT_PREDICTIONS)
 
 
-#: The trust columns (``pipelines.trust.assess`` sets them per patient; null where not computed).
-TRUST_COLUMNS = (C.COL_INDEX_FOLD_SD, C.COL_ENTROPY_TOTAL, C.COL_ENTROPY_ALEATORIC, C.COL_MUTUAL_INFORMATION,
-                 C.COL_OOD_SCORE, C.COL_OOD_THRESHOLD, C.COL_OOD,
-                 *[C.set_column(level) for level in C.CONFORMAL_LEVELS], C.COL_DEFERRED, C.COL_DEFER_REASON)
-
-
 def _patient_rows(run: str, pat: dict, cutoffs: dict) -> list[dict]:
     return [{"run_id": run, C.COL_PATIENT_ID: p, C.COL_SITE: d[C.COL_SITE], C.COL_SPLIT: d[C.COL_SPLIT],
              C.COL_LABEL: d[C.COL_LABEL], "n_slices": d["n_slices_scored"], "predictive_index": d["index"],
              "soft_index": d["soft"], "prob_gbm": d.get("prob"), "cutoff_kind": kind, "cutoff": cut.value,
-             C.COL_CALL: C.GBM if d["index"] >= cut.value else C.MET, **{c: d.get(c) for c in TRUST_COLUMNS}}
+             C.COL_CALL: C.GBM if d["index"] >= cut.value else C.MET, **{c: d.get(c) for c in C.TRUST_COLUMNS}}
             for p, d in sorted(pat.items()) for kind, cut in cutoffs.items()]
 
 

@@ -10,8 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from gbmmet import constants as C
-
-EVAL_SPLITS = (C.VAL, C.TEST, C.EXTERNAL)
+from pipelines.evaluate import EVAL_SPLITS, _by_cohort
 
 
 def fold_probabilities(lake, run: str, splits) -> tuple[np.ndarray, np.ndarray]:
@@ -53,7 +52,7 @@ def fit_ood(lake, backbone_id: str, settings, echo=print):
         echo(f"  note: no out-of-distribution flag: no {backbone_id} features of "
              f"{'training slices' if not len(train) else 'validation patients'} (run `gbmmet features`)")
         return None
-    return OodDetector(settings.ood_settings()).fit(train, val, meta.column(C.COL_PATIENT_ID).to_numpy())
+    return OodDetector(settings.ood).fit(train, val, meta.column(C.COL_PATIENT_ID).to_numpy())
 
 
 def _ood(lake, rec: dict, pat: dict, settings, echo) -> dict | None:
@@ -62,14 +61,15 @@ def _ood(lake, rec: dict, pat: dict, settings, echo) -> dict | None:
     detector = fit_ood(lake, rec["backbone_id"], settings, echo)
     if detector is None:
         return None
-    for split in EVAL_SPLITS:
+    scores = dict(detector.reference_scores_)  # the validation patients: scored when fitting
+    for split in (C.TEST, C.EXTERNAL):
         meta, X = load_feature_matrix(lake, rec["backbone_id"], split)
-        if not len(X):
-            continue
-        for p, score in detector.patient_scores(X, meta.column(C.COL_PATIENT_ID).to_numpy()).items():
-            if p in pat:
-                pat[p].update({C.COL_OOD_SCORE: score, C.COL_OOD_THRESHOLD: detector.threshold_,
-                               C.COL_OOD: bool(detector.flag(score))})
+        if len(X):
+            scores.update(detector.patient_scores(X, meta.column(C.COL_PATIENT_ID).to_numpy()))
+    for p, score in scores.items():
+        if p in pat:
+            pat[p].update({C.COL_OOD_SCORE: score, C.COL_OOD_THRESHOLD: detector.threshold_,
+                           C.COL_OOD: bool(detector.flag(score))})
     return detector.summary()
 
 
@@ -78,9 +78,8 @@ def _calibration_patients(lake, run: str, pat: dict, settings) -> tuple[np.ndarr
     from gbmmet.evaluation import patient_scores
 
     if settings.calibration == "val":
-        ps = sorted(p for p, d in pat.items() if d[C.COL_SPLIT] == C.VAL)
-        return (np.array([pat[p]["index"] for p in ps]),
-                np.array([pat[p][C.COL_LABEL] == C.GBM for p in ps], int))
+        _, y, index = _by_cohort(pat, C.VAL)
+        return index, y
     pids, probs = fold_probabilities(lake, run, (C.TRAIN,))
     if not len(pids):
         return np.zeros(0), np.zeros(0, int)

@@ -369,7 +369,9 @@ class Lake:
         self._prepare_write()
 
         def write():
-            existing = self._evolved(name, self.delta_latest(name))
+            existing = self.delta_latest(name)
+            if existing is not None and self._lacks_columns(name, existing):
+                return self._rewrite_with_new_columns(name, existing, data, where)
             if existing is None:
                 write_deltalake(self.table_uri(name), data, mode="append", partition_by=list(PARTITIONS.get(name, ())) or None,
                                 configuration=TABLE_CONFIGURATION, description=table_description(name),
@@ -385,22 +387,24 @@ class Lake:
         self.with_retries(name, write)
         return self.version(name)
 
-    def _evolved(self, name: str, existing):
-        """``existing`` (the latest ``DeltaTable`` of ``name``, or None), rewritten in one commit
-        with the columns its schema gained since it was written (null in the rows already there),
-        where it lacks any; otherwise as given. Tables that gain columns are small (evaluation
-        results), so the whole table is rewritten: every data file then has every column."""
+    def _lacks_columns(self, name: str, existing) -> bool:
+        """Whether the Delta table ``existing`` lacks columns the schema of ``name`` gained since."""
+        return not {f.name for f in existing.schema().fields} >= set(self.full_schema(name).names)
+
+    def _rewrite_with_new_columns(self, name: str, existing, data: pa.Table, where: dict | None) -> int:
+        """``replace`` on a table that lacks columns its schema gained: one commit rewriting the
+        whole table (the rows kept, null in the new columns, and ``data``), so that every data
+        file has every column (DuckDB's views read the files by position). Tables that gain
+        columns are small (evaluation results)."""
         from deltalake import write_deltalake
 
-        if existing is None:
-            return None
-        schema = self.full_schema(name)
-        if {f.name for f in existing.schema().fields} >= set(schema.names):
-            return existing
-        table = self.at({}).dataset(name).to_table()  # the dataset's schema is today's: new columns null
-        write_deltalake(existing, table, mode="overwrite", schema_mode="overwrite",
+        old = self.at({}).dataset(name).to_table()  # the dataset's schema is today's: new columns null
+        if where:
+            match = _expression(where)
+            old = old.filter(~match | match.is_null())
+        write_deltalake(existing, pa.concat_tables([old, data]), mode="overwrite", schema_mode="overwrite",
                         partition_by=list(PARTITIONS.get(name, ())) or None, post_commithook_properties=commit_hooks())
-        return self.delta_latest(name)
+        return existing.version()
 
     def delete(self, name: str, where: dict) -> int:
         """Delete the rows of ``name`` matching ``where`` (as in ``replace``) in one commit; return

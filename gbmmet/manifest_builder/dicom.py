@@ -186,14 +186,20 @@ def _excluded(s: Series, rules: Rules) -> str | None:
     kinds = sorted(set(s.image_type) & set(rules.exclude_image_type))
     if kinds:
         return f"ImageType {'/'.join(kinds)}"
-    hit = _search(rules.exclude_description, s.description)
-    if hit:
-        return f"description {s.description!r} matches exclude pattern {hit!r}"
+    why = _matches("description", s.description, rules.exclude_description, "exclude")
+    if why:
+        return why
     if s.images < rules.min_images:
         return f"{s.images} image(s), fewer than min_images {rules.min_images}"
     if s.orientation == "mixed":
         return "slices in several orientations (a localizer?)"
     return None
+
+
+def _matches(field: str, text, patterns, kind: str) -> str | None:
+    """Why ``text`` (tag ``field``) is refused: the first of ``patterns`` it matches, or None."""
+    hit = _search(patterns, text)
+    return f"{field} {text!r} matches {kind} pattern {hit!r}" if hit else None
 
 
 def _out_of(name: str, value: float | None, bounds: tuple[float, float]) -> str | None:
@@ -205,20 +211,15 @@ def _out_of(name: str, value: float | None, bounds: tuple[float, float]) -> str 
 def _refused(s: Series, role: str, rules: Rules, contrast: tuple[bool | None, str]) -> str | None:
     """Why ``s`` cannot be ``role``, or None."""
     rule = rules.roles[role]
-    hit = _search(rule.reject_description, s.description)
-    if hit:
-        return f"description {s.description!r} matches reject pattern {hit!r}"
     seq = sorted(set(s.scanning_sequence) & set(rule.reject_scanning_sequence))
-    if seq:
-        return f"ScanningSequence {'/'.join(seq)}"
-    hit = _search(rule.reject_sequence_name, s.sequence_name)
-    if hit:
-        return f"SequenceName {s.sequence_name!r} matches reject pattern {hit!r}"
-    timing = (_out_of("EchoTime", s.echo_time, rule.echo_time_ms)
+    tags = (_matches("description", s.description, rule.reject_description, "reject")
+              or (f"ScanningSequence {'/'.join(seq)}" if seq else None)
+              or _matches("SequenceName", s.sequence_name, rule.reject_sequence_name, "reject")
+              or _out_of("EchoTime", s.echo_time, rule.echo_time_ms)
               or _out_of("RepetitionTime", s.repetition_time, rule.repetition_time_ms)
               or _out_of("InversionTime", s.inversion_time, rule.inversion_time_ms))
-    if timing:
-        return timing
+    if tags:
+        return tags
     state, why = contrast
     if rule.contrast == CONTRAST_REQUIRED and state is not True:
         return f"contrast required: {why}"

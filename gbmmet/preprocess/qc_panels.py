@@ -32,6 +32,8 @@ import io
 import numpy as np
 import SimpleITK as sitk
 
+from gbmmet.render import grey_rgb
+
 REG_BEFORE = "registration_before"
 REG_AFTER = "registration_after"
 BIAS_T1C = "bias_t1c"
@@ -119,7 +121,7 @@ def edges(plane: np.ndarray, sigma_px: float = 1.0) -> np.ndarray:
 
 def edge_overlay(grey: np.ndarray, edge: np.ndarray, colour=EDGE_COLOUR) -> np.ndarray:
     """RGB uint8: the grey uint8 plane with ``edge`` pixels painted ``colour``."""
-    rgb = np.repeat(np.asarray(grey, np.uint8)[..., None], 3, axis=-1)
+    rgb = grey_rgb(grey)
     rgb[np.asarray(edge, bool)] = colour
     return rgb
 
@@ -180,7 +182,7 @@ def roi_sheet(images: np.ndarray, max_slices: int = ROI_SHEET_SLICES, thumb: int
         for r in range(2):
             small = Image.fromarray(images[i, r]).resize((thumb, thumb), Image.BILINEAR)
             sheet[r * (thumb + gap):r * (thumb + gap) + thumb, c * (thumb + gap):c * (thumb + gap) + thumb] = small
-    return np.repeat(sheet[..., None], 3, axis=-1)
+    return grey_rgb(sheet)
 
 
 def png_bytes(rgb: np.ndarray) -> bytes:

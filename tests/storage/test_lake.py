@@ -274,7 +274,7 @@ def test_a_table_written_before_its_schema_gained_columns_takes_them_with_nulls_
                     mode="append")
     new = pa.Table.from_pylist([{"run_id": "new", C.COL_PATIENT_ID: "p1", "cutoff_kind": "k", C.COL_OOD: True,
                                  C.set_column(0.9): "GBM"}], schema=PATIENT_PREDICTIONS)
-    lake.replace(C.TABLE_PATIENT_PREDICTIONS, new, {"run_id": "new"})
+    assert lake.replace(C.TABLE_PATIENT_PREDICTIONS, new, {"run_id": "new"}) == 1  # one commit
     rows = sorted(lake.read(C.TABLE_PATIENT_PREDICTIONS, columns=["run_id", C.COL_OOD, C.set_column(0.9)]).to_pylist(),
                   key=lambda r: r["run_id"])
     assert rows == [{"run_id": "new", C.COL_OOD: True, C.set_column(0.9): "GBM"},
