@@ -70,30 +70,32 @@ def load_qc(lake, sites: Sequence[str] | None = None, *, with_panels: bool = Tru
     runs = {r["attempt_id"]: r for r in lake.read(
         C.TABLE_PREPROCESS_RUNS, columns=RUN_COLUMNS, filter=ds.field("attempt_id").isin(attempts)).to_pylist()} \
         if attempts else {}
-    rows = {}
+    rows, measures, cohorts = {}, {}, {}
     for pid, m in meta.items():
         run = runs.get(m["attempt_id"], {})
+        measures[pid] = json.loads(m["measures"] or "{}")
         rows[pid] = {C.COL_PATIENT_ID: pid, C.COL_SITE: m[C.COL_SITE], "params_hash": m["params_hash"],
-                     **{k: run.get(k) for k in RUN_COLUMNS}, **json.loads(m["measures"] or "{}")}
+                     **{k: run.get(k) for k in RUN_COLUMNS}, **measures[pid]}
+        cohorts.setdefault(m["params_hash"], []).append(rows[pid])  # patients preprocessed alike
     chosen = set(sites) if sites is not None else None
     out = []
     for pid, row in rows.items():
         if chosen is not None and row[C.COL_SITE] not in chosen:
             continue
-        cohort = [r for r in rows.values() if r["params_hash"] == row["params_hash"]]
         m = meta[pid]
-        out.append(PatientQC(pid, m[C.COL_SITE], m[C.COL_SPLIT], m["attempt_id"], json.loads(m["measures"] or "{}"),
-                             row, qc_flags.patient_flags(row, cohort)))
+        out.append(PatientQC(pid, m[C.COL_SITE], m[C.COL_SPLIT], m["attempt_id"], measures[pid], row,
+                             qc_flags.patient_flags(row, cohorts[row["params_hash"]])))
     out.sort(key=lambda p: p.patient_id)
     out.sort(key=lambda p: p.badness, reverse=True)
     out.sort(key=lambda p: p.site)
     if with_panels and out:
-        _attach_panels(lake, out)
+        attach_panels(lake, out)
     missing = sorted(pid for pid, r in current.items() if pid not in meta and (chosen is None or r[C.COL_SITE] in chosen))
     return QCReport(out, missing)
 
 
-def _attach_panels(lake, patients: list[PatientQC]) -> None:
+def attach_panels(lake, patients: list[PatientQC]) -> None:
+    """Read the PNG panels of ``patients`` (in place: ``PatientQC.panels``, in display order)."""
     by_attempt = {p.attempt_id: p for p in patients}
     table = lake.read(C.TABLE_QC_PANELS, columns=["attempt_id", "panel", "png"],
                       filter=ds.field("attempt_id").isin(sorted(by_attempt)))

@@ -6,13 +6,15 @@ The patient whose panels are shown is recorded in the lake's access log (page ``
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pandas as pd
 import streamlit as st
 
 from dashboards import common, data
 from gbmmet.preprocess import qc_panels
 from storage.lake import Lake
-from storage.qc_report import QCReport, flag_text, load_qc
+from storage.qc_report import PatientQC, QCReport, attach_panels, flag_text, load_qc
 
 PAGE = "qc"  # this file's name: the page the access log records
 KEY = "qc-patient"
@@ -20,8 +22,16 @@ KEY = "qc-patient"
 
 @st.cache_data(show_spinner=False, max_entries=8, hash_funcs={data.Source: data._key})
 def load(src: data.Source, sites: tuple[str, ...]) -> QCReport:
-    """The QC report of the chosen sites (flags and panels of every patient)."""
-    return load_qc(Lake(src.uri), sites)
+    """The QC report of the chosen sites: every patient's flags (panels: ``panels``, one patient)."""
+    return load_qc(Lake(src.uri), sites, with_panels=False)
+
+
+@st.cache_data(show_spinner=False, max_entries=32, hash_funcs={data.Source: data._key})
+def panels(src: data.Source, attempt_id: str, _patient: PatientQC) -> dict[str, bytes]:
+    """The PNG panels of ``_patient`` (cached by its ``attempt_id``), in display order."""
+    one = replace(_patient, panels={})
+    attach_panels(Lake(src.uri), [one])
+    return one.panels
 
 
 def summary_table(report: QCReport) -> pd.DataFrame:
@@ -65,6 +75,7 @@ for f in patient.flags:
         st.warning(text, icon=":material/flag:")
     else:
         st.caption(text)
-names = list(patient.panels)
-st.image([qc_panels.png_array(patient.panels[n]) for n in names], caption=[qc_panels.CAPTIONS[n] for n in names],
+shown = panels(ctx.src, patient.attempt_id, patient)
+names = list(shown)
+st.image([qc_panels.png_array(shown[n]) for n in names], caption=[qc_panels.CAPTIONS[n] for n in names],
          width=260, alt=[f"{patient.patient_id}: {qc_panels.CAPTIONS[n]}" for n in names])
