@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import tempfile
 from pathlib import Path
 
@@ -30,6 +31,13 @@ os.environ.pop("AWS_PROFILE", None)
 os.environ.pop("AWS_SESSION_TOKEN", None)
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+
+
+def default_ctrl_c() -> None:
+    """``preexec_fn`` of a subprocess a test will Ctrl-C: SIGINT at its default, as at a terminal.
+    A shell starting pytest in the background (``cmd &``) leaves SIGINT ignored, children inherit
+    that, and Python then never raises KeyboardInterrupt in them."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 @pytest.fixture

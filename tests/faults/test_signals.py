@@ -28,6 +28,7 @@ from gbmmet.pseudonym import pseudonymise
 from pipelines.cli import EXIT_INTERRUPTED, RESUME_HINT, _user_errors
 from pipelines.ray_runtime import Interrupted, run_batch
 from storage.lake import Lake
+from tests.conftest import default_ctrl_c
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -152,7 +153,7 @@ def test_ctrl_c_cancels_the_outstanding_ray_tasks_and_kills_their_workers(tmp_pa
         except Interrupted as exc:
             print(json.dumps({{"done": exc.done, "failed": exc.failed, "not_finished": exc.not_finished}}), flush=True)
     """)
-    proc = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+    proc = subprocess.Popen([sys.executable, "-c", code], preexec_fn=default_ctrl_c, cwd=ROOT, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, encoding="utf-8")
     family: list[psutil.Process] = []
     try:
@@ -177,7 +178,7 @@ def test_ctrl_c_without_ray_exits_130_saying_what_finished(tiny_cohort, tmp_path
     lake_dir = tmp_path / "lake"
     cmd = [sys.executable, "-m", "pipelines.cli", "preprocess", "--manifest", str(manifest), "--lake", str(lake_dir),
            "--workers", "0"]
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    proc = subprocess.Popen(cmd, preexec_fn=default_ctrl_c, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             encoding="utf-8")
     try:
         # a patient has finished (its slices staged), long before a batch is due
@@ -204,7 +205,7 @@ def test_ctrl_c_in_the_preprocess_cli_on_ray_exits_130_and_the_same_command_resu
     lake_dir = tmp_path / "lake"
     cmd = [sys.executable, "-m", "pipelines.cli", "preprocess", "--manifest", str(manifest), "--lake", str(lake_dir),
            "--workers", "1"]
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, encoding="utf-8")
+    proc = subprocess.Popen(cmd, preexec_fn=default_ctrl_c, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, encoding="utf-8")
     family: list[psutil.Process] = []
     try:
         assert _wait_for(lambda: _staged(lake_dir) >= 1, 180, proc), proc.communicate(timeout=30)

@@ -20,7 +20,7 @@ from gbmmet import constants as C
 from gbmmet.pseudonym import pseudonymise
 from pipelines.preprocess import run_preprocess
 from storage.lake import Lake
-from tests.conftest import tiny_manifests
+from tests.conftest import default_ctrl_c, tiny_manifests
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -72,7 +72,7 @@ def test_interrupted_driver_rerun_finishes_the_rest_without_redoing(tiny_cohort,
     cmd = [sys.executable, "-m", "pipelines.cli", "preprocess", "--lake", str(lake_dir), "--workers", "1"]
     for m in manifests:
         cmd += ["--manifest", str(m)]
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(cmd, preexec_fn=default_ctrl_c, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     slices = lake_dir / C.TABLE_SLICES
     deadline = time.monotonic() + 240
     try:  # three patients finished (their slices staged, not committed yet: a batch is 32 or 30 s)
