@@ -6,7 +6,9 @@ meningioma,no_lesion,swapped``), preprocesses them with the lake's parameters, e
 with the lake's backbone, and prints, for each detector setting (k-NN distance at several k, the
 default k = 10; Mahalanobis with a Ledoit-Wolf covariance), the AUROC of each kind against the
 internal test and the external patients, and the share of each flagged at the threshold fixed on
-validation patients, with wall and CPU seconds.
+validation patients, with wall and CPU seconds. Each setting is measured with the sequence check
+(the default score: the larger of the distance and the T2 - CE-T1 contrast part, ``gbmmet.ood``)
+and, side by side, on the distance alone.
 
     .venv/bin/python bench/ood.py --lake lake --data data/demo [--count 10]
 """
@@ -24,10 +26,14 @@ import numpy as np
 KINDS = ("meningioma", "no_lesion", "swapped")
 SETTINGS = {"knn k=10 (default)": {}, "knn k=5": {"k": 5}, "knn k=30": {"k": 30},
             "mahalanobis (Ledoit-Wolf)": {"method": "mahalanobis"}}
+ID = "x"  # the one patient of a features block
 
 
-def _ood_features(lake, data: Path, preset: str, count: int, backbone: str) -> dict[str, list[np.ndarray]]:
+def _ood_features(lake, data: Path, preset: str, count: int, backbone: str
+                  ) -> dict[str, list[tuple[np.ndarray, float]]]:
+    """Each OOD kind's patients as (slice features, sequence contrast)."""
     from gbmmet import constants as C
+    from gbmmet.ood import sequence_contrast
     from gbmmet.preprocess.patient import preprocess_patient
     from pipelines.features import embed
     from pipelines.predict import _lake_params
@@ -35,13 +41,15 @@ def _ood_features(lake, data: Path, preset: str, count: int, backbone: str) -> d
 
     result = run_synth(SynthConfig(preset=preset, out=data, ood=KINDS, ood_count=count), show_progress=False)
     params = _lake_params(lake)
-    out: dict[str, list[np.ndarray]] = {}
+    sp = params.slices
+    out: dict[str, list[tuple[np.ndarray, float]]] = {}
     for kind, manifest in result.ood_manifests.items():
         manifest = Path(manifest)
         for r in csv.DictReader(manifest.open()):
             paths = [str(manifest.parent / r[c]) for c in (C.COL_T1C_PATH, C.COL_T2_PATH, C.COL_ROI_PATH)]
             images = preprocess_patient(*paths, params, patient_id=r[C.COL_PATIENT_ID]).images
-            out.setdefault(kind, []).append(embed(images, backbone.split("@")[0])[0])
+            contrast = sequence_contrast(images, sp.channels, sp.ws_range, [ID] * len(images))[ID]
+            out.setdefault(kind, []).append((embed(images, backbone.split("@")[0])[0], contrast))
     return out
 
 
@@ -53,6 +61,7 @@ def main() -> None:
     from gbmmet import constants as C
     from gbmmet.ood import OodDetector, OodSettings
     from pipelines.train import load_feature_matrix
+    from pipelines.trust import sequence_contrasts, slice_params
     from storage.lake import Lake
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -68,17 +77,20 @@ def main() -> None:
     _, train = load_feature_matrix(lake, backbone, C.TRAIN)
     val_meta, val = load_feature_matrix(lake, backbone, C.VAL)
     inside = {s: load_feature_matrix(lake, backbone, s) for s in (C.TEST, C.EXTERNAL)}
+    contrast = sequence_contrasts(lake, (C.VAL, C.TEST, C.EXTERNAL), slice_params(lake))
     print(f"lake {args.lake} ({preset}; backbone {backbone}): {len(train)} training slices, "
           f"{len(val_meta)} validation slices; {args.count} patients of each kind; "
           f"{time.perf_counter() - t0:.0f} s wall / {time.process_time() - c0:.0f} s CPU to make and embed them")
-    for name, kw in SETTINGS.items():
-        d = OodDetector(OodSettings(**kw)).fit(train, val, val_meta.column(C.COL_PATIENT_ID).to_numpy())
-        ins = {s: np.array(list(d.patient_scores(X, m.column(C.COL_PATIENT_ID).to_numpy()).values()))
+    for (name, kw), check in ((s, c) for s in SETTINGS.items() for c in (True, False)):
+        d = OodDetector(OodSettings(**kw)).fit(train, val, val_meta.column(C.COL_PATIENT_ID).to_numpy(),
+                                               contrast if check else None)
+        name = name + (" + sequence check" if check else ", distance alone")
+        ins = {s: np.array(list(d.patient_scores(X, m.column(C.COL_PATIENT_ID).to_numpy(), contrast).values()))
                for s, (m, X) in inside.items()}
         cells = [f"in-distribution flagged: test {np.mean(ins[C.TEST] > d.threshold_):.0%}, "
                  f"external {np.mean(ins[C.EXTERNAL] > d.threshold_):.0%}"]
         for kind, feats in outside.items():
-            out = np.array([d.patient_scores(X, ["x"] * len(X))["x"] for X in feats])
+            out = np.array([d.patient_scores(X, [ID] * len(X), {ID: c})[ID] for X, c in feats])
             auc = {s: roc_auc_score(np.r_[np.zeros(len(v)), np.ones(len(out))], np.r_[v, out]) for s, v in ins.items()}
             cells.append(f"{kind}: AUROC {auc[C.TEST]:.2f} vs test / {auc[C.EXTERNAL]:.2f} vs external, "
                          f"flagged {np.mean(out > d.threshold_):.0%}")

@@ -81,7 +81,8 @@ def patient_line(row: Mapping, level: float = C.DEFERRAL_LEVEL) -> tuple[str, st
         return None if _missing(v) else v
 
     return explain(value(C.set_column(level)), level, value(C.COL_OOD), value(C.COL_OOD_SCORE),
-                   value(C.COL_OOD_THRESHOLD), value("call_val"))
+                   value(C.COL_OOD_THRESHOLD), value("call_val"), distance=value(C.COL_OOD_DISTANCE),
+                   contrast=value(C.COL_SEQUENCE_CONTRAST))
 
 
 def _num(value, digits: int = 3) -> str:
@@ -94,14 +95,20 @@ def uncertainty_figures(row: Mapping) -> dict[str, str]:
     total, alea, mi = (row.get(k) for k in (C.COL_ENTROPY_TOTAL, C.COL_ENTROPY_ALEATORIC, C.COL_MUTUAL_INFORMATION))
     split = ("" if _missing(alea) or _missing(mi)
              else f"{alea:.3f} aleatoric (the slices are ambiguous) + {mi:.3f} epistemic (the folds disagree)")
-    score, threshold, ood = (row.get(k) for k in (C.COL_OOD_SCORE, C.COL_OOD_THRESHOLD, C.COL_OOD))
+    threshold, ood, contrast = (row.get(k) for k in (C.COL_OOD_THRESHOLD, C.COL_OOD, C.COL_SEQUENCE_CONTRAST))
+    score = row.get(C.COL_OOD_DISTANCE)
+    if _missing(score):  # evaluated before the score had two parts: the score was the distance
+        score = row.get(C.COL_OOD_SCORE)
     if _missing(score):
         distance = NOT_COMPUTED
     else:
         distance = f"{score:.3g}" + ("" if _missing(threshold) else f" (threshold {threshold:.3g})")
     flag = NOT_COMPUTED if _missing(ood) else f"{'outside' if ood else 'inside'} what the model was trained on"
+    sequences = (NOT_COMPUTED if _missing(contrast) else
+                 f"{contrast:.3g} (T2 brighter than CE-T1, as expected)" if contrast >= 0 else
+                 f"{contrast:.3g} (CE-T1 brighter than T2: swapped or mislabelled?)")
     return {"fold spread": _num(row.get(C.COL_INDEX_FOLD_SD)), "entropy": _num(total),
-            "entropy split": split, "distance": distance, "training data": flag}
+            "entropy split": split, "distance": distance, "training data": flag, "sequence contrast": sequences}
 
 
 def _cell(rows: pd.DataFrame, metric: str, undefined: str = "undefined (no patients)") -> str:

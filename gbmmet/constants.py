@@ -154,9 +154,11 @@ COL_INDEX_FOLD_SD = "index_fold_sd"  # sd (ddof 0) over the fold models of each 
 COL_ENTROPY_TOTAL = "entropy_total"  # bits: mean over slices of H(mean over folds of P(GBM))
 COL_ENTROPY_ALEATORIC = "entropy_aleatoric"  # bits: mean over slices of the mean over folds of H(P(GBM))
 COL_MUTUAL_INFORMATION = "mutual_information"  # bits: entropy_total - entropy_aleatoric (epistemic)
-COL_OOD_SCORE = "ood_score"
+COL_OOD_SCORE = "ood_score"  # the larger of the distance and the sequence part (gbmmet.ood)
 COL_OOD_THRESHOLD = "ood_threshold"
 COL_OOD = "ood"
+COL_OOD_DISTANCE = "ood_distance"  # backbone-feature distance to the training slices
+COL_SEQUENCE_CONTRAST = "sequence_contrast"  # mean T2 - CE-T1 over the ROI slices; < 0: swapped?
 COL_DEFERRED = "deferred"
 COL_DEFER_REASON = "defer_reason"
 CONFORMAL_LEVELS = (0.90, 0.95)
@@ -178,5 +180,6 @@ def level_suffix(level: float) -> str:
 
 #: The trust columns of ``patient_predictions`` (null where a run could not compute them).
 TRUST_COLUMNS = (COL_INDEX_FOLD_SD, COL_ENTROPY_TOTAL, COL_ENTROPY_ALEATORIC, COL_MUTUAL_INFORMATION,
-                 COL_OOD_SCORE, COL_OOD_THRESHOLD, COL_OOD, *(set_column(level) for level in CONFORMAL_LEVELS),
+                 COL_OOD_SCORE, COL_OOD_THRESHOLD, COL_OOD, COL_OOD_DISTANCE, COL_SEQUENCE_CONTRAST,
+                 *(set_column(level) for level in CONFORMAL_LEVELS),
                  COL_DEFERRED, COL_DEFER_REASON)

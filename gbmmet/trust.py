@@ -130,16 +130,32 @@ DEFER, ONE_LABEL, DISAGREES, UNKNOWN = "defer", "one_label", "disagrees", "unkno
 NOT_COMPUTED = "not computed for this run"
 
 
-def explain(set_string, level: float, ood, score=None, threshold=None, call: str | None = None
-            ) -> tuple[str, str]:
+def _ood_reasons(score, threshold, distance, contrast) -> list[str]:
+    """Why a flagged patient is out of distribution, in words (``gbmmet.ood``'s two parts)."""
+    why = []
+    if not _missing(contrast) and contrast < 0:
+        why.append(f"its CE-T1 is brighter than its T2 over the lesion (T2 - CE-T1 contrast {contrast:.3g} < 0): "
+                   "the two sequences may be swapped or mislabelled")
+    if not _missing(distance) and not _missing(threshold) and distance > threshold:
+        why.append(f"outside what the model was trained on (distance {distance:.3g} > threshold {threshold:.3g})")
+    if not why:  # evaluated before the score had two parts
+        dist = "" if _missing(score) or _missing(threshold) else f" (distance {score:.3g} > threshold {threshold:.3g})"
+        why.append(f"outside what the model was trained on{dist}")
+    return why
+
+
+def explain(set_string, level: float, ood, score=None, threshold=None, call: str | None = None,
+            distance=None, contrast=None) -> tuple[str, str]:
     """Whether to trust one patient's call, in one plain-language line, and its kind.
 
     Args:
         set_string: the patient's conformal set at ``level`` (null: not computed).
         level: the conformal level the deferral rule reads.
-        ood, score, threshold: the out-of-distribution flag, distance and threshold (null: not
+        ood, score, threshold: the out-of-distribution flag, score and threshold (null: not
             computed).
         call: the call at the leakage-free cutoff, where known.
+        distance, contrast: the score's two parts, the feature distance and the sequence
+            contrast (``gbmmet.ood``), which say why a patient is flagged (null: not stored).
 
     Returns:
         ``(kind, line)``: ``DEFER`` (the set is not one label, or the patient lies outside the
@@ -152,10 +168,7 @@ def explain(set_string, level: float, ood, score=None, threshold=None, call: str
     pct = f"{round(level * 100)} %"
     if labels is None and ood is None:
         return UNKNOWN, "Not computed for this run: no conformal set and no distance to the training data."
-    why = []
-    if ood:
-        dist = "" if _missing(score) or _missing(threshold) else f" (distance {score:.3g} > threshold {threshold:.3g})"
-        why.append(f"outside what the model was trained on{dist}")
+    why = _ood_reasons(score, threshold, distance, contrast) if ood else []
     if labels is not None and len(labels) == 2:
         why.append(f"not sure: the {pct} set holds both GBM and MET")
     elif labels == ():

@@ -394,8 +394,9 @@ def _echo_trust(t) -> None:
     typer.echo(f"uncertainty: fold models' indices sd {u.index_fold_sd:.3f}; entropy {u.entropy_total:.3f} bits "
                f"= aleatoric {u.entropy_aleatoric:.3f} + epistemic (mutual information) {u.mutual_information:.3f}")
     if t.ood is not None:
-        typer.echo(f"out of distribution: {'YES' if t.ood else 'no'} (feature distance {t.ood_score:.3f}, "
-                   f"threshold {t.ood_threshold:.3f})")
+        typer.echo(f"out of distribution: {'YES' if t.ood else 'no'} (score {t.ood_score:.3f}, threshold "
+                   f"{t.ood_threshold:.3f}: feature distance {t.ood_distance:.3f}; T2 - CE-T1 contrast over the "
+                   f"lesion {t.sequence_contrast:.3g}, below 0 when the sequences look swapped)")
     typer.secho(t.line, fg="yellow" if t.deferred else "green")
 
 

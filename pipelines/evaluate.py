@@ -41,8 +41,9 @@ CUT_PAPER = C.CUTOFF_PAPER
 CUT_VAL = C.CUTOFF_VAL
 # Part of every evaluation's fingerprint: raise it when evaluate writes its tables differently, so
 # that lakes evaluated before are evaluated again rather than reused (3: issue 12's statistics;
-# 4: uncertainty, out-of-distribution flag, conformal sets and deferral).
-EVALUATE_VERSION = 4
+# 4: uncertainty, out-of-distribution flag, conformal sets and deferral; 5: the OOD score adds
+# the sequence check, stored with its two parts).
+EVALUATE_VERSION = 5
 SCORE_VERSION = 1
 ENSEMBLE_VOTE = "ensemble_vote"
 ENSEMBLE_MEAN = "ensemble_mean"

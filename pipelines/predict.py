@@ -71,6 +71,8 @@ class Trust:
     ood_score: float | None
     ood_threshold: float | None
     ood: bool | None
+    ood_distance: float | None
+    sequence_contrast: float | None
     deferred: bool
     line: str
 
@@ -80,6 +82,7 @@ class Trust:
         return {"cutoff_kind": self.cutoff_kind, "call": self.call, "prob_gbm": self.prob_gbm,
                 "sets": {C.set_column(k): v for k, v in self.sets.items()}, "uncertainty": asdict(self.uncertainty),
                 "ood_score": self.ood_score, "ood_threshold": self.ood_threshold, "ood": self.ood,
+                "ood_distance": self.ood_distance, "sequence_contrast": self.sequence_contrast,
                 "deferred": self.deferred, "explanation": self.line}
 
 
@@ -94,18 +97,20 @@ def registration_check(lake, params, metric: float):
     return qc.registration_qc(metric, (), qc.cohort_values(latest.values()))
 
 
-def assess_trust(lake, rec: dict, evaluation: dict | None, images, probs, index: float) -> Trust:
+def assess_trust(lake, rec: dict, evaluation: dict | None, images, probs, index: float, params=None) -> Trust:
     """The ``Trust`` of one new patient from run ``rec``'s evaluation record (its calibrator,
     conformal thresholds and trust settings) and the lake's backbone features (the detector is
     fitted again exactly as evaluation fitted it: on the training slices, its threshold on the
-    validation patients)."""
+    validation patients; the sequence check reads ``images`` with ``params``' slice settings, the
+    lake's where not given)."""
     from gbmmet.calibration import IndexCalibrator
     from gbmmet.conformal import ClassConditionalConformal
     from gbmmet.evaluation import EvaluationSettings
+    from gbmmet.ood import sequence_contrast
     from gbmmet.trust import DEFER, explain
     from gbmmet.uncertainty import patient_uncertainty
     from pipelines.features import embed
-    from pipelines.trust import fit_ood
+    from pipelines.trust import fit_ood, slice_params
 
     config = json.loads(evaluation["config"]) if evaluation else {}
     settings = EvaluationSettings.from_dict(config.get("settings", {})).trust
@@ -119,16 +124,20 @@ def assess_trust(lake, rec: dict, evaluation: dict | None, images, probs, index:
             if trusted.get("conformal") else {})
     sets = {level: column[0] for level, column in sets.items()}
     uncertainty = patient_uncertainty(["new"] * probs.shape[1], probs)["new"]
-    score = threshold = ood = None
+    score = threshold = ood = distance = contrast = None
     detector = fit_ood(lake, rec["backbone_id"], settings, echo=lambda _: None) if trusted.get("ood") else None
     if detector is not None:
         name = rec["backbone_id"].split("@")[0]
         weights = json.loads(rec["config"]).get("weights_file")
         features, _ = embed(images, name, weights)
-        score = detector.patient_scores(features, np.array(["new"] * len(features)))["new"]
+        distance = detector.patient_distances(features, np.array(["new"] * len(features)))["new"]
+        sp = params.slices if params is not None else slice_params(lake)
+        contrast = sequence_contrast(images, sp.channels, sp.ws_range, ["new"] * len(images))["new"]
+        score = detector.combine(distance, contrast)
         threshold, ood = float(detector.threshold_), bool(detector.flag(score))
-    verdict, line = explain(sets.get(settings.deferral_level), settings.deferral_level, ood, score, threshold, call)
-    return Trust(kind, call, prob, sets, uncertainty, score, threshold, ood, verdict == DEFER, line)
+    verdict, line = explain(sets.get(settings.deferral_level), settings.deferral_level, ood, score, threshold, call,
+                            distance=distance, contrast=contrast)
+    return Trust(kind, call, prob, sets, uncertainty, score, threshold, ood, distance, contrast, verdict == DEFER, line)
 
 
 def _lake_params(lake):
@@ -183,7 +192,7 @@ def run_predict(t1c: str, t2: str, roi: str, *, lake_root: str = "lake", run: st
                       {k: (C.GBM if index >= v else C.MET) for k, v in cutoffs.items()}, probs,
                       [b.slice_index for b in out_p.boxes], vote, seconds=sec, registration_qc=qc)
     t = time.perf_counter()
-    pred.trust = assess_trust(lake, rec, evaluation, out_p.images, probs, index)
+    pred.trust = assess_trust(lake, rec, evaluation, out_p.images, probs, index, params)
     sec["trust"] = time.perf_counter() - t
     if cam and out is not None:
         t = time.perf_counter()

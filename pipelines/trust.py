@@ -39,10 +39,32 @@ def _uncertainty(lake, run: str, pat: dict) -> None:
                            C.COL_MUTUAL_INFORMATION: u.mutual_information})
 
 
-def fit_ood(lake, backbone_id: str, settings, echo=print):
+def slice_params(lake):
+    """The slice parameters (channels, WhiteStripe byte ranges) of the lake's preprocessing."""
+    from pipelines.predict import _lake_params
+
+    return _lake_params(lake).slices
+
+
+def sequence_contrasts(lake, splits, params) -> dict[str, float]:
+    """Each patient's ``gbmmet.ood.sequence_contrast`` from its stored slices, a split at a time."""
+    from gbmmet.ood import sequence_contrast
+    from pipelines.train import load_slice_images
+
+    out: dict[str, float] = {}
+    for split in splits:
+        meta, images = load_slice_images(lake, split)
+        if len(images):
+            out.update(sequence_contrast(images, params.channels, params.ws_range,
+                                         meta.column(C.COL_PATIENT_ID).to_numpy()))
+    return out
+
+
+def fit_ood(lake, backbone_id: str, settings, echo=print, contrast: dict | None = None):
     """The out-of-distribution detector of ``backbone_id``'s features: fitted on the training
-    slices, its threshold fixed on the validation patients. None (and a note) where either is
-    missing."""
+    slices, its threshold fixed on the validation patients, its sequence check scaled by their
+    contrast (``contrast``, dict patient -> sequence contrast, where already computed). None (and
+    a note) where either is missing."""
     from gbmmet.ood import OodDetector
     from pipelines.train import load_feature_matrix
 
@@ -52,24 +74,32 @@ def fit_ood(lake, backbone_id: str, settings, echo=print):
         echo(f"  note: no out-of-distribution flag: no {backbone_id} features of "
              f"{'training slices' if not len(train) else 'validation patients'} (run `gbmmet features`)")
         return None
-    return OodDetector(settings.ood).fit(train, val, meta.column(C.COL_PATIENT_ID).to_numpy())
+    if contrast is None:
+        contrast = sequence_contrasts(lake, (C.VAL,), slice_params(lake))
+    detector = OodDetector(settings.ood).fit(train, val, meta.column(C.COL_PATIENT_ID).to_numpy(), contrast)
+    if detector.contrast_scale_ is None:
+        echo("  note: no sequence check: the validation patients' median T2 - CE-T1 contrast is not positive")
+    return detector
 
 
 def _ood(lake, rec: dict, pat: dict, settings, echo) -> dict | None:
     from pipelines.train import load_feature_matrix
 
-    detector = fit_ood(lake, rec["backbone_id"], settings, echo)
+    contrast = sequence_contrasts(lake, EVAL_SPLITS, slice_params(lake))
+    detector = fit_ood(lake, rec["backbone_id"], settings, echo, contrast)
     if detector is None:
         return None
-    scores = dict(detector.reference_scores_)  # the validation patients: scored when fitting
+    distances = dict(detector.reference_scores_)  # the validation patients: scored when fitting
     for split in (C.TEST, C.EXTERNAL):
         meta, X = load_feature_matrix(lake, rec["backbone_id"], split)
         if len(X):
-            scores.update(detector.patient_scores(X, meta.column(C.COL_PATIENT_ID).to_numpy()))
-    for p, score in scores.items():
+            distances.update(detector.patient_distances(X, meta.column(C.COL_PATIENT_ID).to_numpy()))
+    for p, distance in distances.items():
         if p in pat:
+            score = detector.combine(distance, contrast.get(p))
             pat[p].update({C.COL_OOD_SCORE: score, C.COL_OOD_THRESHOLD: detector.threshold_,
-                           C.COL_OOD: bool(detector.flag(score))})
+                           C.COL_OOD: bool(detector.flag(score)), C.COL_OOD_DISTANCE: distance,
+                           C.COL_SEQUENCE_CONTRAST: contrast.get(p)})
     return detector.summary()
 
 

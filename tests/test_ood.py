@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from gbmmet.ood import OodDetector, OodSettings
+from gbmmet.ood import FEATURES, SEQUENCES, OodDetector, OodSettings, sequence_contrast
 
 WIDTH, SLICES = 16, 3
 
@@ -117,3 +117,71 @@ def test_using_the_detector_before_fit_says_so():
         OodDetector().patient_scores(np.ones((1, 3)), ["a"])
     with pytest.raises(ValueError, match="not fitted yet"):
         OodDetector().slice_scores(np.ones((1, 3)))
+
+
+# -- the sequence check -----------------------------------------------------------------------
+RANGES = {"t1c": (-160.0, 160.0), "t2": (-110.0, 150.0)}  # the default SliceParams.ws_range
+
+
+def test_sequence_contrast_is_the_mean_t2_minus_ce_t1_in_whitestripe_units_per_patient():
+    images = np.zeros((3, 3, 2, 2), np.uint8)
+    images[:, 0] = 0  # CE-T1 byte 0 = -160
+    images[:, 1] = 255  # T2 byte 255 = +150
+    images[2, 1] = 0  # the last slice's T2 byte 0 = -110
+    out = sequence_contrast(images, ("t1c", "t2", "t2"), RANGES, ["a", "a", "b"])
+    assert out == pytest.approx({"a": 150.0 + 160.0, "b": -110.0 + 160.0})
+
+
+def test_sequence_contrast_reads_the_channels_where_the_settings_put_them():
+    images = np.zeros((1, 2, 1, 1), np.uint8)
+    images[0, 0] = 255  # T2 here: +150
+    out = sequence_contrast(images, ("t2", "t1c"), RANGES, ["a"])  # CE-T1 byte 0: -160
+    assert out["a"] == pytest.approx(310.0)
+
+
+def test_sequence_contrast_refuses_slices_without_both_sequences():
+    with pytest.raises(ValueError, match="'t1c' channel"):
+        sequence_contrast(np.zeros((1, 2, 1, 1), np.uint8), ("t2", "t2"), RANGES, ["a"])
+    with pytest.raises(ValueError, match="shape"):
+        sequence_contrast(np.zeros((1, 3, 1), np.uint8), ("t1c", "t2", "t2"), RANGES, ["a"])
+
+
+def _fitted(contrast=None) -> OodDetector:
+    train = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+    return OodDetector(OodSettings(k=1)).fit(train, train[:2] + 0.1, ["r1", "r2"], contrast)
+
+
+def test_the_sequence_part_crosses_the_threshold_exactly_where_the_contrast_turns_negative():
+    det = _fitted({"r1": 40.0, "r2": 60.0, "other": -500.0})  # scale: the reference patients' median, 50
+    assert det.contrast_scale_ == pytest.approx(50.0)
+    t = det.threshold_
+    assert det.combine(0.0, 0.0) == pytest.approx(t)
+    assert det.combine(0.0, -50.0) == pytest.approx(2 * t)  # as far below 0 as the median is above
+    assert det.combine(0.0, 25.0) == pytest.approx(t / 2)
+    assert det.combine(3 * t, -50.0) == pytest.approx(3 * t)  # the larger of the two parts
+    assert det.flag(det.combine(0.0, -1e-6)) and not det.flag(det.combine(0.0, 1e-6))
+
+
+def test_without_a_usable_contrast_the_score_is_the_distance():
+    for contrast in (None, {"r1": -5.0, "r2": -1.0}):  # no contrast; a median that is not positive
+        det = _fitted(contrast)
+        assert det.contrast_scale_ is None
+        assert det.combine(0.3, -100.0) == 0.3
+    assert _fitted({"r1": 40.0, "r2": 60.0}).combine(0.3, float("nan")) == 0.3
+
+
+def test_patient_scores_combine_each_patients_distance_with_its_contrast():
+    det = _fitted({"r1": 40.0, "r2": 60.0})
+    x = np.array([[1.0, 0.0], [0.0, 1.0]])
+    distances = det.patient_distances(x, ["a", "b"])
+    scores = det.patient_scores(x, ["a", "b"], {"a": -50.0})
+    assert scores == pytest.approx({"a": max(distances["a"], 2 * det.threshold_), "b": distances["b"]})
+
+
+def test_reasons_name_the_part_that_crossed():
+    det = _fitted({"r1": 40.0, "r2": 60.0})
+    t = det.threshold_
+    assert det.reasons(t + 1, 10.0) == (FEATURES,)
+    assert det.reasons(t / 2, -10.0) == (SEQUENCES,)
+    assert det.reasons(t + 1, -10.0) == (FEATURES, SEQUENCES)
+    assert det.reasons(t, 10.0) == ()

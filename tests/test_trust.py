@@ -43,6 +43,15 @@ def test_the_line_defers_for_two_labels_an_empty_set_or_a_patient_outside_the_tr
     assert kind == DEFER and "distance 1.8 > threshold 1.2" in line and "defer to the readers" in line
 
 
+def test_the_line_names_each_part_of_the_score_that_flagged_the_patient():
+    _, both = explain(C.MET, 0.9, True, 2.5, 1.2, distance=1.5, contrast=-30.0)
+    assert "swapped or mislabelled" in both and "distance 1.5 > threshold 1.2" in both
+    _, far = explain(C.MET, 0.9, True, 1.5, 1.2, distance=1.5, contrast=40.0)
+    assert "distance 1.5 > threshold 1.2" in far and "swapped" not in far
+    _, sequences = explain(C.MET, 0.9, True, 2.5, 1.2, distance=0.9, contrast=-30.0)
+    assert "contrast -30 < 0" in sequences and "distance" not in sequences
+
+
 def test_the_line_keeps_one_label_and_says_when_it_disagrees_with_the_call_or_nothing_was_computed():
     assert explain(C.MET, 0.9, False, call=C.MET) == (ONE_LABEL, "One label at 90 %: MET.")
     assert explain(C.MET, 0.9, False, call=C.GBM)[0] == DISAGREES

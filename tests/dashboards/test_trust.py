@@ -93,7 +93,8 @@ def test_uncertainty_figures_split_the_entropy_and_say_what_is_missing():
                                     mutual_information=0.25, ood_score=1.8, ood_threshold=1.2, ood=True))
     assert fig == {"fold spread": "0.125", "entropy": "0.750",
                    "entropy split": "0.500 aleatoric (the slices are ambiguous) + 0.250 epistemic (the folds disagree)",
-                   "distance": "1.8 (threshold 1.2)", "training data": "outside what the model was trained on"}
+                   "distance": "1.8 (threshold 1.2)", "training data": "outside what the model was trained on",
+                   "sequence contrast": T.NOT_COMPUTED}
     empty = T.uncertainty_figures(row())
     assert empty["fold spread"] == empty["entropy"] == empty["distance"] == T.NOT_COMPUTED
     assert empty["entropy split"] == ""
@@ -296,3 +297,19 @@ def test_trust_and_patient_pages_in_headless_chromium(dash_lake):
         goto(page, f"{url}/patient?run={RUN}&patient={pid}", "Patient viewer", charts=2, images=1)
         expect(main(page).get_by_text("Trust this call?")).to_be_visible()
         check_page(page, "patient-trust")
+
+
+def test_uncertainty_figures_show_the_distance_part_and_a_negative_contrast_as_swapped():
+    fig = T.uncertainty_figures(row(ood_score=2.0, ood_threshold=1.2, ood=True, ood_distance=0.9,
+                                    sequence_contrast=-40.0))
+    assert fig["distance"] == "0.9 (threshold 1.2)"
+    assert fig["sequence contrast"] == "-40 (CE-T1 brighter than T2: swapped or mislabelled?)"
+    assert T.uncertainty_figures(row(sequence_contrast=55.0))["sequence contrast"] == (
+        "55 (T2 brighter than CE-T1, as expected)")
+
+
+def test_a_patient_flagged_for_its_sequences_is_told_so():
+    kind, line = T.patient_line(row(set_90="GBM", ood=True, ood_score=2.0, ood_threshold=1.2, ood_distance=0.9,
+                                    sequence_contrast=-40.0))
+    assert kind == T.DEFER
+    assert "swapped or mislabelled" in line and "distance" not in line

@@ -347,10 +347,27 @@ def test_the_ood_flag_is_a_score_above_a_threshold_fixed_on_validation_patients(
     lake = Lake(evaluated_lake[0])
     pp = _pp(lake).drop_duplicates(C.COL_PATIENT_ID)
     ood = _eval_config(lake)["trust"]["ood"]
-    val = pp[pp[C.COL_SPLIT] == C.VAL][C.COL_OOD_SCORE].to_numpy()
-    assert ood["threshold"] == pytest.approx(np.quantile(val, ood["quantile"], method="higher"))
+    val = pp[pp[C.COL_SPLIT] == C.VAL]
+    assert ood["threshold"] == pytest.approx(np.quantile(val[C.COL_OOD_DISTANCE], ood["quantile"], method="higher"))
+    assert ood["contrast_scale"] == pytest.approx(np.median(val[C.COL_SEQUENCE_CONTRAST]))
     assert (pp[C.COL_OOD_THRESHOLD] == ood["threshold"]).all()
+    sequence_part = ood["threshold"] * (1 - pp[C.COL_SEQUENCE_CONTRAST] / ood["contrast_scale"])
+    assert np.allclose(pp[C.COL_OOD_SCORE], np.maximum(pp[C.COL_OOD_DISTANCE], sequence_part))
     assert list(pp[C.COL_OOD]) == list(pp[C.COL_OOD_SCORE] > ood["threshold"])
+
+
+def test_the_sequence_contrast_stored_is_the_one_the_lakes_slices_give(evaluated_lake):
+    from gbmmet.ood import sequence_contrast
+    from pipelines.predict import _lake_params
+    from pipelines.train import load_slice_images
+
+    lake = Lake(evaluated_lake[0])
+    pp = _pp(lake).drop_duplicates(C.COL_PATIENT_ID).set_index(C.COL_PATIENT_ID)
+    meta, images = load_slice_images(lake, C.TEST)
+    sp = _lake_params(lake).slices
+    expected = sequence_contrast(images, sp.channels, sp.ws_range, meta.column(C.COL_PATIENT_ID).to_numpy())
+    assert expected and all(v > 0 for v in expected.values())  # real lesions: T2 brighter than CE-T1
+    assert pp.loc[list(expected), C.COL_SEQUENCE_CONTRAST].to_numpy() == pytest.approx(list(expected.values()))
 
 
 def test_a_patient_is_deferred_exactly_when_its_90_set_is_not_one_label_or_it_is_ood(evaluated_lake):
