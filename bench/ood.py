@@ -61,7 +61,7 @@ def main() -> None:
     from gbmmet import constants as C
     from gbmmet.ood import OodDetector, OodSettings
     from pipelines.train import load_feature_matrix
-    from pipelines.trust import sequence_contrasts, slice_params
+    from pipelines.trust import sequence_contrasts
     from storage.lake import Lake
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -77,14 +77,14 @@ def main() -> None:
     _, train = load_feature_matrix(lake, backbone, C.TRAIN)
     val_meta, val = load_feature_matrix(lake, backbone, C.VAL)
     inside = {s: load_feature_matrix(lake, backbone, s) for s in (C.TEST, C.EXTERNAL)}
-    contrast = sequence_contrasts(lake, (C.VAL, C.TEST, C.EXTERNAL), slice_params(lake))
+    contrast = sequence_contrasts(lake, (C.VAL, C.TEST, C.EXTERNAL))
     print(f"lake {args.lake} ({preset}; backbone {backbone}): {len(train)} training slices, "
           f"{len(val_meta)} validation slices; {args.count} patients of each kind; "
           f"{time.perf_counter() - t0:.0f} s wall / {time.process_time() - c0:.0f} s CPU to make and embed them")
-    for (name, kw), check in ((s, c) for s in SETTINGS.items() for c in (True, False)):
+    for (setting, kw), check in ((s, c) for s in SETTINGS.items() for c in (True, False)):
         d = OodDetector(OodSettings(**kw)).fit(train, val, val_meta.column(C.COL_PATIENT_ID).to_numpy(),
                                                contrast if check else None)
-        name = name + (" + sequence check" if check else ", distance alone")
+        name = setting + (" + sequence check" if check else ", distance alone")
         ins = {s: np.array(list(d.patient_scores(X, m.column(C.COL_PATIENT_ID).to_numpy(), contrast).values()))
                for s, (m, X) in inside.items()}
         cells = [f"in-distribution flagged: test {np.mean(ins[C.TEST] > d.threshold_):.0%}, "

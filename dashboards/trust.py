@@ -20,6 +20,7 @@ import pandas as pd
 
 from dashboards import names
 from gbmmet import constants as C
+from gbmmet.ood import FEATURES, SEQUENCES, ood_reasons
 from gbmmet.trust import DEFER, DISAGREES, NOT_COMPUTED, ONE_LABEL, UNKNOWN, explain, labels_of  # noqa: F401
 from storage.queries import format_estimate
 
@@ -96,17 +97,19 @@ def uncertainty_figures(row: Mapping) -> dict[str, str]:
     split = ("" if _missing(alea) or _missing(mi)
              else f"{alea:.3f} aleatoric (the slices are ambiguous) + {mi:.3f} epistemic (the folds disagree)")
     threshold, ood, contrast = (row.get(k) for k in (C.COL_OOD_THRESHOLD, C.COL_OOD, C.COL_SEQUENCE_CONTRAST))
-    score = row.get(C.COL_OOD_DISTANCE)
+    score, outside = row.get(C.COL_OOD_DISTANCE), None if _missing(ood) else bool(ood)
     if _missing(score):  # evaluated before the score had two parts: the score was the distance
         score = row.get(C.COL_OOD_SCORE)
+    elif outside is not None:  # the flag's feature part alone
+        outside = FEATURES in ood_reasons(score, None, threshold)
     if _missing(score):
         distance = NOT_COMPUTED
     else:
         distance = f"{score:.3g}" + ("" if _missing(threshold) else f" (threshold {threshold:.3g})")
-    flag = NOT_COMPUTED if _missing(ood) else f"{'outside' if ood else 'inside'} what the model was trained on"
+    flag = NOT_COMPUTED if outside is None else f"{'outside' if outside else 'inside'} what the model was trained on"
     sequences = (NOT_COMPUTED if _missing(contrast) else
-                 f"{contrast:.3g} (T2 brighter than CE-T1, as expected)" if contrast >= 0 else
-                 f"{contrast:.3g} (CE-T1 brighter than T2: swapped or mislabelled?)")
+                 f"{contrast:.3g} (T2 brighter than CE-T1, as expected)" if SEQUENCES not in ood_reasons(None, contrast, None)
+                 else f"{contrast:.3g} (CE-T1 brighter than T2: check the sequences are not swapped)")
     return {"fold spread": _num(row.get(C.COL_INDEX_FOLD_SD)), "entropy": _num(total),
             "entropy split": split, "distance": distance, "training data": flag, "sequence contrast": sequences}
 

@@ -21,18 +21,22 @@ slices: a training slice is its own nearest neighbour.
 
 A second part checks the sequences themselves. Backbone features of a patient whose CE-T1 and T2
 were swapped (or mislabelled) lie close enough to the training slices to pass the distance (k-NN
-AUROC 0.80 against the internal test on the demo), but their contrast is inverted:
-``sequence_contrast`` is the mean over a patient's ROI slice pixels of T2 minus CE-T1, both in
-WhiteStripe units (normal white matter at 0). A lesion and its surroundings are brighter on T2
-than on CE-T1 relative to white matter (oedema, necrosis and CSF are T2-bright; only the
-enhancing rim is CE-T1-bright), so the contrast is positive: measured 17 to 131 on every synthetic
-patient of the demo and 41 and 43 on the two real BraTS 2018 glioblastomas; swapped, -143 to -23
-(synthetic) and -21 and -11 (the BraTS pair). The rule is physical, not fitted: a negative
-contrast fails. The patient's ``score`` is the larger of the distance and the sequence part put on
-the distance's scale, ``threshold * (1 - contrast / scale)`` with ``scale`` the reference
-patients' median contrast: it crosses the threshold exactly where the contrast turns negative,
-and grows the more inverted the contrast is. So ``score > threshold`` flags a patient unlike the
-training slices or with inverted sequences, and ``reasons`` says which.
+AUROC 0.80 against the internal test on the demo), but their contrast is inverted.
+``sequence_contrast`` is the mean of T2 minus CE-T1, both in WhiteStripe units (normal white
+matter at 0), over the pixels of a patient's stored ROI crops, leaving out those where both
+sequences are at the byte range's floor (background: air, or a skull-stripped zero). Around a lesion T2 is
+the brighter of the two (oedema, necrosis and CSF are T2-bright; only the enhancing rim is
+CE-T1-bright), so the contrast is positive on every in-distribution patient measured (the demo's
+synthetic patients and two real BraTS 2018 glioblastomas; numbers in docs/manual.md) and negative
+on every swapped one. A negative contrast fails the check; the rule is physical, not fitted, and
+it is not specific: a haemorrhagic or melanotic lesion (T1-bright) can fail it too, so the words
+shown ask to check the sequences rather than assert they were swapped. The patient's ``score`` is
+the larger of the distance and the sequence part put on the distance's scale,
+``threshold * (1 - contrast / scale)`` with ``scale`` the reference patients' median contrast: it
+crosses the threshold exactly where the contrast turns negative, and grows the more inverted the
+contrast is. So ``score > threshold`` flags a patient unlike the training slices or with inverted
+contrast, and ``ood_reasons`` says which. Where the reference patients' median contrast is not
+positive the check is off (the score is the distance).
 """
 
 from __future__ import annotations
@@ -42,9 +46,22 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from gbmmet import constants as C
+
 METHODS = ("knn", "mahalanobis")
-#: ``reasons``: the features lie far from the training slices; the sequences look swapped.
+#: ``ood_reasons``: the features lie far from the training slices; the contrast is inverted.
 FEATURES, SEQUENCES = "features", "sequences"
+
+
+def ood_reasons(distance, contrast, threshold) -> tuple[str, ...]:
+    """Why a patient is flagged: ``FEATURES`` where ``distance`` is above ``threshold``,
+    ``SEQUENCES`` where ``contrast`` is negative (pass None where the sequence check is off);
+    empty when neither. Missing values (None, NaN) give no reason."""
+    def known(v) -> bool:
+        return v is not None and bool(np.isfinite(v))
+
+    out = (FEATURES,) if known(distance) and known(threshold) and distance > threshold else ()
+    return out + ((SEQUENCES,) if known(contrast) and contrast < 0 else ())
 
 
 @dataclass(frozen=True)
@@ -84,16 +101,18 @@ def _features(x, what: str, width: int | None = None) -> np.ndarray:
 
 
 def sequence_contrast(images, channels, ws_range: Mapping, patient_ids) -> dict[str, float]:
-    """Each patient's mean over its ROI slice pixels of T2 minus CE-T1, in WhiteStripe units.
+    """Each patient's mean of T2 minus CE-T1 in WhiteStripe units over its stored ROI crops,
+    leaving out the pixels where both sequences are at the byte range's floor (background: CSF,
+    dark on CE-T1 and bright on T2, stays).
 
     Args:
         images: stored slices, uint8 (N, channels, H, W).
-        channels: what each channel holds (``SliceParams.channels``): one ``"t1c"`` and a ``"t2"``.
+        channels: what each channel holds (``SliceParams.channels``): one CE-T1 and a T2.
         ws_range: the byte mapping of each sequence (``SliceParams.ws_range``).
         patient_ids: the patient of each slice.
 
     Returns:
-        dict patient -> contrast, in order of first slice.
+        dict patient -> contrast (NaN where no pixel is left), in order of first slice.
 
     Raises:
         ValueError: images not (N, C, H, W) with one channel per name, a sequence missing from
@@ -106,24 +125,33 @@ def sequence_contrast(images, channels, ws_range: Mapping, patient_ids) -> dict[
     if x.ndim != 4 or x.shape[1] != len(channels):
         raise ValueError(f"sequence_contrast needs slices of shape (N, {len(channels)}, H, W) for channels "
                          f"{channels}; got {x.shape}")
-    for name in ("t1c", "t2"):
+    for name in (C.T1C, C.T2):
         if name not in channels or name not in ws_range:
             raise ValueError(f"sequence_contrast needs a {name!r} channel with its WhiteStripe range; "
                              f"channels {channels}, ranges for {sorted(ws_range)}")
-    t1c = from_uint8(x[:, channels.index("t1c")], *ws_range["t1c"])
-    t2 = from_uint8(x[:, channels.index("t2")], *ws_range["t2"])
-    per_slice = (t2.astype(np.float64) - t1c).reshape(len(x), -1).mean(axis=1)
-    return _group_mean(per_slice, patient_ids, "slices")
+    t1c_bytes, t2_bytes = x[:, channels.index(C.T1C)], x[:, channels.index(C.T2)]
+    keep = (t1c_bytes > 0) | (t2_bytes > 0)  # background (air, a skull-stripped zero) is dark in both
+    diff = from_uint8(t2_bytes, *ws_range[C.T2]).astype(np.float64) - from_uint8(t1c_bytes, *ws_range[C.T1C])
+    sums = np.where(keep, diff, 0.0).reshape(len(x), -1).sum(axis=1)
+    counts = keep.reshape(len(x), -1).sum(axis=1).astype(np.float64)
+    total, n = _group_sum(sums, patient_ids, "slices"), _group_sum(counts, patient_ids, "slices")
+    return {p: (total[p] / n[p] if n[p] else float("nan")) for p in total}
+
+
+def _group_sum(values: np.ndarray, patient_ids, what: str) -> dict[str, float]:
+    ids = np.asarray([str(p) for p in patient_ids], dtype=object)
+    if len(ids) != len(values):
+        raise ValueError(f"{what}: patient ids must name the patient of each of the {len(values)} "
+                         f"slices; got {len(ids)} ids")
+    uniq, first, inverse = np.unique(ids, return_index=True, return_inverse=True)
+    sums = np.bincount(inverse, weights=values, minlength=len(uniq))
+    return {str(uniq[j]): float(sums[j]) for j in np.argsort(first, kind="stable")}
 
 
 def _group_mean(scores: np.ndarray, patient_ids, what: str) -> dict[str, float]:
-    ids = np.asarray([str(p) for p in patient_ids], dtype=object)
-    if len(ids) != len(scores):
-        raise ValueError(f"{what}: patient ids must name the patient of each of the {len(scores)} "
-                         f"slices; got {len(ids)} ids")
-    uniq, first, inverse = np.unique(ids, return_index=True, return_inverse=True)
-    means = np.bincount(inverse, weights=scores) / np.bincount(inverse)
-    return {str(uniq[j]): float(means[j]) for j in np.argsort(first, kind="stable")}
+    total = _group_sum(scores, patient_ids, what)
+    n = _group_sum(np.ones(len(scores)), patient_ids, what)
+    return {p: total[p] / n[p] for p in total}
 
 
 class OodDetector:
@@ -135,20 +163,23 @@ class OodDetector:
     Fitted attributes: ``threshold_`` (float), ``reference_scores_`` (dict patient -> distance),
     ``n_train_`` (training slices), ``width_`` (features per slice), ``k_`` (the neighbour used,
     k capped at ``n_train_``; knn only), ``model_`` (the fitted NearestNeighbors or LedoitWolf),
-    ``contrast_scale_`` (the reference patients' median sequence contrast; None where no contrast
-    was given or it is not positive: then the sequence check is off), ``reference_contrast_min_``.
+    ``contrast_scale_`` (the reference patients' median sequence contrast, or the scale given;
+    None where none was given or it is not positive: then the sequence check is off),
+    ``reference_contrast_`` (dict reference patient -> contrast, where given),
+    ``reference_contrast_min_``.
     """
 
     def __init__(self, settings: OodSettings = OodSettings()):
         self.settings = settings
 
     def fit(self, train_features, reference_features, reference_patients,
-            reference_contrast: Mapping[str, float] | None = None) -> OodDetector:
+            reference_contrast: Mapping[str, float] | float | None = None) -> OodDetector:
         """Fit the score on the training slices and the threshold on the reference patients.
 
-        ``reference_contrast`` (dict patient -> ``sequence_contrast``; other patients than the
-        reference ones are ignored) sets the sequence part's scale; without it, or where the
-        reference patients' median is not positive, the score is the distance alone.
+        ``reference_contrast`` sets the sequence part's scale: a dict patient ->
+        ``sequence_contrast`` (other patients than the reference ones are ignored; the scale is
+        their median), or the scale itself (a number, as an earlier fit recorded it). Without
+        it, or where the scale is not positive, the score is the distance alone.
 
         Raises:
             ValueError: no training or reference slices, features not 2-D or of different widths,
@@ -175,12 +206,21 @@ class OodDetector:
                                              "reference features")
         self.threshold_ = float(np.quantile(list(self.reference_scores_.values()),
                                             self.settings.quantile, method="higher"))
-        given = reference_contrast or {}
-        contrast = np.array([given[p] for p in self.reference_scores_ if p in given and np.isfinite(given[p])], float)
-        median = float(np.median(contrast)) if len(contrast) else np.nan
-        self.contrast_scale_ = median if median > 0 else None
-        self.reference_contrast_min_ = float(contrast.min()) if len(contrast) else None
+        self._fit_contrast(reference_contrast)
         return self
+
+    def _fit_contrast(self, given) -> None:
+        if given is None or isinstance(given, Mapping):
+            given = given or {}
+            self.reference_contrast_ = {p: float(given[p]) for p in self.reference_scores_
+                                        if given.get(p) is not None and np.isfinite(given[p])}
+            values = np.array(list(self.reference_contrast_.values()), float)
+            scale = float(np.median(values)) if len(values) else np.nan
+            self.reference_contrast_min_ = float(values.min()) if len(values) else None
+        else:
+            self.reference_contrast_, self.reference_contrast_min_ = {}, None
+            scale = float(given)
+        self.contrast_scale_ = scale if np.isfinite(scale) and scale > 0 else None
 
     def _check_fitted(self):
         if not hasattr(self, "threshold_"):
@@ -244,17 +284,14 @@ class OodDetector:
         return {p: self.combine(d, contrast.get(p)) for p, d in self.patient_distances(features, patient_ids).items()}
 
     def reasons(self, distance: float, contrast: float | None = None) -> tuple[str, ...]:
-        """Why a patient is flagged: ``FEATURES`` (distance above the threshold), ``SEQUENCES``
-        (negative contrast, where the sequence check is on); empty when it is not flagged.
+        """``ood_reasons`` against this detector's threshold (the contrast counts only where the
+        sequence check is on).
 
         Raises:
             NotFittedError (a ValueError): before ``fit``.
         """
         self._check_fitted()
-        out = (FEATURES,) if distance > self.threshold_ else ()
-        if self.contrast_scale_ is not None and contrast is not None and contrast < 0:
-            out += (SEQUENCES,)
-        return out
+        return ood_reasons(distance, contrast if self.contrast_scale_ is not None else None, self.threshold_)
 
     def flag(self, score: float) -> bool:
         """True where ``score`` is above the threshold (NaN: False).

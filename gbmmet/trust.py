@@ -131,12 +131,16 @@ NOT_COMPUTED = "not computed for this run"
 
 
 def _ood_reasons(score, threshold, distance, contrast) -> list[str]:
-    """Why a flagged patient is out of distribution, in words (``gbmmet.ood``'s two parts)."""
+    """Why a flagged patient is out of distribution, in words (``gbmmet.ood.ood_reasons``)."""
+    from gbmmet.ood import FEATURES, SEQUENCES, ood_reasons
+
+    keys = ood_reasons(distance, contrast, threshold)
     why = []
-    if not _missing(contrast) and contrast < 0:
-        why.append(f"its CE-T1 is brighter than its T2 over the lesion (T2 - CE-T1 contrast {contrast:.3g} < 0): "
-                   "the two sequences may be swapped or mislabelled")
-    if not _missing(distance) and not _missing(threshold) and distance > threshold:
+    if SEQUENCES in keys:
+        why.append(f"unusual contrast, CE-T1 brighter than T2 around the ROI (T2 - CE-T1 {contrast:.3g} < 0, "
+                   "WhiteStripe units): check that the two sequences are not swapped or mislabelled (a "
+                   "haemorrhagic or melanotic lesion can also do this)")
+    if FEATURES in keys:
         why.append(f"outside what the model was trained on (distance {distance:.3g} > threshold {threshold:.3g})")
     if not why:  # evaluated before the score had two parts
         dist = "" if _missing(score) or _missing(threshold) else f" (distance {score:.3g} > threshold {threshold:.3g})"
@@ -155,7 +159,8 @@ def explain(set_string, level: float, ood, score=None, threshold=None, call: str
             computed).
         call: the call at the leakage-free cutoff, where known.
         distance, contrast: the score's two parts, the feature distance and the sequence
-            contrast (``gbmmet.ood``), which say why a patient is flagged (null: not stored).
+            contrast (``gbmmet.ood``), which say why a patient is flagged (null: not stored; a
+            contrast is stored only where the sequence check was on).
 
     Returns:
         ``(kind, line)``: ``DEFER`` (the set is not one label, or the patient lies outside the

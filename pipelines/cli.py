@@ -29,6 +29,11 @@ EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 RESUME_HINT = "re-run the same command to resume"
 
+# Options of every command that starts Ray, declared once.
+AddressOpt = Annotated[str | None, typer.Option(help="Ray cluster address (default: RAY_ADDRESS, else a local Ray).")]
+VerboseOpt = Annotated[bool, typer.Option("--verbose", help="Show Ray's own logs (its workers', Ray Train's) here; "
+                                                             "by default they go to Ray's log folder, named at the end.")]
+
 # Options shared by `evaluate` and `run`, declared once.
 ResamplesOpt = Annotated[int, typer.Option(help="Resamples per confidence interval (the paper: 1000).")]
 CiOpt = Annotated[str, typer.Option(help="CI shown in the printed table: bootstrap_bca (default: stratified "
@@ -77,13 +82,19 @@ def _settings(resamples: int, seed: int, primary: str, margin: float | None = No
 
 def _user_errors(fn):
     """Print gbmmet's own errors as one clear line (no traceback) and exit with code 2; a job that
-    failed after its retries exits with 1, one stopped by Ctrl-C with 130 (saying what finished)."""
+    failed after its retries exits with 1, one stopped by Ctrl-C with 130 (saying what finished).
+
+    For the commands that start Ray (those with ``--verbose``) it also applies ``--verbose`` and,
+    where this command started Ray quietly, names Ray's log folder in the closing line."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         from gbmmet.errors import GbmmetError, RunFailed
+        from pipelines import ray_runtime
         from pipelines.ray_runtime import Interrupted
 
+        if "verbose" in kwargs:
+            ray_runtime.set_verbose(kwargs["verbose"])
         try:
             return fn(*args, **kwargs)
         except Interrupted as exc:
@@ -98,6 +109,9 @@ def _user_errors(fn):
         except GbmmetError as exc:
             typer.secho(f"error: {exc}", err=True, fg="red")
             raise typer.Exit(EXIT_USAGE) from None
+        finally:
+            if "verbose" in kwargs and not kwargs["verbose"] and ray_runtime.log_dir():
+                typer.echo(f"Ray's own logs: {ray_runtime.log_dir()} (--verbose shows them here)")
 
     return wrapper
 
@@ -113,7 +127,8 @@ def synth(
     preview: Annotated[bool, typer.Option("--preview", help="Write preview.png: a few GBM and MET patients per site.")] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a cohort folder made with other settings.")] = False,
     workers: Annotated[int | None, typer.Option(help="CPUs of the local Ray (default: all); 0 runs in this process without Ray.")] = None,
-    address: Annotated[str | None, typer.Option(help="Ray cluster address (default: RAY_ADDRESS, else a local Ray).")] = None,
+    address: AddressOpt = None,
+    verbose: VerboseOpt = False,
     ood: Annotated[str, typer.Option(help="Also write out-of-distribution patients in OUT/ood/<kind>/, kinds "
                                           "comma-separated: meningioma, no_lesion (ROI on normal brain), swapped "
                                           "(CE-T1 and T2 files exchanged). Adds to an existing cohort.")] = "",
@@ -152,7 +167,8 @@ def synth(
 def preprocess(
     manifest: Annotated[list[Path], typer.Option("--manifest", help="A site's manifest.csv (repeat for several sites).")],
     lake: Annotated[str, typer.Option(help="Lake folder or URI (s3://...).")] = "lake",
-    address: Annotated[str | None, typer.Option(help="Ray cluster address (default: RAY_ADDRESS, else a local Ray).")] = None,
+    address: AddressOpt = None,
+    verbose: VerboseOpt = False,
     workers: Annotated[int | None, typer.Option(help="CPUs of the local Ray (default: all); 0 runs in this process.")] = None,
     keep_going: Annotated[bool, typer.Option("--keep-going", help="Missing files fail only their own patient instead of stopping the run.")] = False,
     pin_sites: Annotated[bool, typer.Option("--pin-sites", help="Run each site's patients only on nodes with the Ray resource site:<site> (ray start --resources '{\"site:siteA\": 1}').")] = False,
@@ -206,7 +222,8 @@ def features(
     lake: Annotated[str, typer.Option(help="Lake folder or URI.")] = "lake",
     backbone: Annotated[str, typer.Option(help="auto (ResNet-50 if its weights are here, else EfficientNet-Lite0), resnet50-imagenet, efficientnet-lite0-imagenet, resnet18-random (tests).")] = "auto",
     weights: Annotated[str | None, typer.Option(help="ResNet-50 (or Lite0) weight file; checked, sha256 recorded.")] = None,
-    address: Annotated[str | None, typer.Option(help="Ray cluster address (default: RAY_ADDRESS, else a local Ray).")] = None,
+    address: AddressOpt = None,
+    verbose: VerboseOpt = False,
     workers: Annotated[int | None, typer.Option(help="CPUs of the local Ray (default: all); 0 runs in this process.")] = None,
     gpus: Annotated[float, typer.Option(help="GPUs per task (0 on CPU machines).")] = 0.0,
     batch_size: Annotated[int, typer.Option(help="Slices per forward pass.")] = 64,
@@ -248,7 +265,8 @@ def train(
     max_failures: Annotated[int, typer.Option(help="Worker failures a fold survives (resuming from its checkpoint).")] = 2,
     storage_path: Annotated[str | None, typer.Option(help="Ray Train storage (default <lake>/runs; any URI).")] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a run of this name trained with other settings.")] = False,
-    address: Annotated[str | None, typer.Option(help="Ray cluster address (default: RAY_ADDRESS, else a local Ray).")] = None,
+    address: AddressOpt = None,
+    verbose: VerboseOpt = False,
 ) -> None:
     """Train the 5-fold ensemble with Ray Train, one TorchTrainer per fold."""
     from gbmmet.model.train import HeadConfig
@@ -275,7 +293,8 @@ def evaluate(
     margin: MarginOpt = DEFAULT_MARGIN,
     force: Annotated[bool, typer.Option("--force", help="Evaluate again even where an evaluation of the same inputs exists.")] = False,
     cams: Annotated[bool, typer.Option("--cams/--no-cams", help="Grad-CAM of every test and external slice into the lake.")] = True,
-    address: Annotated[str | None, typer.Option(help="Ray cluster address (default: RAY_ADDRESS, else a local Ray).")] = None,
+    address: AddressOpt = None,
+    verbose: VerboseOpt = False,
 ) -> None:
     """Score val / test / external with the fold ensemble; predictive index, cutoffs, metrics with
     CIs, readers, paired differences, calibration and patient flow into the lake; print the table."""
@@ -322,7 +341,8 @@ def run_cmd(
     ci: CiOpt = "bootstrap_bca",
     primary: PrimaryOpt = DEFAULT_PRIMARY,
     margin: MarginOpt = DEFAULT_MARGIN,
-    address: Annotated[str | None, typer.Option(help="Ray cluster address (default: RAY_ADDRESS, else a local Ray).")] = None,
+    address: AddressOpt = None,
+    verbose: VerboseOpt = False,
     workers: Annotated[int | None, typer.Option(help="CPUs of the local Ray (default: all).")] = None,
 ) -> None:
     """The main job: synth -> preprocess -> features -> train -> readers -> evaluate, then the
@@ -394,9 +414,11 @@ def _echo_trust(t) -> None:
     typer.echo(f"uncertainty: fold models' indices sd {u.index_fold_sd:.3f}; entropy {u.entropy_total:.3f} bits "
                f"= aleatoric {u.entropy_aleatoric:.3f} + epistemic (mutual information) {u.mutual_information:.3f}")
     if t.ood is not None:
+        check = ("sequence check off for this run" if t.sequence_contrast is None else
+                 f"T2 - CE-T1 contrast around the ROI {t.sequence_contrast:.3g} WhiteStripe units, below 0 "
+                 "when the sequences may be swapped")
         typer.echo(f"out of distribution: {'YES' if t.ood else 'no'} (score {t.ood_score:.3f}, threshold "
-                   f"{t.ood_threshold:.3f}: feature distance {t.ood_distance:.3f}; T2 - CE-T1 contrast over the "
-                   f"lesion {t.sequence_contrast:.3g}, below 0 when the sequences look swapped)")
+                   f"{t.ood_threshold:.3f}: feature distance {t.ood_distance:.3f}; {check})")
     typer.secho(t.line, fg="yellow" if t.deferred else "green")
 
 

@@ -275,7 +275,7 @@ def run_features(lake_root: str, *, backbone: str = "auto", weights: str | None 
     batches = _Batches(lake, info.id, batch)
     t0 = time.perf_counter()
     try:
-        report = _run_tasks(items, batches, description=f"features {info.id}", use_ray=use_ray, gpus=gpus,
+        report = _run_tasks(items, batches, description="features", use_ray=use_ray, gpus=gpus,
                             show_progress=show_progress)
     finally:  # what was committed, even if interrupted, is in the catalog
         if lake.local_root is not None:

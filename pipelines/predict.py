@@ -82,7 +82,7 @@ class Trust:
         return {"cutoff_kind": self.cutoff_kind, "call": self.call, "prob_gbm": self.prob_gbm,
                 "sets": {C.set_column(k): v for k, v in self.sets.items()}, "uncertainty": asdict(self.uncertainty),
                 "ood_score": self.ood_score, "ood_threshold": self.ood_threshold, "ood": self.ood,
-                "ood_distance": self.ood_distance, "sequence_contrast": self.sequence_contrast,
+                C.COL_OOD_DISTANCE: self.ood_distance, C.COL_SEQUENCE_CONTRAST: self.sequence_contrast,
                 "deferred": self.deferred, "explanation": self.line}
 
 
@@ -97,12 +97,12 @@ def registration_check(lake, params, metric: float):
     return qc.registration_qc(metric, (), qc.cohort_values(latest.values()))
 
 
-def assess_trust(lake, rec: dict, evaluation: dict | None, images, probs, index: float, params=None) -> Trust:
+def assess_trust(lake, rec: dict, evaluation: dict | None, images, probs, index: float, params) -> Trust:
     """The ``Trust`` of one new patient from run ``rec``'s evaluation record (its calibrator,
     conformal thresholds and trust settings) and the lake's backbone features (the detector is
     fitted again exactly as evaluation fitted it: on the training slices, its threshold on the
-    validation patients; the sequence check reads ``images`` with ``params``' slice settings, the
-    lake's where not given)."""
+    validation patients; the sequence check reads ``images``, made with ``params``, at the scale
+    the evaluation recorded)."""
     from gbmmet.calibration import IndexCalibrator
     from gbmmet.conformal import ClassConditionalConformal
     from gbmmet.evaluation import EvaluationSettings
@@ -110,7 +110,7 @@ def assess_trust(lake, rec: dict, evaluation: dict | None, images, probs, index:
     from gbmmet.trust import DEFER, explain
     from gbmmet.uncertainty import patient_uncertainty
     from pipelines.features import embed
-    from pipelines.trust import fit_ood, slice_params
+    from pipelines.trust import fit_ood
 
     config = json.loads(evaluation["config"]) if evaluation else {}
     settings = EvaluationSettings.from_dict(config.get("settings", {})).trust
@@ -125,14 +125,18 @@ def assess_trust(lake, rec: dict, evaluation: dict | None, images, probs, index:
     sets = {level: column[0] for level, column in sets.items()}
     uncertainty = patient_uncertainty(["new"] * probs.shape[1], probs)["new"]
     score = threshold = ood = distance = contrast = None
-    detector = fit_ood(lake, rec["backbone_id"], settings, echo=lambda _: None) if trusted.get("ood") else None
+    stored = trusted.get("ood") or {}
+    # the sequence check's scale as evaluation recorded it (none: evaluated before the check; off)
+    detector = (fit_ood(lake, rec["backbone_id"], settings, echo=lambda _: None,
+                        contrast_scale=stored.get("contrast_scale") or 0.0) if stored else None)
     if detector is not None:
         name = rec["backbone_id"].split("@")[0]
         weights = json.loads(rec["config"]).get("weights_file")
         features, _ = embed(images, name, weights)
         distance = detector.patient_distances(features, np.array(["new"] * len(features)))["new"]
-        sp = params.slices if params is not None else slice_params(lake)
-        contrast = sequence_contrast(images, sp.channels, sp.ws_range, ["new"] * len(images))["new"]
+        if detector.contrast_scale_ is not None:
+            sp = params.slices
+            contrast = sequence_contrast(images, sp.channels, sp.ws_range, ["new"] * len(images))["new"]
         score = detector.combine(distance, contrast)
         threshold, ood = float(detector.threshold_), bool(detector.flag(score))
     verdict, line = explain(sets.get(settings.deferral_level), settings.deferral_level, ood, score, threshold, call,

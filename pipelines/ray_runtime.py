@@ -13,6 +13,7 @@ tasks and raises ``Interrupted``.
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from collections.abc import Callable, Iterable
@@ -38,8 +39,36 @@ class Interrupted(RunFailed):
         self.report = report or BatchReport()
 
 
+#: Set (to anything but "" or "0") by ``--verbose``: Ray's own log lines reach the terminal.
+VERBOSE_ENV = "GBMMET_VERBOSE"
+_session_dir: str | None = None
+
+
+def verbose() -> bool:
+    """Whether Ray's own logs (its INFO lines, every worker's and actor's output) are shown."""
+    return os.environ.get(VERBOSE_ENV, "") not in ("", "0")
+
+
+def set_verbose(on: bool) -> None:
+    """Show Ray's own logs on the terminal (``--verbose``), or keep them in Ray's log folder."""
+    os.environ[VERBOSE_ENV] = "1" if on else "0"
+
+
+def log_dir() -> str | None:
+    """Where Ray's logs of this job are (the session's ``logs`` folder, on the head node where a
+    cluster was joined); None before ``init_ray``."""
+    return None if _session_dir is None else os.path.join(_session_dir, "logs")
+
+
 def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
-    """Connect to ``address`` / ``RAY_ADDRESS``, or start a local Ray with ``num_cpus`` CPUs."""
+    """Connect to ``address`` / ``RAY_ADDRESS``, or start a local Ray with ``num_cpus`` CPUs.
+
+    Quiet unless ``verbose()``: Ray's driver logs only warnings, and what tasks and actors print
+    (Ray Train's controller and workers among them) stays in Ray's log folder (``log_dir()``).
+    Errors still reach the user: a failed task's exception is raised in the driver, where the
+    commands record and print it.
+    """
+    global _session_dir
     address = address or os.environ.get("RAY_ADDRESS") or None
     if not address:
         os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
@@ -56,11 +85,13 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
 
     if ray.is_initialized():
         return
+    shown = {"log_to_driver": verbose(), "logging_level": logging.INFO if verbose() else logging.WARNING}
     if address:
-        ray.init(address=address, log_to_driver=True)
+        context = ray.init(address=address, **shown)
     else:
         # "local" always starts a fresh cluster, even where a killed one left its marker file.
-        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=True)
+        context = ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, **shown)
+    _session_dir = (getattr(context, "address_info", None) or {}).get("session_dir")
 
 
 def match_threads_to_task() -> None:

@@ -7,6 +7,8 @@ detector's and conformal sets' summaries) and each cohort's metric and curve row
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 
 from gbmmet import constants as C
@@ -39,32 +41,51 @@ def _uncertainty(lake, run: str, pat: dict) -> None:
                            C.COL_MUTUAL_INFORMATION: u.mutual_information})
 
 
-def slice_params(lake):
-    """The slice parameters (channels, WhiteStripe byte ranges) of the lake's preprocessing."""
-    from pipelines.predict import _lake_params
+def slice_settings(lake) -> dict:
+    """The slice settings (``SliceParams``: channels, WhiteStripe byte ranges) of every parameter
+    set the lake's slices were made with, by ``params_hash``."""
+    from gbmmet.preprocess.params import PreprocessParams
 
-    return _lake_params(lake).slices
+    runs = lake.read(C.TABLE_PREPROCESS_RUNS, columns=["params_hash", "params"]).to_pylist()
+    return {r["params_hash"]: PreprocessParams.from_dict(json.loads(r["params"])).slices
+            for r in runs if r["params_hash"] and r["params"]}
 
 
-def sequence_contrasts(lake, splits, params) -> dict[str, float]:
-    """Each patient's ``gbmmet.ood.sequence_contrast`` from its stored slices, a split at a time."""
+def sequence_contrasts(lake, splits) -> dict[str, float]:
+    """Each patient's ``gbmmet.ood.sequence_contrast`` from its stored slices, a split at a time,
+    each slice decoded with the settings it was made with.
+
+    Raises:
+        ConfigError: a slice whose parameter set is not in ``preprocess_runs`` (named).
+    """
+    from gbmmet.errors import ConfigError
     from gbmmet.ood import sequence_contrast
     from pipelines.train import load_slice_images
 
-    out: dict[str, float] = {}
+    settings, out = None, {}
     for split in splits:
         meta, images = load_slice_images(lake, split)
-        if len(images):
-            out.update(sequence_contrast(images, params.channels, params.ws_range,
-                                         meta.column(C.COL_PATIENT_ID).to_numpy()))
+        if not len(images):
+            continue
+        settings = settings if settings is not None else slice_settings(lake)
+        hashes = np.array(meta.column("params_hash").to_pylist(), dtype=object)
+        patients = meta.column(C.COL_PATIENT_ID).to_numpy(zero_copy_only=False)
+        for h in dict.fromkeys(hashes):
+            rows = np.flatnonzero(hashes == h)
+            pids = patients[rows]
+            if h not in settings:
+                raise ConfigError(f"slices of patient {pids[0]} ({split}) were made with preprocessing parameters "
+                                  f"{h!r}, which preprocess_runs does not hold: cannot read their intensities")
+            sp = settings[h]
+            out.update(sequence_contrast(images[rows], sp.channels, sp.ws_range, pids))
     return out
 
 
-def fit_ood(lake, backbone_id: str, settings, echo=print, contrast: dict | None = None):
+def fit_ood(lake, backbone_id: str, settings, echo=print, contrast_scale: float | None = None):
     """The out-of-distribution detector of ``backbone_id``'s features: fitted on the training
     slices, its threshold fixed on the validation patients, its sequence check scaled by their
-    contrast (``contrast``, dict patient -> sequence contrast, where already computed). None (and
-    a note) where either is missing."""
+    median contrast (or by ``contrast_scale``, where an evaluation recorded it). None (and a
+    note) where either is missing."""
     from gbmmet.ood import OodDetector
     from pipelines.train import load_feature_matrix
 
@@ -74,19 +95,19 @@ def fit_ood(lake, backbone_id: str, settings, echo=print, contrast: dict | None 
         echo(f"  note: no out-of-distribution flag: no {backbone_id} features of "
              f"{'training slices' if not len(train) else 'validation patients'} (run `gbmmet features`)")
         return None
-    if contrast is None:
-        contrast = sequence_contrasts(lake, (C.VAL,), slice_params(lake))
-    detector = OodDetector(settings.ood).fit(train, val, meta.column(C.COL_PATIENT_ID).to_numpy(), contrast)
-    if detector.contrast_scale_ is None:
-        echo("  note: no sequence check: the validation patients' median T2 - CE-T1 contrast is not positive")
+    reference = contrast_scale if contrast_scale is not None else sequence_contrasts(lake, (C.VAL,))
+    detector = OodDetector(settings.ood).fit(train, val, meta.column(C.COL_PATIENT_ID).to_numpy(), reference)
+    if detector.contrast_scale_ is None and contrast_scale is None:
+        echo("  note: no sequence check: " + ("the validation patients' median T2 - CE-T1 contrast is not positive"
+                                              if detector.reference_contrast_ else
+                                              "no validation slice has pixels inside the head to measure it"))
     return detector
 
 
 def _ood(lake, rec: dict, pat: dict, settings, echo) -> dict | None:
     from pipelines.train import load_feature_matrix
 
-    contrast = sequence_contrasts(lake, EVAL_SPLITS, slice_params(lake))
-    detector = fit_ood(lake, rec["backbone_id"], settings, echo, contrast)
+    detector = fit_ood(lake, rec["backbone_id"], settings, echo)
     if detector is None:
         return None
     distances = dict(detector.reference_scores_)  # the validation patients: scored when fitting
@@ -94,6 +115,8 @@ def _ood(lake, rec: dict, pat: dict, settings, echo) -> dict | None:
         meta, X = load_feature_matrix(lake, rec["backbone_id"], split)
         if len(X):
             distances.update(detector.patient_distances(X, meta.column(C.COL_PATIENT_ID).to_numpy()))
+    check = detector.contrast_scale_ is not None
+    contrast = {**detector.reference_contrast_, **sequence_contrasts(lake, (C.TEST, C.EXTERNAL))} if check else {}
     for p, distance in distances.items():
         if p in pat:
             score = detector.combine(distance, contrast.get(p))

@@ -170,7 +170,9 @@ PATIENT_PREDICTIONS = pa.schema([
     pa.field(C.COL_OOD_THRESHOLD, pa.float64()),  # fixed on validation patients only
     pa.field(C.COL_OOD, pa.bool_()),  # ood_score > ood_threshold
     pa.field(C.COL_OOD_DISTANCE, pa.float64()),  # backbone-feature distance to the training slices
-    pa.field(C.COL_SEQUENCE_CONTRAST, pa.float64()),  # mean T2 - CE-T1 over the ROI slices (< 0: swapped?)
+    # mean T2 - CE-T1 in WhiteStripe units over the ROI crops' pixels inside the head (< 0: sequences
+    # swapped?); null where the sequence check was off (gbmmet.ood)
+    pa.field(C.COL_SEQUENCE_CONTRAST, pa.float64()),
     # the conformal set at each level (set_90, set_95): "GBM", "MET", "GBM|MET" or "" (empty)
     *[pa.field(C.set_column(level), pa.string()) for level in C.CONFORMAL_LEVELS],
     pa.field(C.COL_DEFERRED, pa.bool_()),  # defer to the readers: not one label at 90 %, or ood

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from gbmmet.ood import FEATURES, SEQUENCES, OodDetector, OodSettings, sequence_contrast
+from gbmmet.ood import FEATURES, SEQUENCES, OodDetector, OodSettings, ood_reasons, sequence_contrast
 
 WIDTH, SLICES = 16, 3
 
@@ -124,19 +124,28 @@ RANGES = {"t1c": (-160.0, 160.0), "t2": (-110.0, 150.0)}  # the default SlicePar
 
 
 def test_sequence_contrast_is_the_mean_t2_minus_ce_t1_in_whitestripe_units_per_patient():
-    images = np.zeros((3, 3, 2, 2), np.uint8)
-    images[:, 0] = 0  # CE-T1 byte 0 = -160
-    images[:, 1] = 255  # T2 byte 255 = +150
-    images[2, 1] = 0  # the last slice's T2 byte 0 = -110
+    # bytes b map to lo + b (hi - lo) / 255: CE-T1 byte 51 = -96, T2 byte 255 = +150, T2 byte 51 = -58
+    images = np.full((3, 3, 2, 2), 51, np.uint8)
+    images[:2, 1] = 255
     out = sequence_contrast(images, ("t1c", "t2", "t2"), RANGES, ["a", "a", "b"])
-    assert out == pytest.approx({"a": 150.0 + 160.0, "b": -110.0 + 160.0})
+    assert out == pytest.approx({"a": 150.0 + 96.0, "b": -58.0 + 96.0})
+
+
+def test_sequence_contrast_leaves_out_background_pixels_at_the_byte_floor():
+    images = np.full((1, 3, 2, 2), 51, np.uint8)
+    images[0, 1] = 255  # T2 +150 against CE-T1 -96: 246 where both are inside the head
+    images[0, :, 0, :] = 0  # a row of air in both sequences: it would add (-110) - (-160) = +50
+    images[0, 0, 1, 0] = 0  # CSF: CE-T1 at the floor (-160), T2 bright (+150): kept, 310
+    out = sequence_contrast(images, ("t1c", "t2", "t2"), RANGES, ["a"])
+    assert out["a"] == pytest.approx((246.0 + 310.0) / 2)
+    assert np.isnan(sequence_contrast(np.zeros((1, 3, 2, 2), np.uint8), ("t1c", "t2", "t2"), RANGES, ["z"])["z"])
 
 
 def test_sequence_contrast_reads_the_channels_where_the_settings_put_them():
-    images = np.zeros((1, 2, 1, 1), np.uint8)
+    images = np.full((1, 2, 1, 1), 51, np.uint8)
     images[0, 0] = 255  # T2 here: +150
-    out = sequence_contrast(images, ("t2", "t1c"), RANGES, ["a"])  # CE-T1 byte 0: -160
-    assert out["a"] == pytest.approx(310.0)
+    out = sequence_contrast(images, ("t2", "t1c"), RANGES, ["a"])  # CE-T1 byte 51: -96
+    assert out["a"] == pytest.approx(246.0)
 
 
 def test_sequence_contrast_refuses_slices_without_both_sequences():
@@ -185,3 +194,21 @@ def test_reasons_name_the_part_that_crossed():
     assert det.reasons(t / 2, -10.0) == (SEQUENCES,)
     assert det.reasons(t + 1, -10.0) == (FEATURES, SEQUENCES)
     assert det.reasons(t, 10.0) == ()
+
+
+def test_a_scale_recorded_by_an_earlier_fit_can_be_given_as_a_number():
+    det = _fitted(50.0)
+    assert det.contrast_scale_ == 50.0 and det.reference_contrast_ == {}
+    assert det.combine(0.0, -50.0) == pytest.approx(2 * det.threshold_)
+    assert _fitted(0.0).contrast_scale_ is None
+
+
+def test_reference_contrasts_that_are_missing_are_skipped():
+    det = _fitted({"r1": None, "r2": 60.0})
+    assert det.reference_contrast_ == {"r2": 60.0} and det.contrast_scale_ == 60.0
+
+
+def test_ood_reasons_ignore_what_is_missing():
+    assert ood_reasons(2.0, -1.0, 1.0) == (FEATURES, SEQUENCES)
+    assert ood_reasons(None, None, 1.0) == () and ood_reasons(float("nan"), float("nan"), 1.0) == ()
+    assert ood_reasons(2.0, None, None) == ()

@@ -49,7 +49,8 @@ def test_the_line_names_each_part_of_the_score_that_flagged_the_patient():
     _, far = explain(C.MET, 0.9, True, 1.5, 1.2, distance=1.5, contrast=40.0)
     assert "distance 1.5 > threshold 1.2" in far and "swapped" not in far
     _, sequences = explain(C.MET, 0.9, True, 2.5, 1.2, distance=0.9, contrast=-30.0)
-    assert "contrast -30 < 0" in sequences and "distance" not in sequences
+    assert "T2 - CE-T1 -30 < 0" in sequences and "distance" not in sequences
+    assert "melanotic" in sequences  # the rule is not specific: the line says so
 
 
 def test_the_line_keeps_one_label_and_says_when_it_disagrees_with_the_call_or_nothing_was_computed():

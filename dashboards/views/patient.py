@@ -92,7 +92,7 @@ def trust_section(rows: pd.DataFrame, pid: str) -> None:
                 help="Total predictive entropy of the ensemble over the slices: 0 sure, 1 a coin toss.")
     notes = [f"entropy split: {fig['entropy split']}" if fig["entropy split"] else "",
              f"distance to the training data {fig['distance']}: {fig['training data']}",
-             f"T2 - CE-T1 contrast over the lesion {fig['sequence contrast']}"]
+             f"T2 - CE-T1 contrast around the ROI (WhiteStripe units) {fig['sequence contrast']}"]
     if isinstance(row.get(C.COL_DEFER_REASON), str) and row[C.COL_DEFER_REASON]:
         notes.append(f"deferred: {row[C.COL_DEFER_REASON]}")
     st.caption(" · ".join(n for n in notes if n))

@@ -303,7 +303,8 @@ def test_uncertainty_figures_show_the_distance_part_and_a_negative_contrast_as_s
     fig = T.uncertainty_figures(row(ood_score=2.0, ood_threshold=1.2, ood=True, ood_distance=0.9,
                                     sequence_contrast=-40.0))
     assert fig["distance"] == "0.9 (threshold 1.2)"
-    assert fig["sequence contrast"] == "-40 (CE-T1 brighter than T2: swapped or mislabelled?)"
+    assert fig["training data"] == "inside what the model was trained on"  # only the contrast flagged it
+    assert fig["sequence contrast"] == "-40 (CE-T1 brighter than T2: check the sequences are not swapped)"
     assert T.uncertainty_figures(row(sequence_contrast=55.0))["sequence contrast"] == (
         "55 (T2 brighter than CE-T1, as expected)")
 

@@ -261,7 +261,8 @@ def test_predict_one_real_patient_with_the_lakes_run(evaluated_lake, tmp_path, c
     n = int(text.split("fold models, ")[1].split(" ROI slices")[0])
     assert n > 10 and len(list(out.glob("slice*_cam.png"))) == n
     table = text.index("slice  fold0")  # whether to trust the call comes before the per-slice table
-    for line in ("call: ", "conformal sets: 90 % {", "uncertainty: fold models' indices sd", "out of distribution: "):
+    for line in ("call: ", "conformal sets: 90 % {", "uncertainty: fold models' indices sd", "out of distribution: ",
+                 "T2 - CE-T1 contrast around the ROI"):
         assert -1 < text.find(line) < table, line
     assert main(["predict", "--t1c", str(case / "Brats18_2013_3_1_t1ce.nii.gz"), "--t2",
                  str(case / "Brats18_2013_3_1_t2.nii.gz"), "--roi", str(case / "Brats18_2013_3_1_seg.nii.gz"),
@@ -271,6 +272,11 @@ def test_predict_one_real_patient_with_the_lakes_run(evaluated_lake, tmp_path, c
     assert got["n_slices"] == n and len(got["slices"]) == n
     assert trust["sets"][C.set_column(0.9)] in (C.GBM, C.MET, C.GBM + C.SET_SEPARATOR + C.MET, "")
     assert trust["ood"] == (trust["ood_score"] > trust["ood_threshold"])
+    scale = _eval_config(Lake(lake_dir))["trust"]["ood"]["contrast_scale"]  # as evaluation recorded it
+    contrast = trust[C.COL_SEQUENCE_CONTRAST]
+    assert contrast > 0  # a real glioblastoma: T2 brighter than CE-T1 around it
+    assert trust["ood_score"] == pytest.approx(max(trust[C.COL_OOD_DISTANCE],
+                                                   trust["ood_threshold"] * (1 - contrast / scale)))
     assert ("defer to the readers" in trust["explanation"]) == trust["deferred"]
     # a missing file is a clear error naming it
     assert main(["predict", "--t1c", str(tmp_path / "nope.nii.gz"), "--t2", str(case / "Brats18_2013_3_1_t2.nii.gz"),
@@ -356,18 +362,36 @@ def test_the_ood_flag_is_a_score_above_a_threshold_fixed_on_validation_patients(
     assert list(pp[C.COL_OOD]) == list(pp[C.COL_OOD_SCORE] > ood["threshold"])
 
 
-def test_the_sequence_contrast_stored_is_the_one_the_lakes_slices_give(evaluated_lake):
+def test_the_sequence_contrast_stored_is_the_one_each_patients_slices_give(evaluated_lake):
     from gbmmet.ood import sequence_contrast
-    from pipelines.predict import _lake_params
     from pipelines.train import load_slice_images
+    from pipelines.trust import slice_settings
 
     lake = Lake(evaluated_lake[0])
     pp = _pp(lake).drop_duplicates(C.COL_PATIENT_ID).set_index(C.COL_PATIENT_ID)
     meta, images = load_slice_images(lake, C.TEST)
-    sp = _lake_params(lake).slices
-    expected = sequence_contrast(images, sp.channels, sp.ws_range, meta.column(C.COL_PATIENT_ID).to_numpy())
-    assert expected and all(v > 0 for v in expected.values())  # real lesions: T2 brighter than CE-T1
-    assert pp.loc[list(expected), C.COL_SEQUENCE_CONTRAST].to_numpy() == pytest.approx(list(expected.values()))
+    pids, hashes = meta.column(C.COL_PATIENT_ID).to_numpy(), meta.column("params_hash").to_pylist()
+    for p in dict.fromkeys(pids):
+        rows = pids == p
+        sp = slice_settings(lake)[hashes[np.flatnonzero(rows)[0]]]  # the settings its slices were made with
+        expected = sequence_contrast(images[rows], sp.channels, sp.ws_range, pids[rows])[p]
+        assert expected > 0  # in distribution: T2 brighter than CE-T1 around the lesion
+        assert pp.loc[p, C.COL_SEQUENCE_CONTRAST] == pytest.approx(expected)
+
+
+def test_slices_made_with_parameters_the_lake_does_not_hold_are_refused_by_name(evaluated_lake, tmp_path):
+    from gbmmet.errors import ConfigError
+    from pipelines.trust import sequence_contrasts
+
+    copy = tmp_path / "lake"
+    shutil.copytree(evaluated_lake[0], copy, ignore=shutil.ignore_patterns("catalog.duckdb", "runs"))
+    lake = Lake(copy)
+    one = lake.read(C.TABLE_SLICES, filter=pc.field(C.COL_SPLIT) == C.TEST).slice(0, 1)
+    lake.append(C.TABLE_SLICES, one.set_column(one.schema.get_field_index(C.COL_PATIENT_ID), C.COL_PATIENT_ID,
+                                               pa.array(["stray"]))
+                .set_column(one.schema.get_field_index("params_hash"), "params_hash", pa.array(["0123abcd"])))
+    with pytest.raises(ConfigError, match="patient stray .*'0123abcd'"):
+        sequence_contrasts(lake, (C.TEST,))
 
 
 def test_a_patient_is_deferred_exactly_when_its_90_set_is_not_one_label_or_it_is_ood(evaluated_lake):

@@ -3,23 +3,42 @@ the second run reuses every stage."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pyarrow.compute as pc
 import pytest
 
 from gbmmet import constants as C
 from pipelines.cli import main
+from pipelines.ray_runtime import VERBOSE_ENV
 from storage.lake import Lake
+
+# What Ray itself prints (its INFO lines; what its actors and workers print, prefixed with their
+# class and pid): none of it may reach a quiet run's terminal.
+RAY_INTERNALS = ("INFO worker.py", "(TrainController", "(RayTrainWorker", "(PlacementGroupCleaner", "pid=",
+                 "Ray Train Controller", "worker group", "raylet", "[repeated")
 
 
 @pytest.mark.slow
-def test_gbmmet_run_end_to_end_and_rerun_reuses(tmp_path, ray_local, capsys):
+def test_gbmmet_run_end_to_end_quietly_and_rerun_reuses(tmp_path, ray_local, capsys):
     lake, data = tmp_path / "lake", tmp_path / "data"
     args = ["run", "--preset", "tiny", "--lake", str(lake), "--data", str(data), "--epochs", "3",
             "--resamples", "100"]
-    assert main(args) == 0
-    out = capsys.readouterr().out
+    # as a user runs it: its own process, its own local Ray, everything it prints (this checkout's code)
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", VERBOSE_ENV)}
+    gbmmet = "import sys; from pipelines.cli import main; sys.exit(main(sys.argv[1:]))"
+    proc = subprocess.run([sys.executable, "-c", gbmmet, *args], capture_output=True, text=True, env=env,
+                          timeout=1800, cwd=Path(__file__).resolve().parents[2])
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-3000:]
+    leaked = [line for line in out.splitlines() if any(s in line for s in RAY_INTERNALS)]
+    assert not leaked, leaked[:5]
+    logs = out.split("Ray's own logs: ")[1].split(" (--verbose")[0]
+    assert Path(logs).is_dir()  # named in the closing line, and there
     for stage in ("== synth", "== preprocess", "== features", "== train", "== readers", "== evaluate"):
         assert stage in out
     assert "reader2 + model" in out and "time per stage:" in out and f"lake: {lake}" in out
