@@ -27,7 +27,7 @@ matter at 0), over the pixels of a patient's stored ROI crops, leaving out those
 sequences are at the byte range's floor (background: air, or a skull-stripped zero). Around a lesion T2 is
 the brighter of the two (oedema, necrosis and CSF are T2-bright; only the enhancing rim is
 CE-T1-bright), so the contrast is positive on every in-distribution patient measured (the demo's
-synthetic patients and two real BraTS 2018 glioblastomas; numbers in docs/manual.md) and negative
+synthetic patients and two real BraTS 2018 glioblastomas; numbers in docs/trust.md) and negative
 on every swapped one. A negative contrast fails the check; the rule is physical, not fitted, and
 it is not specific: a haemorrhagic or melanotic lesion (T1-bright) can fail it too, so the words
 shown ask to check the sequences rather than assert they were swapped. The patient's ``score`` is

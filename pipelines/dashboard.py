@@ -70,7 +70,7 @@ def check_access(host: str, secrets: str | None, *, no_sign_in: bool = False, ec
     if settings.sign_in:
         if settings.problems:
             raise ConfigError("sign-in is configured ([auth] in secrets.toml) but cannot work: "
-                              + "; ".join(settings.problems) + " (docs/manual.md, 'Sign-in')")
+                              + "; ".join(settings.problems) + " (docs/dashboard.md, 'Sign-in')")
         if not settings.users:
             echo(f"WARNING: sign-in is on but the allow-list ([gbmmet.access] or {access.ACCESS_ENV}) is empty: "
                  "every user who signs in is refused")
@@ -80,7 +80,7 @@ def check_access(host: str, secrets: str | None, *, no_sign_in: bool = False, ec
     if not no_sign_in:
         raise ConfigError(f"--host {host} would show every site's patients to whoever reaches it: the dashboard has "
                           "no sign-in configured. Configure sign-in ([auth] and [gbmmet.access] in secrets.toml, "
-                          "docs/manual.md 'Sign-in'), or serve on 127.0.0.1; behind an authenticating proxy of "
+                          "docs/dashboard.md 'Sign-in'), or serve on 127.0.0.1; behind an authenticating proxy of "
                           "your own, add --no-sign-in to serve it anyway")
     echo(f"WARNING: serving on {host} WITHOUT SIGN-IN (--no-sign-in): whoever reaches it sees every site's patients")
     return settings
