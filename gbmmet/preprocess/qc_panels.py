@@ -245,16 +245,14 @@ def _head(plane: np.ndarray) -> np.ndarray:
     return sitk.GetArrayFromImage(head_mask(sitk.GetImageFromArray(np.asarray(plane, np.float32)))) > 0
 
 
-def head_points(image: sitk.Image, step: int = 4) -> np.ndarray:
-    """Physical points (n, 3) of the head (``bias.head_mask``) on ``image`` block-averaged ``step``x."""
-    from gbmmet.preprocess.bias import head_mask
-
-    small = sitk.BinShrink(image, [step] * 3) if step > 1 else image
-    kji = np.argwhere(sitk.GetArrayViewFromImage(head_mask(small)) > 0)
+def head_points(head: sitk.Image, step: int = 2) -> np.ndarray:
+    """Physical points (n, 3) of every ``step``-th voxel along each axis of the mask ``head``
+    that is inside it."""
+    kji = np.argwhere(sitk.GetArrayViewFromImage(head)[::step, ::step, ::step] > 0) * step
     if kji.size == 0:
         return np.zeros((0, 3))
-    origin = np.array(small.GetOrigin())
-    m = np.array(small.GetDirection()).reshape(3, 3) * np.array(small.GetSpacing())
+    origin = np.array(head.GetOrigin())
+    m = np.array(head.GetDirection()).reshape(3, 3) * np.array(head.GetSpacing())
     return origin + kji[:, ::-1] @ m.T
 
 
@@ -273,7 +271,7 @@ def render_patient(out) -> tuple[dict[str, bytes], dict]:
                          "its QC inputs instead.")
     k = mid_roi_slice([b.slice_index for b in out.boxes])
     pngs = {name: png_bytes(rgb) for name, rgb in draw_panels(out.qc, out.registration, out.ws, out.images, k).items()}
-    measures = {"displacement_mm": registration_displacement_mm(out.registration, head_points(out.qc.t2_iso)),
+    measures = {"displacement_mm": registration_displacement_mm(out.registration, head_points(out.qc.head)),
                 "background_zero_share": out.background_zero_share, "skull_stripped": out.skull_stripped,
                 "n_slices": len(out.boxes), "plane_slice_index": k}
     return pngs, {key: finite_or_none(v) for key, v in measures.items()}
