@@ -349,19 +349,24 @@ def test_a_patient_given_as_dicom_series_gives_the_same_slices(tiny_cohort, tmp_
     src = tiny_cohort / "siteA/images/A0001"
     for role, uid in (("t1c", "1.2.826.0.1.3680043.2.1125.41"), ("t2", "1.2.826.0.1.3680043.2.1125.42")):
         write_series(sitk.ReadImage(str(src / f"{role}.nii.gz")), tmp_path / role, uid)
-    # DICOM stores rescaled int16; WhiteStripe undoes any linear scale, so the slices agree. With
-    # N4 on a 4-voxel grid (8 mm here) to within a level; the default shrink of 6 puts N4 on a
-    # 12 mm grid for these 2 mm voxels, where the int16 rounding moves the fitted field more
-    # (measured: 1.4 levels on average), as much as a change of shrink factor does.
+    # DICOM stores rescaled int16; WhiteStripe undoes any linear scale, so the slices agree to within
+    # what the rounding moves N4's fitted field: no more than a change of N4's shrink factor moves
+    # the same patient's slices (measured with the shipped settings: 0.77 levels on average, 99th
+    # percentile 3, against 2.16 and 8 for shrink 4 instead of 6).
     from dataclasses import replace
 
-    for params, mean_max, p99_max in ((replace(fast_params, n4=replace(fast_params.n4, shrink=4)), 1.0, 3),
-                                      (fast_params, 2.0, 8)):
-        ref = preprocess_patient(str(src / "t1c.nii.gz"), str(src / "t2.nii.gz"), str(src / "roi.nii.gz"), params)
-        out = preprocess_patient(str(tmp_path / "t1c"), str(tmp_path / "t2"), str(src / "roi.nii.gz"), params)
-        assert [b.slice_index for b in out.boxes] == [b.slice_index for b in ref.boxes]
-        diff = np.abs(out.images.astype(int) - ref.images.astype(int))
-        assert diff.mean() < mean_max and np.percentile(diff, 99) <= p99_max, (params.n4, diff.mean(), np.percentile(diff, 99))
+    def images(params, t1c, t2):
+        out = preprocess_patient(str(t1c), str(t2), str(src / "roi.nii.gz"), params)
+        return [b.slice_index for b in out.boxes], out.images.astype(int)
+
+    boxes, ref = images(fast_params, src / "t1c.nii.gz", src / "t2.nii.gz")
+    dicom_boxes, dicom = images(fast_params, tmp_path / "t1c", tmp_path / "t2")
+    _, shrink4 = images(replace(fast_params, n4=replace(fast_params.n4, shrink=4)), src / "t1c.nii.gz",
+                        src / "t2.nii.gz")
+    assert dicom_boxes == boxes
+    moved, by_shrink = np.abs(dicom - ref), np.abs(shrink4 - ref)
+    assert moved.mean() < by_shrink.mean() and np.percentile(moved, 99) <= np.percentile(by_shrink, 99), (
+        moved.mean(), np.percentile(moved, 99), by_shrink.mean(), np.percentile(by_shrink, 99))
 
 
 def test_query_writes_parquet_and_csv_files(tiny_lake, tmp_path):

@@ -32,7 +32,7 @@ def test_gbmmet_run_end_to_end_quietly_and_rerun_reuses(tmp_path, ray_local, cap
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", VERBOSE_ENV)}
     gbmmet = "import sys; from pipelines.cli import main; sys.exit(main(sys.argv[1:]))"
     proc = subprocess.run([sys.executable, "-c", gbmmet, *args], capture_output=True, text=True, env=env,
-                          timeout=1800, cwd=Path(__file__).resolve().parents[2])
+                          encoding="utf-8", errors="replace", timeout=1800, cwd=Path(__file__).resolve().parents[2])
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-3000:]
     leaked = [line for line in out.splitlines() if any(s in line for s in RAY_INTERNALS)]
