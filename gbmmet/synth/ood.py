@@ -386,8 +386,8 @@ def synthesize_ood(spec: OodSpec, preset: Preset, difficulty: float = 0.5) -> Sy
         parts, anatomy_drawn, mass_t2 = _no_parts(anatomy, lesion.center_index), anatomy, None
     rng_anat = rng(STREAM_ANATOMY)
     stand_in = lesion if spec.kind == MENINGIOMA else L.LesionParams(**_NEUTRAL)
-    images, labels = intensity_and_labels(anatomy_drawn, parts, stand_in, rng_anat, mass_t2=mass_t2)
-    scan = scan_patient(anatomy_drawn, images, labels, p.site, preset, rng_anat, rng(STREAM_SCANNER),
+    images, labels = intensity_and_labels(anatomy, parts, stand_in, rng_anat, mass_t2=mass_t2, drawn=anatomy_drawn)
+    scan = scan_patient(anatomy, images, labels, p.site, preset, rng_anat, rng(STREAM_SCANNER),
                         rng(STREAM_ROI), roi_labels=roi_labels)
     return _patient(p, lesion, scan)
 
@@ -401,7 +401,7 @@ _NEUTRAL = dict(label=C.GBM, location=C.SUPRA, site_kind="none", center_index=(0
 
 def _patient(spec: PatientSpec, lesion, scan: Scan) -> SyntheticPatient:
     return SyntheticPatient(spec=spec, lesion=lesion, t1c=scan.t1c, t2=scan.t2, roi=scan.roi,
-                            labels_t1c=scan.labels_t1c, labels_t2=scan.labels_t2, t2_to_t1c=scan.t2_to_t1c,
+                            truth_labels=scan.truth_labels, t2_to_t1c=scan.t2_to_t1c,
                             reads=[], roi_slices=scan.roi_slices)
 
 
@@ -422,7 +422,7 @@ def swap_sequences(sp: SyntheticPatient, patient: PatientSpec) -> SyntheticPatie
         raise ValueError(f"patient {sp.spec.patient_id}: the ROI falls outside the CE-T1 field of view")
     slices = [int(k) for k in np.nonzero(arr.reshape(arr.shape[0], -1).any(1))[0]]
     return SyntheticPatient(spec=patient, lesion=sp.lesion, t1c=sp.t2, t2=sp.t1c, roi=roi,
-                            labels_t1c=sp.labels_t2, labels_t2=sp.labels_t1c, t2_to_t1c=sitk.Euler3DTransform(ce_to_t2),
+                            truth_labels=sp.truth_labels.swapped(), t2_to_t1c=sitk.Euler3DTransform(ce_to_t2),
                             reads=[], roi_slices=slices)
 
 

@@ -20,11 +20,26 @@ The chain for one patient (each step's parameters are in ``TISSUE`` and ``sites`
 The truth kept (``--truth``): label maps of tissues and lesion parts on both native grids
 (``lesion.PART_NAMES``), the rigid transform that maps T2 physical points to CE-T1 physical points
 (what a registration with T2 fixed and CE-T1 moving should recover), and the lesion's parameters.
+
+Generator version 4 draws the same images as version 3 but for the random draws of noise, gain
+and bias field (same distributions), at about a quarter of the CPU (``bench/synth.py``):
+
+- blur (``blur``): a patient's image on the template is kept as tissue levels plus the lesion's
+  box, and blurred by linearity from tissue fractions blurred once per process;
+- sampling (``sampling``): the pose is computed exactly on a lattice of native voxels and
+  interpolated in between; torch's ``grid_sample`` samples the template a slab of slices at a
+  time, and each slab gets its bias field, noise, gain and rounding while in cache (``scanner``);
+- truth label maps are sampled only when asked for (``--truth``); the ROI needs only the block of
+  the T2 grid that can see the lesion's box (``sampling.lesion_block``);
+- the lesion (``lesion.rasterize_lesion``) is drawn where it can reach, with exact distances by
+  Maurer's algorithm and its smooth fields by banded matrix products;
+- the files are gzipped by ISA-L (``writer``).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -34,6 +49,13 @@ from scipy import ndimage
 from gbmmet.constants import T1C, T2, TEST_COHORTS
 from gbmmet.synth import lesion as L
 from gbmmet.synth.anatomy import Anatomy, load_anatomy
+from gbmmet.synth.blur import (
+    TISSUES,
+    TemplateImage,
+    blurred_template,
+    blurred_tissues,
+    slice_profile,
+)
 from gbmmet.synth.cohort import (
     STREAM_ANATOMY,
     STREAM_LESION,
@@ -45,6 +67,8 @@ from gbmmet.synth.cohort import (
     patient_rng,
 )
 from gbmmet.synth.readers import simulate_reads
+from gbmmet.synth.sampling import NativeSampler, lesion_block, torch_threads
+from gbmmet.synth.scanner import ScannerSignal
 from gbmmet.synth.sites import Acquisition, SiteProfile, get_site, scaled
 
 #: Relative intensities per compartment: CE-T1 relative to white matter, T2 relative to CSF.
@@ -63,20 +87,6 @@ ROI_MIN_AREA_MM2 = 10.0
 FOV_SUPERIOR_SHIFT_MM = 8.0
 
 _AXES = {"LR": (1.0, 0.0, 0.0), "AP": (0.0, 1.0, 0.0), "SI": (0.0, 0.0, 1.0)}
-
-
-@dataclass(frozen=True, eq=False)
-class SyntheticPatient:
-    spec: PatientSpec
-    lesion: L.LesionParams
-    t1c: sitk.Image
-    t2: sitk.Image
-    roi: sitk.Image
-    labels_t1c: sitk.Image
-    labels_t2: sitk.Image
-    t2_to_t1c: sitk.Euler3DTransform
-    reads: list[dict]
-    roi_slices: list[int]
 
 
 def native_grid(acq: Acquisition, center: np.ndarray) -> sitk.Image:
@@ -145,42 +155,79 @@ def _misalignment(rng: np.random.Generator, profile: SiteProfile, center: np.nda
     return t
 
 
-def _bias_field(rng: np.random.Generator, shape_kji: tuple[int, int, int], strength: float) -> np.ndarray:
-    """A smooth multiplicative field: exp of a random quadratic in normalised coordinates."""
-    k, j, i = (np.linspace(-1.0, 1.0, n, dtype=np.float32) for n in shape_kji)
-    kk, jj, ii = k[:, None, None], j[None, :, None], i[None, None, :]
-    terms = [ii, jj, kk, ii * ii - 1 / 3, jj * jj - 1 / 3, kk * kk - 1 / 3, ii * jj, ii * kk, jj * kk]
-    coef = rng.normal(0.0, strength / 2.0, len(terms)).astype(np.float32)
-    log_field = sum(c * t for c, t in zip(coef, terms, strict=True))
-    return np.exp(log_field).astype(np.float32)
+class TruthLabels:
+    """The truth label maps on both native grids, made when first asked for and kept.
+
+    ``make(seq)`` draws the map of sequence ``seq`` (``T1C`` or ``T2``); only ``--truth`` writes
+    them, so a cohort without truth never pays for them.
+    """
+
+    def __init__(self, make: Callable[[str], sitk.Image]):
+        self._make = make
+        self._maps: dict[str, sitk.Image] = {}
+
+    def __call__(self, seq: str) -> sitk.Image:
+        if seq not in self._maps:
+            self._maps[seq] = self._make(seq)
+        return self._maps[seq]
+
+    def swapped(self) -> TruthLabels:
+        """The same maps with the two sequences exchanged."""
+        return TruthLabels(lambda seq: self(T2 if seq == T1C else T1C))
+
+
+@dataclass(frozen=True, eq=False)
+class SyntheticPatient:
+    spec: PatientSpec
+    lesion: L.LesionParams
+    t1c: sitk.Image
+    t2: sitk.Image
+    roi: sitk.Image
+    truth_labels: TruthLabels
+    t2_to_t1c: sitk.Euler3DTransform
+    reads: list[dict]
+    roi_slices: list[int]
+
+    @property
+    def labels_t1c(self) -> sitk.Image:
+        """Truth labels on the CE-T1 grid (drawn on first use)."""
+        return self.truth_labels(T1C)
+
+    @property
+    def labels_t2(self) -> sitk.Image:
+        """Truth labels on the T2 grid (drawn on first use)."""
+        return self.truth_labels(T2)
+
+
+def _native_image(arr: np.ndarray, grid: sitk.Image) -> sitk.Image:
+    img = sitk.GetImageFromArray(arr)
+    img.CopyInformation(grid)
+    return img
 
 
 def intensity_and_labels(anatomy: Anatomy, parts: L.LesionParts, lesion: L.LesionParams,
-                          rng: np.random.Generator, mass_t2: float | None = None
-                          ) -> tuple[dict[str, np.ndarray], np.ndarray]:
+                          rng: np.random.Generator, mass_t2: float | None = None,
+                          drawn: Anatomy | None = None) -> tuple[dict[str, TemplateImage], np.ndarray]:
     """Relative intensities of both sequences and the truth labels on the template grid.
 
     ``lesion`` needs only ``enhancement``, ``nodularity`` and ``edema_t2``; ``mass_t2`` replaces
-    the T2 level of the enhancing part (``TISSUE``), for lesions other than GBM / MET.
+    the T2 level of the enhancing part (``TISSUE``), for lesions other than GBM / MET. ``drawn``
+    is the anatomy inside the lesion's box where the lesion changed it (a mass pushing the brain
+    aside); outside the box it must equal ``anatomy``.
     """
     jit = {seq: {k: v * (1.0 + rng.normal(0.0, TISSUE_JITTER)) for k, v in tab.items()}
            for seq, tab in TISSUE.items()}
     a = anatomy
-    images = {}
-    for seq in (T1C, T2):
-        t = jit[seq]
-        images[seq] = (a.csf * t["csf"] + a.gm * t["gm"] + a.wm * t["wm"]
-                       + a.skull * t["skull"] + a.scalp * t["scalp"]).astype(np.float32)
-    labels = a.labels.copy()
-
+    d = anatomy if drawn is None else drawn
     box = parts.box
-    gm, wm, csf = a.gm[box], a.wm[box], a.csf[box]
+    gm, wm, csf = d.gm[box], d.wm[box], d.csf[box]
     m = parts.enhancing + parts.necrosis
     e = parts.edema
     gm2, wm2, csf2 = gm * (1 - e) * (1 - m), wm * (1 - e) * (1 - m), csf * (1 - m)
     ed = e * (gm + wm) * (1 - m)
     tex = parts.texture
     enh_t1 = lesion.enhancement * (1.0 + 0.06 * (1.0 + lesion.nodularity) * tex)
+    images = {}
     for seq in (T1C, T2):
         t = jit[seq]
         edema_level = t["edema"] if seq == T1C else lesion.edema_t2 * (1.0 + 0.04 * tex)
@@ -191,36 +238,51 @@ def intensity_and_labels(anatomy: Anatomy, parts: L.LesionParts, lesion: L.Lesio
         lesion_img = (csf2 * t["csf"] + gm2 * t["gm"] + wm2 * t["wm"] + ed * edema_level
                       + parts.enhancing * enh_level + parts.necrosis * t["necrosis"] * (1.0 + 0.05 * tex))
         # Lesions stay inside the intracranial space, so skull and scalp keep their values.
-        images[seq][box] = (lesion_img + a.skull[box] * t["skull"] + a.scalp[box] * t["scalp"]).astype(np.float32)
-    part_stack = np.stack([csf2, gm2, wm2, ed, parts.enhancing, parts.necrosis])
-    part_labels = np.array([L.LABEL_CSF, L.LABEL_GM, L.LABEL_WM, L.LABEL_EDEMA, L.LABEL_ENHANCING,
-                            L.LABEL_NECROSIS], np.uint8)[part_stack.argmax(0)]
-    inside = part_stack.sum(0) >= 0.5
-    labels[box] = np.where(inside, part_labels, labels[box])
+        inside = (lesion_img + a.skull[box] * t["skull"] + a.scalp[box] * t["scalp"]).astype(np.float32)
+        images[seq] = TemplateImage(levels=tuple(float(t[k]) for k in TISSUES), box=box, inside=inside)
+    labels = a.labels.copy()
+    labels[box] = _part_labels(csf2, gm2, wm2, ed, parts.enhancing, parts.necrosis, d.labels[box])
     return images, labels
 
 
-def _acquire(anatomy: Anatomy, image: np.ndarray, labels: np.ndarray, grid: sitk.Image,
-             transform: sitk.Transform, acq: Acquisition, rng: np.random.Generator
-             ) -> tuple[sitk.Image, sitk.Image]:
-    src = anatomy.image(image)
-    # Slice profile: a Gaussian with FWHM = voxel size along each template axis (the pose is
-    # within a few degrees of the scanner axes, so the axes nearly coincide).
-    axis_spacing = {a: s for a, s in zip(acq.axes, acq.spacing, strict=True)}
-    sigma = [max(axis_spacing[a] / 2.355, 0.5 * anatomy.spacing) for a in ("LR", "AP", "SI")]
-    src = sitk.SmoothingRecursiveGaussian(src, sigma)
-    out = sitk.Resample(src, grid, transform, sitk.sitkLinear, 0.0, sitk.sitkFloat32)
-    arr = sitk.GetArrayFromImage(out)
-    arr *= _bias_field(rng, arr.shape, acq.bias)
-    n1 = rng.normal(0.0, acq.noise, arr.shape).astype(np.float32)
-    n2 = rng.normal(0.0, acq.noise, arr.shape).astype(np.float32)
-    arr = np.sqrt((arr + n1) ** 2 + n2**2)
-    gain = acq.scale * math.exp(rng.normal(0.0, 0.1))
-    arr = np.clip(np.rint(arr * gain + acq.offset), -32768, 32767).astype(np.int16)
-    img = sitk.GetImageFromArray(arr)
-    img.CopyInformation(grid)
-    lab = sitk.Resample(anatomy.image(labels), grid, transform, sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
-    return img, lab
+def _part_labels(csf, gm, wm, edema, enhancing, necrosis, tissue_labels: np.ndarray) -> np.ndarray:
+    """The largest part in each voxel of the lesion's box (the first of equals, in the order of
+    the arguments); the tissue label where the parts cover under half a voxel."""
+    parts = ((csf, L.LABEL_CSF), (gm, L.LABEL_GM), (wm, L.LABEL_WM), (edema, L.LABEL_EDEMA),
+             (enhancing, L.LABEL_ENHANCING), (necrosis, L.LABEL_NECROSIS))
+    largest = parts[0][0].copy()
+    total = parts[0][0].copy()
+    labels = np.full(largest.shape, parts[0][1], np.uint8)
+    for fraction, label in parts[1:]:
+        labels[fraction > largest] = label
+        np.maximum(largest, fraction, out=largest)
+        total += fraction
+    return np.where(total >= 0.5, labels, tissue_labels)
+
+
+def _acquire(torch, anatomy: Anatomy, image: TemplateImage, grid: sitk.Image, transform: sitk.Transform,
+             acq: Acquisition, rng: np.random.Generator, noise: np.random.Generator
+             ) -> tuple[sitk.Image, NativeSampler]:
+    """One sequence on its native grid: the image, and its sampler (for the labels)."""
+    sampler = NativeSampler(anatomy, grid, transform)
+    blurred = blurred_template(anatomy, image, slice_profile(anatomy, acq))
+    scanner = ScannerSignal(acq, sampler.shape, rng, noise)
+    stored = np.empty(sampler.shape, np.int16)
+    for slices, values in sampler.slabs(torch, blurred):
+        stored[slices] = scanner.store(values, slices)
+    return _native_image(stored, grid), sampler
+
+
+def lesion_box(labels: np.ndarray) -> tuple[slice, slice, slice] | None:
+    """Bounding box of the oedema, enhancing and necrotic voxels of a template label map."""
+    mask = (labels >= L.LABEL_EDEMA) & (labels <= L.LABEL_NECROSIS)
+    if not mask.any():
+        return None
+    spans = []
+    for axis in range(3):
+        hit = np.nonzero(mask.any(axis=tuple(a for a in range(3) if a != axis)))[0]
+        spans.append(slice(int(hit[0]), int(hit[-1]) + 1))
+    return tuple(spans)  # type: ignore[return-value]
 
 
 def draw_roi(labels_t2: sitk.Image, rng: np.random.Generator) -> tuple[sitk.Image, list[int]]:
@@ -276,21 +338,43 @@ class Scan:
 
     t1c: sitk.Image
     t2: sitk.Image
-    labels_t1c: sitk.Image
-    labels_t2: sitk.Image
+    truth_labels: TruthLabels
     roi: sitk.Image
     roi_slices: list[int]
     t2_to_t1c: sitk.Euler3DTransform
 
 
-def scan_patient(anatomy: Anatomy, images: dict[str, np.ndarray], labels: np.ndarray, site: str,
+def _label_maker(labels: np.ndarray, samplers: dict[str, NativeSampler]) -> Callable[[str], sitk.Image]:
+    """Truth labels on a sequence's native grid: nearest neighbour through its sampler."""
+
+    def make(seq: str) -> sitk.Image:
+        with torch_threads() as torch:
+            arr = samplers[seq].sample(torch, labels, nearest=True)
+        return _native_image(arr.astype(np.uint8), samplers[seq].grid)
+
+    return make
+
+
+def _roi_labels(torch, anatomy: Anatomy, roi_on: np.ndarray, box, sampler: NativeSampler) -> sitk.Image:
+    """``roi_on`` (template labels) on the T2 grid where it can show the lesion, 0 elsewhere:
+    where it is sampled it equals the truth labels' sampling."""
+    arr = np.zeros(sampler.shape, np.uint8)
+    block = None if box is None else lesion_block(sampler, box, anatomy.shape)
+    if block is not None:
+        arr[block] = sampler.sample(torch, roi_on, nearest=True, block=block).astype(np.uint8)
+    return _native_image(arr, sampler.grid)
+
+
+def scan_patient(anatomy: Anatomy, images: dict[str, TemplateImage], labels: np.ndarray, site: str,
                  preset: Preset, rng_pose: np.random.Generator, rng_scan: np.random.Generator,
-                 rng_roi: np.random.Generator, roi_labels: np.ndarray | None = None) -> Scan:
+                 rng_roi: np.random.Generator, roi_labels: np.ndarray | None = None,
+                 roi_box: tuple[slice, slice, slice] | None = None) -> Scan:
     """Pose, acquire (both sequences on the site's native grids) and draw the ROI.
 
     ``images`` and ``labels`` are on the template grid (``intensity_and_labels``). The ROI is
     drawn around the mass of ``roi_labels`` (default ``labels``): a template-grid label map
-    whose enhancing / necrosis / oedema voxels say where a reader would draw.
+    whose enhancing / necrosis / oedema voxels say where a reader would draw; ``roi_box``, their
+    bounding box where the caller knows it (else it is found).
     """
     profile = get_site(site)
     template_from_scanner, head = _pose(rng_pose, anatomy)
@@ -301,16 +385,38 @@ def scan_patient(anatomy: Anatomy, images: dict[str, np.ndarray], labels: np.nda
     t2_grid = native_grid(t2_acq, fov + rng_scan.normal(0.0, 3.0, 3))
     t1_grid = native_grid(t1_acq, fov + rng_scan.normal(0.0, 3.0, 3))
     motion = _misalignment(rng_scan, profile, head)  # T2 frame <- CE-T1 frame
-    t2_img, t2_lab = _acquire(anatomy, images[T2], labels, t2_grid, template_from_scanner, t2_acq, rng_scan)
     t1_transform = sitk.CompositeTransform([template_from_scanner, motion])
-    t1_img, t1_lab = _acquire(anatomy, images[T1C], labels, t1_grid, t1_transform, t1_acq, rng_scan)
-    roi_on = t2_lab
-    if roi_labels is not None:
-        roi_on = sitk.Resample(anatomy.image(roi_labels), t2_grid, template_from_scanner,
-                               sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
-    roi, drawn = draw_roi(roi_on, rng_roi)
-    return Scan(t1c=t1_img, t2=t2_img, labels_t1c=t1_lab, labels_t2=t2_lab, roi=roi, roi_slices=drawn,
+    roi_on = labels if roi_labels is None else roi_labels
+    roi_box = roi_box if roi_box is not None else lesion_box(roi_on)
+    noise_t2, noise_t1 = rng_scan.spawn(2)  # noise apart: it never shifts the scanner's other draws
+    with torch_threads() as torch:
+        t2_img, t2_sampler = _acquire(torch, anatomy, images[T2], t2_grid, template_from_scanner, t2_acq,
+                                      rng_scan, noise_t2)
+        roi_lab = _roi_labels(torch, anatomy, roi_on, roi_box, t2_sampler)
+        t1_img, t1_sampler = _acquire(torch, anatomy, images[T1C], t1_grid, t1_transform, t1_acq, rng_scan,
+                                      noise_t1)
+    roi, drawn = draw_roi(roi_lab, rng_roi)
+    truth = TruthLabels(_label_maker(labels, {T2: t2_sampler, T1C: t1_sampler}))
+    return Scan(t1c=t1_img, t2=t2_img, truth_labels=truth, roi=roi, roi_slices=drawn,
                 t2_to_t1c=motion.GetInverse())
+
+
+def prepare(preset: Preset, difficulty: float = 0.5) -> None:
+    """Compute what a process computes once for ``preset``: the template, its blurred tissues
+    (``blur.blurred_tissues``), the readers' calibration, and torch's import; a worker's first
+    patient (or a benchmark) then pays only for itself."""
+    from gbmmet.synth.readers import _population_typicality
+
+    anatomy = load_anatomy(preset.template_mm)
+    with torch_threads():
+        pass
+    for sc in preset.sites:
+        profile = get_site(sc.site)
+        for acq in (profile.t1c, profile.t2):
+            lr, ap, _ = slice_profile(anatomy, scaled(acq, preset.voxel_factor))
+            blurred_tissues(anatomy, ap / anatomy.spacing, lr / anatomy.spacing)
+        for label in {label for split, label, n in sc.counts if split in TEST_COHORTS and n}:
+            _population_typicality(sc.site, label, difficulty)
 
 
 def synthesize_patient(spec: PatientSpec, preset: Preset, difficulty: float = 0.5) -> SyntheticPatient:
@@ -322,7 +428,8 @@ def synthesize_patient(spec: PatientSpec, preset: Preset, difficulty: float = 0.
     rng_anat = patient_rng(seed, site, idx, STREAM_ANATOMY)
     images, labels = intensity_and_labels(anatomy, parts, lesion, rng_anat)
     scan = scan_patient(anatomy, images, labels, site, preset, rng_anat,
-                        patient_rng(seed, site, idx, STREAM_SCANNER), patient_rng(seed, site, idx, STREAM_ROI))
+                        patient_rng(seed, site, idx, STREAM_SCANNER), patient_rng(seed, site, idx, STREAM_ROI),
+                        roi_box=parts.box)
     reads = patient_reads(spec, difficulty, lesion)
     return SyntheticPatient(
         spec=spec,
@@ -330,8 +437,7 @@ def synthesize_patient(spec: PatientSpec, preset: Preset, difficulty: float = 0.
         t1c=scan.t1c,
         t2=scan.t2,
         roi=scan.roi,
-        labels_t1c=scan.labels_t1c,
-        labels_t2=scan.labels_t2,
+        truth_labels=scan.truth_labels,
         t2_to_t1c=scan.t2_to_t1c,
         reads=reads,
         roi_slices=scan.roi_slices,

@@ -26,7 +26,7 @@ from pipelines.trust import fit_ood, sequence_contrasts
 from storage.lake import Lake
 
 pytestmark = pytest.mark.slow
-PER_KIND = 4  # the tiny preset's test + external hold 8 patients: as many swapped as it allows
+PER_KIND = 8  # the tiny preset's test + external hold 8 patients: as many swapped as it allows, and 8 of each other kind
 
 
 @pytest.fixture(scope="module")
