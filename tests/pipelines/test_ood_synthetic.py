@@ -82,7 +82,7 @@ def test_the_ood_score_separates_each_synthetic_kind_from_in_distribution_test_p
     # the bar (AUROC 0.9), which bench/ood.py measures at the demo's scale (meningioma 0.92,
     # no lesion 0.96, swapped 1.00). Here the sequence check must catch every swapped patient, and
     # each other kind rank above most test patients and be flagged more often than they are.
-    assert auroc[C.TEST] >= (0.9 if kind == "swapped" else 0.7)  # measured here: 0.75, 0.875, 1.0
+    assert auroc[C.TEST] >= (0.9 if kind == "swapped" else 0.7)  # measured here: 0.78, 0.75, 1.0
     assert flagged > np.mean(np.asarray(inside[C.TEST]) > threshold)
     if kind == "swapped":
         assert flagged == 1.0
@@ -93,7 +93,7 @@ def test_the_contrast_is_positive_in_distribution_and_mostly_negative_when_swapp
     print(f"\nT2 - CE-T1 contrast: in distribution {min(contrasts['in distribution']):.1f} to "
           f"{max(contrasts['in distribution']):.1f}; swapped {sorted(round(c, 1) for c in contrasts['swapped'])}")
     assert min(contrasts["in distribution"]) > 0
-    # On the tiny preset's 2 mm grid one swapped patient of 4 stays positive (+13; WhiteStripe looks
+    # On the tiny preset's 2 mm grid one swapped patient of 8 stays positive (+12; WhiteStripe looks
     # for white matter in the wrong sequence and can land anywhere): the demo's 10 swapped patients
     # are all negative (-153 to -23) and so are the two real BraTS cases swapped (bench/ood.py, the
     # manual). Here the majority must be, and the test above shows every one is flagged.
