@@ -73,7 +73,12 @@ def test_the_shifted_ce_t1_is_flagged_and_the_same_patient_unshifted_is_not(shif
     shifted, original = by_id[ids[SHIFTED]], by_id[ids["A0001"]]
     for p in (shifted, original):
         print(p.patient_id, [f.detail for f in p.flags])
-    assert shifted.measures["displacement_mm"] > original.measures["displacement_mm"] + 10
+    # The shift adds SHIFT_MM to every point's displacement, so by the triangle inequality the mean
+    # displacement moves to within the patient's own (unshifted) displacement of SHIFT_MM; the
+    # synthetic pose differs between the sequences by a few mm, so a fixed margin does not hold.
+    d_shifted, d_original = shifted.measures["displacement_mm"], original.measures["displacement_mm"]
+    assert abs(d_shifted - SHIFT_MM) <= d_original + 1.0
+    assert d_shifted > d_original
     assert qc_flags.FLAG_REG_SHIFT in {f.name for f in shifted.raised}
     assert not original.raised
 
