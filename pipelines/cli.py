@@ -260,7 +260,8 @@ def train(
     weights: Annotated[str | None, typer.Option(help="finetune: backbone weight file.")] = None,
     hidden: Annotated[int, typer.Option(help="Width of the head's hidden layer.")] = 256,
     class_weights: Annotated[bool, typer.Option("--class-weights", help="Weight the loss against the 2:1 GBM:MET imbalance.")] = False,
-    checkpoint_every: Annotated[int, typer.Option(help="Epochs between checkpoints (and at the end).")] = 10,
+    checkpoint_every: Annotated[int, typer.Option(help="Epochs between checkpoints (and at the end), at most one per --checkpoint-min-s seconds.")] = 10,
+    checkpoint_min_s: Annotated[float, typer.Option(help="Seconds at least between checkpoints before the last (a frozen head's 100 epochs then report once).")] = 30.0,
     seed: Annotated[int, typer.Option(help="Seed of folds, head initialisation, shuffles and dropout.")] = 0,
     max_failures: Annotated[int, typer.Option(help="Worker failures a fold survives (resuming from its checkpoint).")] = 2,
     storage_path: Annotated[str | None, typer.Option(help="Ray Train storage (default <lake>/runs; any URI).")] = None,
@@ -273,7 +274,7 @@ def train(
     from pipelines.train import run_train
 
     head = HeadConfig(hidden=hidden, epochs=epochs, class_weights=class_weights, seed=seed,
-                      checkpoint_every=checkpoint_every)
+                      checkpoint_every=checkpoint_every, checkpoint_min_s=checkpoint_min_s)
     s = run_train(lake, run, folds=folds, epochs=epochs, workers=workers, cpus_per_worker=cpus_per_worker,
                   gpus_per_worker=gpus_per_worker, mode=mode, backbone=backbone, weights=weights, head=head,
                   max_failures=max_failures, storage_path=storage_path, overwrite=overwrite, address=address,

@@ -411,7 +411,7 @@ def run_evaluate(lake_root: str, run: str | None = None, *, settings: Evaluation
     lake = Lake(lake_root)
     rec = train_run_record(lake, run)
     run = rec["run_id"]
-    init_ray(address=address, num_cpus=workers)
+    init_ray(address=address, num_cpus=workers, shared=(lake_root,))
     scoring = score_run(lake, rec, cams=cams, force=force, show_progress=show_progress, echo=echo)
     snap = lake.pinned()  # what the evaluation reads (the slices scored): its record holds these versions
     reads = _reads_for(snap, run)

@@ -271,7 +271,7 @@ def run_features(lake_root: str, *, backbone: str = "auto", weights: str | None 
              for pid, (site, split) in todo]
     use_ray = workers != 0 and bool(items)
     if use_ray:
-        init_ray(address=address, num_cpus=workers)
+        init_ray(address=address, num_cpus=workers, shared=(lake_root,))
     batches = _Batches(lake, info.id, batch)
     t0 = time.perf_counter()
     try:

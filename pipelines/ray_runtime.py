@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+import uuid
 from collections.abc import Callable, Iterable
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -60,8 +61,10 @@ def log_dir() -> str | None:
     return None if _session_dir is None else os.path.join(_session_dir, "logs")
 
 
-def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
-    """Connect to ``address`` / ``RAY_ADDRESS``, or start a local Ray with ``num_cpus`` CPUs.
+def init_ray(address: str | None = None, num_cpus: int | None = None, shared=()) -> None:
+    """Connect to ``address`` / ``RAY_ADDRESS``, or start a local Ray with ``num_cpus`` CPUs;
+    then refuse any local folder of ``shared`` (the lake, a cohort folder) that not every node of
+    the cluster sees (``require_shared``).
 
     Quiet unless ``verbose()``: Ray's driver logs only warnings, and what tasks and actors print
     (Ray Train's controller and workers among them) stays in Ray's log folder (``log_dir()``).
@@ -76,14 +79,16 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")
         # Ray Train's spot-preemption watcher has no use on one machine (and logs an error here).
         os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
+        # Training submits every fold at once: a Ray Train controller and its workers per fold,
+        # 10+ processes for 5 folds. The raylet warns on the driver's console once its processes
+        # reach 4x its startup concurrency (the CPU count: 8 on 2 cores); at least 8 lets them
+        # start together and keeps the warning for real excess (32 on this machine).
+        os.environ.setdefault("RAY_worker_maximum_startup_concurrency", str(max(8, os.cpu_count() or 1)))
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    # Ray Train's controller collects each worker's ray.train.report once per poll, 2 s apart by
-    # default, and report() blocks until then: 100 epochs cost 200 s. 0.05 s costs about 0.5 s
-    # per 100 epochs (measured, bench/train.py). The driver's value reaches the controller.
-    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.05")
     import ray
 
     if ray.is_initialized():
+        require_shared(*shared)
         return
     shown = {"log_to_driver": verbose(), "logging_level": logging.INFO if verbose() else logging.WARNING}
     if address:
@@ -92,6 +97,46 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
         # "local" always starts a fresh cluster, even where a killed one left its marker file.
         context = ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, **shown)
     _session_dir = (getattr(context, "address_info", None) or {}).get("session_dir")
+    require_shared(*shared)
+
+
+_seen_shared: set[tuple[str, frozenset]] = set()
+
+
+def require_shared(*paths) -> None:
+    """Raise ``ConfigError`` where a local folder of ``paths`` is not seen by every live node of
+    the cluster: each node looks for a marker file the driver wrote there (a 0-CPU task pinned to
+    it). URIs (``s3://`` ...) pass; so does everything on one node. A node that joins later is not
+    checked. Without this, each worker would write its share of the lake to its own disk."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    nodes = frozenset(n["NodeID"] for n in ray.nodes() if n["Alive"])
+    local = [os.path.abspath(str(p)[len("file://"):] if str(p).startswith("file://") else str(p))
+             for p in paths if p is not None and ("://" not in str(p) or str(p).startswith("file://"))]
+    for path in local:
+        if len(nodes) < 2 or (path, nodes) in _seen_shared:
+            continue
+        os.makedirs(path, exist_ok=True)
+        marker = os.path.join(path, f".gbmmet-shared-{uuid.uuid4().hex}")
+        with open(marker, "w") as fh:
+            fh.write("every node of the cluster should see this file\n")
+        try:
+            sees = ray.remote(num_cpus=0, max_retries=0)(os.path.exists)
+            refs = [sees.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n, soft=False)).remote(marker)
+                    for n in sorted(nodes)]
+            blind = [n for n, seen in zip(sorted(nodes), ray.get(refs, timeout=120), strict=True) if not seen]
+        finally:
+            os.remove(marker)
+        if blind:
+            from gbmmet.errors import ConfigError
+
+            raise ConfigError(
+                f"{path} is a local folder that {len(blind)} of the cluster's {len(nodes)} nodes do not see "
+                f"(node {blind[0][:12]}{' and others' if len(blind) > 1 else ''}): each would write to its own "
+                "disk. On a cluster of several nodes use object storage (--lake s3://bucket/lake) or a folder on "
+                "a mount every node shares.")
+        _seen_shared.add((path, nodes))
 
 
 def match_threads_to_task() -> None:

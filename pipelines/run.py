@@ -10,6 +10,7 @@ of the same run, reads and settings), so a second ``gbmmet run`` costs seconds.
 from __future__ import annotations
 
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,7 +20,29 @@ class RunSummary:
     lake: str
     run_id: str
     data: Path
-    seconds: dict[str, float] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)  # wall seconds per stage
+    # CPU seconds per stage used by the whole machine (the driver, Ray's workers and anything else
+    # running): a stage's cost where the machine is otherwise idle, as the benchmarks run it.
+    cpu_seconds: dict[str, float] = field(default_factory=dict)
+
+
+def machine_cpu_seconds() -> float:
+    """CPU seconds the whole machine has spent working since boot (user, nice, system and
+    interrupts, every core; not idle or I/O wait)."""
+    import psutil
+
+    t = psutil.cpu_times()
+    return sum(getattr(t, name, 0.0) for name in ("user", "nice", "system", "irq", "softirq"))
+
+
+@contextmanager
+def _stage(out: RunSummary, name: str, title: str, echo):
+    """Print the stage's heading; record its wall and machine CPU seconds under ``name``."""
+    echo(f"\n== {title} ==")
+    wall, cpu = time.perf_counter(), machine_cpu_seconds()
+    yield
+    out.seconds[name] = time.perf_counter() - wall
+    out.cpu_seconds[name] = machine_cpu_seconds() - cpu
 
 
 def run_all(preset: str = "demo", *, lake: str = "lake", data: str | Path | None = None, epochs: int = 100,
@@ -39,50 +62,42 @@ def run_all(preset: str = "demo", *, lake: str = "lake", data: str | Path | None
     run_id = preset if seed == 0 else f"{preset}-seed{seed}"
     out = RunSummary(lake, run_id, data)
 
-    def stage(name):
-        echo(f"\n== {name} ==")
-        return time.perf_counter()
+    with _stage(out, "synth", f"synth: the {preset} cohorts into {data}", echo):
+        s = run_synth(SynthConfig(preset=preset, out=data, seed=seed), overwrite=True, preview=True,
+                      workers=workers, address=address)
+        if s.failed:
+            raise RunFailed(f"synth failed for {len(s.failed)} patient(s): {sorted(s.failed)[:5]}")
+        echo(f"{s.n_written} written, {s.n_reused} reused" + (f"; preview: {s.preview}" if s.preview else ""))
 
-    t = stage(f"synth: the {preset} cohorts into {data}")
-    s = run_synth(SynthConfig(preset=preset, out=data, seed=seed), overwrite=True, preview=True, workers=workers,
-                  address=address)
-    if s.failed:
-        raise RunFailed(f"synth failed for {len(s.failed)} patient(s): {sorted(s.failed)[:5]}")
-    echo(f"{s.n_written} written, {s.n_reused} reused" + (f"; preview: {s.preview}" if s.preview else ""))
-    out.seconds["synth"] = time.perf_counter() - t
+    with _stage(out, "preprocess", "preprocess: N4, 1 mm, CE-T1 onto T2, WhiteStripe, ROI slices", echo):
+        p = run_preprocess(list(s.manifests), lake, address=address, workers=workers)
+        echo(f"{len(p.ok)} done, {len(p.skipped)} already in the lake, {len(p.failed)} failed; "
+             f"{p.slices_written} slices")
+        for pid, reason in sorted(p.failed.items()):
+            echo(f"  failed {pid}: {reason}")  # the batch goes on without them
 
-    t = stage("preprocess: N4, 1 mm, CE-T1 onto T2, WhiteStripe, ROI slices")
-    p = run_preprocess(list(s.manifests), lake, address=address, workers=workers)
-    echo(f"{len(p.ok)} done, {len(p.skipped)} already in the lake, {len(p.failed)} failed; {p.slices_written} slices")
-    for pid, reason in sorted(p.failed.items()):
-        echo(f"  failed {pid}: {reason}")  # the batch goes on without them
-    out.seconds["preprocess"] = time.perf_counter() - t
+    with _stage(out, "features", "features: the frozen backbone, once per slice", echo):
+        f = run_features(lake, backbone=backbone, weights=weights, address=address, workers=workers)
+        echo(f"backbone {f.backbone_id}: {f.reason}; {len(f.computed)} patients computed, {len(f.skipped)} reused")
+        if f.failed:
+            raise RunFailed(f"features failed for {len(f.failed)} patient(s)")
 
-    t = stage("features: the frozen backbone, once per slice")
-    f = run_features(lake, backbone=backbone, weights=weights, address=address, workers=workers)
-    echo(f"backbone {f.backbone_id}: {f.reason}; {len(f.computed)} patients computed, {len(f.skipped)} reused")
-    if f.failed:
-        raise RunFailed(f"features failed for {len(f.failed)} patient(s)")
-    out.seconds["features"] = time.perf_counter() - t
+    with _stage(out, "train", f"train: {folds} folds x {epochs} epochs on Ray Train (run {run_id})", echo):
+        run_train(lake, run_id, folds=folds, backbone=f.backbone_id, head=HeadConfig(epochs=epochs, seed=seed),
+                  address=address, replace_if_changed=True, echo=echo)
 
-    t = stage(f"train: {folds} folds x {epochs} epochs on Ray Train (run {run_id})")
-    run_train(lake, run_id, folds=folds, backbone=f.backbone_id, head=HeadConfig(epochs=epochs, seed=seed),
-              address=address, replace_if_changed=True, echo=echo)
-    out.seconds["train"] = time.perf_counter() - t
+    with _stage(out, "readers", "readers: the sites' reads", echo):
+        for m in s.manifests:
+            reads = Path(m).parent / "reads.csv"
+            if reads.is_file():
+                r = import_reads(reads, lake)
+                echo(f"{r.rows} reads by {', '.join(r.readers)} from {reads}")
 
-    t = stage("readers: the sites' reads")
-    for m in s.manifests:
-        reads = Path(m).parent / "reads.csv"
-        if reads.is_file():
-            r = import_reads(reads, lake)
-            echo(f"{r.rows} reads by {', '.join(r.readers)} from {reads}")
-    out.seconds["readers"] = time.perf_counter() - t
-
-    t = stage("evaluate: the model's calls; the simulated readers read again, seeing them; statistics")
-    e = evaluate_synthetic(lake, run_id, settings=settings or EvaluationSettings(seed=seed), address=address,
-                           workers=workers, echo=echo)
-    echo("cutoffs: " + ", ".join(f"{k} {v:.3f}" for k, v in e.cutoffs.items()))
-    out.seconds["evaluate"] = time.perf_counter() - t
+    with _stage(out, "evaluate", "evaluate: the model's calls; the simulated readers read again, seeing them; "
+                "statistics", echo):
+        e = evaluate_synthetic(lake, run_id, settings=settings or EvaluationSettings(seed=seed), address=address,
+                               workers=workers, echo=echo)
+        echo("cutoffs: " + ", ".join(f"{k} {v:.3f}" for k, v in e.cutoffs.items()))
     return out
 
 

@@ -271,7 +271,7 @@ def run_synth(
     if use_ray:
         from pipelines.ray_runtime import init_ray
 
-        init_ray(address=address, num_cpus=workers)
+        init_ray(address=address, num_cpus=workers, shared=(cfg.out,))
     from pipelines.ray_runtime import run_batch
 
     report = run_batch(todo, _synth_one, description=f"synth {cfg.preset}", use_ray=use_ray,

@@ -8,13 +8,17 @@
   (``gbmmet.model.finetune``); the path where several GPUs pay off.
 - Each fold: ``TorchTrainer(train_func_per_worker, ScalingConfig, RunConfig(storage_path=
   <lake>/runs/<run> or any URI, FailureConfig(max_failures)))``. DDP across the fold's workers
-  when there are several (gloo on CPU, NCCL on GPU). Every epoch is reported (train loss and
-  accuracy, held-out fold loss and accuracy); a checkpoint every ``checkpoint_every`` epochs and
-  at the end. A restarted worker resumes from the last checkpoint and trains to the same number
-  of epochs; shuffles and dropout are drawn from (seed, fold, epoch), so the resumed fold ends
-  with the same weights as one never interrupted.
-- Folds run concurrently when the cluster has room for several (CPUs, or a GPU each), one after
-  another otherwise: the number at a time is computed from the free resources and printed.
+  when there are several (gloo on CPU, NCCL on GPU). Each epoch's metrics (train loss and
+  accuracy, held-out fold loss and accuracy) go into the fold's history, which travels in its
+  checkpoint; Ray Train hears of a fold only at checkpoints: every ``checkpoint_every`` epochs once
+  ``checkpoint_min_s`` seconds passed since the last, and at the end (a report waits for the
+  controller's next poll, 2 s apart by default). A restarted worker resumes from the last
+  checkpoint and trains to the same number of epochs; shuffles and dropout are drawn from (seed,
+  fold, epoch), so the resumed fold ends with the same weights as one never interrupted.
+- Folds: all submitted at once, each a Ray Train run that waits for its workers' resources (a
+  GPU group scaling up from zero included); the count that fits now is printed. Only a fold larger
+  than the whole cluster (its autoscaling maximum where it has one) is refused. The training
+  data go to the object store once; each fold gets its rows' indices.
 - Stored: per-epoch history (``train_history``), out-of-fold predictions of every training slice
   (``slice_predictions``, model ``fold<k>``; the leakage-free cutoff of evaluation uses them), the
   run record (``runs``: config, versions, git commit, seeds, backbone and why, weights hash,
@@ -94,6 +98,7 @@ def train_func_per_worker(config: dict) -> None:
 
     from gbmmet.model.train import (
         HeadConfig,
+        checkpoint_due,
         epoch_order,
         epoch_seed,
         evaluate,
@@ -105,15 +110,16 @@ def train_func_per_worker(config: dict) -> None:
     _quiet_worker_logs()
     cfg = HeadConfig(**config["head"])
     fold, mode = config["fold"], config["mode"]
-    data = ray.get(config["data"])
+    data = ray.get(config["data"])  # the whole training split, put in the object store once per run
+    train_idx, val_idx = ray.get(config["split"])  # this fold's rows of it
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     torch.set_num_threads(max(1, int(config.get("threads", 1))))
     device = ray.train.torch.get_device() if config.get("use_gpu") else torch.device("cpu")
 
     # copies: arrays from the object store are read-only
-    X_tr, y_tr = torch.tensor(data["X_train"]), torch.tensor(data["y_train"])
-    X_va, y_va = torch.tensor(data["X_val"]), torch.tensor(data["y_val"])
+    X_tr, y_tr = torch.from_numpy(data["X"][train_idx]), torch.from_numpy(data["y"][train_idx])
+    X_va, y_va = torch.from_numpy(data["X"][val_idx]), torch.from_numpy(data["y"][val_idx])
     if mode == "frozen":
         model = make_head(X_tr.shape[1], cfg)
         params = [{"params": model.parameters(), "lr": cfg.lr}]
@@ -136,7 +142,7 @@ def train_func_per_worker(config: dict) -> None:
         def transform(xb):
             return augment(xb, aug["gen"]).to(device)
 
-    criterion = loss_fn(cfg, data["y_train"]).to(device)
+    criterion = loss_fn(cfg, data["y"][train_idx]).to(device)
     model = model.to(device)
     opt = torch.optim.Adam(params)
     start, history, attempt = 0, [], 0
@@ -157,6 +163,7 @@ def train_func_per_worker(config: dict) -> None:
     if mode == "frozen":
         X_tr, X_va = X_tr.to(device), X_va.to(device)
     progress = config.get("progress")
+    last_checkpoint = time.monotonic()
     for epoch in range(start, cfg.epochs):
         torch.manual_seed(epoch_seed(cfg.seed, fold, epoch, rank))  # dropout
         if mode != "frozen":
@@ -172,7 +179,17 @@ def train_func_per_worker(config: dict) -> None:
             history.append(row)
             if progress is not None:
                 progress.put_nowait((fold, epoch))
-        if (epoch + 1) % cfg.checkpoint_every == 0 or last:
+        # Ray Train hears of the fold only at checkpoints: each epoch's metrics travel in the
+        # checkpoint's history, the progress bar has its own queue. A report waits for the
+        # controller's next poll (2 s apart by default), so reporting every epoch would cost
+        # seconds per fold.
+        due = checkpoint_due(epoch, cfg, time.monotonic() - last_checkpoint)
+        if world > 1:  # rank 0's clock decides for all: every rank must report, or report() waits
+            flag = torch.tensor([float(due)], device=device)
+            torch.distributed.broadcast(flag, src=0)
+            due = bool(flag.item())
+        if due:
+            last_checkpoint = time.monotonic()
             with tempfile.TemporaryDirectory() as d:
                 checkpoint = None
                 if rank == 0:
@@ -184,8 +201,6 @@ def train_func_per_worker(config: dict) -> None:
                     torch.save(state, os.path.join(d, STATE_FILE))
                     checkpoint = Checkpoint.from_directory(d)
                 ray.train.report(row, checkpoint=checkpoint)
-        else:
-            ray.train.report(row)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -246,16 +261,36 @@ def load_slice_images(lake, split: str | None = None):
     return t.drop_columns(["image"]), decode_images(t)
 
 
-def _plan_parallel(folds: int, workers: int, cpus_per_worker: float, gpus_per_worker: float) -> tuple[int, str]:
-    """How many folds fit at once in the cluster's free resources, and why (printed)."""
-    import ray
+def fold_room(need: dict[str, float], capacity: dict[str, float]) -> str | None:
+    """Why one fold can never run on a cluster of ``capacity`` (None where it can): the folds
+    are all submitted at once and wait for free resources; only a fold larger than the whole
+    cluster (at its autoscaling maximum) is refused."""
+    short = [f"{n:g} {r} (the cluster has at most {capacity.get(r, 0.0):g})"
+             for r, n in need.items() if n > 0 and capacity.get(r, 0.0) < n]
+    return "a fold takes " + ", ".join(short) if short else None
 
-    free = ray.available_resources()
+
+def _fold_plan(folds: int, workers: int, cpus_per_worker: float, gpus_per_worker: float) -> tuple[int, str]:
+    """(folds that fit at once in today's free resources, a line saying so); raises ConfigError
+    where one fold cannot fit the cluster even at its largest."""
+    import ray
+    from ray._private.state import state as ray_state
+
+    from gbmmet.errors import ConfigError
+
     need = {"CPU": workers * cpus_per_worker, "GPU": workers * gpus_per_worker}
-    fits = min(int(free.get(r, 0.0) // n) for r, n in need.items() if n > 0)
-    have = ", ".join(f"{free.get(r, 0.0):g} {r}" for r in need if need[r] > 0)
+    most = ray_state.get_max_resources_from_cluster_config()  # None without an autoscaler
+    capacity = {r: float(v) for r, v in (most or ray.cluster_resources()).items()}
+    why_not = fold_room(need, capacity)
+    if why_not:
+        raise ConfigError(f"no room for one fold: {why_not}; ask for fewer --workers or fewer resources per worker")
+    free = ray.available_resources()
+    now = min(int(free.get(r, 0.0) // n) for r, n in need.items() if n > 0)
     each = ", ".join(f"{n:g} {r}" for r, n in need.items() if n > 0)
-    return min(folds, fits), f"the cluster has {have} free and a fold takes {each}"
+    have = ", ".join(f"{free.get(r, 0.0):g} {r}" for r in need if need[r] > 0)
+    return min(folds, now), (f"all {folds} submitted, {min(folds, now)} fit now (the cluster has {have} free and a "
+                             f"fold takes {each}); the others wait for room"
+                             + (" as the cluster scales up" if most else ""))
 
 
 class _Store:
@@ -462,29 +497,29 @@ def run_train(lake_root: str, run: str, *, folds: int = 5, epochs: int = 100, wo
                             seconds=rec["seconds"] or 0.0)
     store.write_json(settings, CONFIG_FILE)
 
-    init_ray(address=address)
+    init_ray(address=address, shared=(lake_root, storage))
     todo = [k for k in range(folds) if store.read_json(f"fold{k}", DONE_FILE) is None]
-    parallel, why = _plan_parallel(len(todo) or 1, workers, cpus_per_worker, gpus_per_worker)
-    if parallel < 1:
-        raise ConfigError(f"no room for one fold: {why}")
+    parallel, why = _fold_plan(len(todo) or 1, workers, cpus_per_worker, gpus_per_worker)
     echo(f"train {run}: {mode} mode, backbone {backbone_id} ({reason}); {folds} folds over "
          f"{len(fold_of)} patients / {len(pids)} slices; {workers} worker(s) per fold"
          + (" (DDP)" if workers > 1 else ""))
     if len(todo) < folds:
         echo(f"  resuming: folds {sorted(set(range(folds)) - set(todo))} already finished")
-    echo(f"  folds: {parallel} at a time ({why})")
+    echo(f"  folds: {why}")
 
     summary = TrainSummary(run, mode, backbone_id, reason, folds, parallel, store.root)
     from ray.util.queue import Queue
 
     progress_q = Queue(actor_options={"num_cpus": 0})
 
+    data = ray.put({"X": X, "y": y})  # once: each fold gets its rows' indices
+
     def fit_fold(k: int):
         held = slice_fold == k
-        data = ray.put({"X_train": X[~held], "y_train": y[~held], "X_val": X[held], "y_val": y[held]})
+        split = ray.put((np.flatnonzero(~held), np.flatnonzero(held)))
         trainer = TorchTrainer(
             train_func_per_worker,
-            train_loop_config={"head": head.to_dict(), "data": data, "fold": k, "mode": mode,
+            train_loop_config={"head": head.to_dict(), "data": data, "split": split, "fold": k, "mode": mode,
                                "threads": max(1, int(cpus_per_worker)), "use_gpu": gpus_per_worker > 0,
                                "backbone_name": backbone_name, "backbone_id": backbone_id, "weights": weights,
                                "stages": stages, "tail_lr_factor": tail_lr_factor, "progress": progress_q},
@@ -503,7 +538,7 @@ def run_train(lake_root: str, run: str, *, folds: int = 5, epochs: int = 100, wo
                           "seconds": time.perf_counter() - t0}, f"fold{k}", DONE_FILE)
         return k
 
-    _fit_all(todo, fit_fold, parallel, progress_q, folds, head.epochs, show_progress, echo)
+    _fit_all(todo, fit_fold, progress_q, head.epochs, show_progress)
     progress_q.shutdown()
 
     import torch
@@ -565,9 +600,9 @@ def load_state(checkpoint: str) -> dict:
                       weights_only=False)
 
 
-def _fit_all(todo, fit_fold, parallel, progress_q, folds, epochs, show_progress, echo) -> None:
-    """Run ``fit_fold`` for each fold in ``todo``, ``parallel`` at a time, with a progress bar of
-    epochs (fed by the workers through a Ray queue)."""
+def _fit_all(todo, fit_fold, progress_q, epochs, show_progress) -> None:
+    """Run ``fit_fold`` for every fold in ``todo`` at once (each waits in Ray Train until its
+    workers get resources), with a progress bar of epochs fed by the workers through a Ray queue."""
     from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 
     from pipelines.ray_runtime import _progress
@@ -575,7 +610,7 @@ def _fit_all(todo, fit_fold, parallel, progress_q, folds, epochs, show_progress,
     progress, task = _progress("train (fold epochs)", len(todo) * epochs)
     seen: set[tuple[int, int]] = set()
     errors = {}
-    with (progress if show_progress and todo else nullcontext()), ThreadPoolExecutor(max_workers=parallel) as pool:
+    with (progress if show_progress and todo else nullcontext()), ThreadPoolExecutor(max_workers=max(1, len(todo))) as pool:
         futures = {pool.submit(fit_fold, k): k for k in todo}
         pending = set(futures)
         while pending:

@@ -72,3 +72,24 @@ def test_pinning_needs_a_node_per_site():
 
     with pytest.raises(ConfigError, match=r"no node of the cluster has site:siteB .*ray start --address HEAD:6379"):
         site_resources(["siteA", "siteB"], {"CPU": 2, "site:siteA": 1})
+
+
+def _can_unshare_mounts() -> bool:
+    if shutil.which("unshare") is None:
+        return False
+    return subprocess.run(["unshare", "--mount", "--propagation", "private", "true"], capture_output=True).returncode == 0
+
+
+@pytest.mark.skipif(not _can_unshare_mounts(), reason="needs unshare --mount (root or CAP_SYS_ADMIN)")
+def test_a_local_lake_that_a_node_does_not_see_is_refused_with_what_to_use_instead(tmp_path):
+    # the second node runs in its own mount namespace, an empty tmpfs over `hidden`: a second machine's disk
+    hidden, visible = tmp_path / "hidden", tmp_path / "visible"
+    hidden.mkdir()
+    proc = subprocess.run([sys.executable, "-m", "tests.unshared_node", str(hidden), str(visible)], cwd=ROOT,
+                          capture_output=True, text=True, encoding="utf-8", timeout=300, env=os.environ.copy())
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    said = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert said["nodes"] == 2
+    assert said["hidden"].startswith(f"{hidden / 'lake'} is a local folder that 1 of the cluster's 2 nodes do not see")
+    assert "use object storage (--lake s3://bucket/lake) or a folder on a mount every node shares" in said["hidden"]
+    assert said["visible"] == "ok"  # a folder both nodes see passes

@@ -29,7 +29,11 @@ class HeadConfig:
     epochs: int = 100
     class_weights: bool = False
     seed: int = 0
-    checkpoint_every: int = 10  # a checkpoint costs about a second; metrics are reported every epoch
+    # A checkpoint (the only time Ray Train hears of a fold) every ``checkpoint_every`` epochs once
+    # ``checkpoint_min_s`` seconds have passed since the last, and always at the end: a frozen
+    # head's 100 epochs take seconds and report once; a fine-tune's long epochs every 10.
+    checkpoint_every: int = 10
+    checkpoint_min_s: float = 30.0
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -38,9 +42,19 @@ class HeadConfig:
         for name in ("hidden", "batch_size", "epochs", "checkpoint_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"The '{name}' parameter must be >= 1. Got {getattr(self, name)!r} instead.")
+        if not self.checkpoint_min_s >= 0:
+            raise ValueError(f"The 'checkpoint_min_s' parameter must be >= 0. Got {self.checkpoint_min_s!r} instead.")
         if not self.lr > 0:
             raise ValueError(f"The 'lr' parameter must be > 0. Got {self.lr!r} instead.")
         return self
+
+
+def checkpoint_due(epoch: int, cfg: HeadConfig, seconds_since_last: float) -> bool:
+    """Whether epoch ``epoch`` (0-based) ends with a checkpoint: always the last; otherwise every
+    ``cfg.checkpoint_every`` epochs, once ``cfg.checkpoint_min_s`` seconds passed since the last."""
+    if epoch == cfg.epochs - 1:
+        return True
+    return (epoch + 1) % cfg.checkpoint_every == 0 and seconds_since_last >= cfg.checkpoint_min_s
 
 
 def assign_folds(patient_ids, labels, n_folds: int = 5, seed: int = 0) -> dict[str, int]:

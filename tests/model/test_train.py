@@ -10,6 +10,7 @@ from gbmmet import constants as C
 from gbmmet.model.train import (
     HeadConfig,
     assign_folds,
+    checkpoint_due,
     encode_labels,
     epoch_order,
     epoch_seed,
@@ -88,3 +89,19 @@ def test_epoch_order_gives_every_rank_the_same_number_of_rows():
     whole = epoch_order(103, 0, 1, 7)
     assert torch.equal(whole[:100], joined) and sorted(whole.tolist()) == list(range(103))
     assert not torch.equal(epoch_order(103, 0, 1, 8), whole)
+
+
+def test_the_last_epoch_always_checkpoints():
+    cfg = HeadConfig(epochs=7, checkpoint_every=3, checkpoint_min_s=1e9)
+    assert [e for e in range(7) if checkpoint_due(e, cfg, seconds_since_last=0.0)] == [6]
+
+
+def test_checkpoints_come_every_k_epochs_once_the_minimum_time_has_passed():
+    cfg = HeadConfig(epochs=10, checkpoint_every=3, checkpoint_min_s=5.0)
+    assert [e for e in range(10) if checkpoint_due(e, cfg, seconds_since_last=5.0)] == [2, 5, 8, 9]
+    assert not checkpoint_due(2, cfg, seconds_since_last=4.9)  # due by count, too soon by time
+
+
+def test_a_negative_checkpoint_interval_is_refused():
+    with pytest.raises(ValueError, match="checkpoint_min_s"):
+        HeadConfig(checkpoint_min_s=-1.0).check()

@@ -22,7 +22,7 @@ from gbmmet.model.backbones import RANDOM18
 from gbmmet.model.train import HeadConfig
 from pipelines.cli import main
 from pipelines.features import run_features
-from pipelines.train import DONE_FILE, STATE_FILE, run_train
+from pipelines.train import DONE_FILE, STATE_FILE, fold_room, run_train
 from storage import catalog
 from storage.lake import Lake
 
@@ -48,7 +48,8 @@ def test_five_folds_by_patient_history_oof_and_run_record(feature_lake, ray_loca
     s = run_train(str(feature_lake), "five", folds=5, head=HeadConfig(hidden=16, epochs=3, checkpoint_every=2),
                   show_progress=False, echo=lines.append)
     lake = Lake(feature_lake)
-    assert any("folds: 2 at a time (the cluster has 2 CPU free and a fold takes 1 CPU)" in ln for ln in lines), lines
+    assert any("folds: all 5 submitted, 2 fit now (the cluster has 2 CPU free and a fold takes 1 CPU)" in ln
+               for ln in lines), lines
 
     patients = lake.read(C.TABLE_PATIENTS).to_pylist()
     split_of = {p[C.COL_PATIENT_ID]: p[C.COL_SPLIT] for p in patients}
@@ -117,7 +118,7 @@ def _kill_train_workers_after_checkpoint(run_dir: str, deadline: float, killed: 
 
 
 def test_same_seed_same_weights_and_a_killed_worker_resumes_from_its_checkpoint(feature_lake, ray_local):
-    head = HeadConfig(hidden=16, epochs=60, checkpoint_every=5, seed=7)
+    head = HeadConfig(hidden=16, epochs=60, checkpoint_every=15, checkpoint_min_s=0.0, seed=7)
     a = run_train(str(feature_lake), "seed-a", folds=2, head=head, show_progress=False, echo=lambda *_: None)
 
     killed: list[int] = []
@@ -163,7 +164,7 @@ def test_finetune_mode_trains_the_last_stage_with_ddp(feature_lake, ray_local):
     s = run_train(str(feature_lake), "ft", folds=2, mode="finetune", backbone=RANDOM18, workers=2,
                   head=HeadConfig(hidden=8, epochs=1, batch_size=16), show_progress=False, echo=lines.append)
     assert any("2 worker(s) per fold (DDP)" in ln for ln in lines)
-    assert any("folds: 1 at a time" in ln for ln in lines)  # 2 CPUs, a fold takes 2
+    assert any("folds: all 2 submitted, 1 fit now" in ln for ln in lines), lines  # 2 CPUs, a fold takes 2: one waits
     state = _final_state(s, 0)
     tail = state["model"]["tail"]
     assert tail and all(k.startswith("layer4.") for k in tail)
@@ -184,3 +185,34 @@ def test_cli_train_errors_are_clear(feature_lake, tmp_path, capsys):
     assert "no features in the lake" in capsys.readouterr().err
     assert main(["train", "--lake", str(feature_lake), "--run", "x", "--backbone", "resnet50-imagenet"]) == 2
     assert "no features for backbone 'resnet50-imagenet'" in capsys.readouterr().err
+
+
+def test_a_fold_fits_where_every_resource_it_takes_fits_the_whole_cluster():
+    assert fold_room({"CPU": 2.0, "GPU": 0.0}, {"CPU": 2.0}) is None
+    assert fold_room({"CPU": 1.0, "GPU": 1.0}, {"CPU": 8.0, "GPU": 1.0}) is None
+
+
+def test_a_fold_larger_than_the_cluster_says_which_resource_is_short():
+    assert fold_room({"CPU": 1.0, "GPU": 2.0}, {"CPU": 8.0, "GPU": 1.0}) == \
+        "a fold takes 2 GPU (the cluster has at most 1)"
+    assert fold_room({"CPU": 1.0, "GPU": 1.0}, {"CPU": 8.0}) == "a fold takes 1 GPU (the cluster has at most 0)"
+
+
+def test_a_fold_larger_than_the_cluster_is_refused_before_training(feature_lake, ray_local):
+    with pytest.raises(ConfigError, match=r"no room for one fold: a fold takes 3 CPU \(the cluster has at most 2\)"):
+        run_train(str(feature_lake), "too-big", folds=2, workers=3, head=HeadConfig(hidden=8, epochs=1),
+                  show_progress=False, echo=lambda *_: None)
+
+
+def test_a_fold_waits_for_room_past_ray_trains_start_timeout_without_using_its_failures(
+        feature_lake, ray_local, monkeypatch):
+    # one fold at a time (a fold takes both CPUs): the second waits for the first, far past a 1 s
+    # start timeout; Ray Train retries the start, and max_failures=0 shows it is not a failure
+    monkeypatch.setenv("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "1")
+    lines: list[str] = []
+    s = run_train(str(feature_lake), "queued", folds=2, cpus_per_worker=2.0, max_failures=0,
+                  head=HeadConfig(hidden=8, epochs=30), show_progress=False, echo=lines.append)
+    assert any("folds: all 2 submitted, 1 fit now" in ln for ln in lines), lines
+    assert sorted(s.fold_checkpoints) == [0, 1]
+    (first, a), (second, b) = sorted(s.fold_seconds.items(), key=lambda kv: kv[1])
+    assert b > a + 1.0  # the later fold's time includes its wait for the first
