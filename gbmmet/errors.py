@@ -2,6 +2,15 @@
 
 from __future__ import annotations
 
+import errno
+
+#: errno values of a read that may succeed when tried again: a flaky disk or controller (EIO), a
+#: busy or momentarily unavailable resource (EAGAIN, EBUSY), a network file system timing out,
+#: dropping its connection or losing the file handle (ETIMEDOUT, ECONNRESET, ESTALE). Any other
+#: errno (ENOENT, EACCES, EISDIR, ...) says the same thing on every try.
+TRANSIENT_ERRNOS = frozenset({errno.EIO, errno.EAGAIN, errno.ETIMEDOUT, errno.ECONNRESET, errno.EBUSY,
+                              errno.ESTALE})
+
 
 class GbmmetError(Exception):
     """Base class of every error gbmmet raises on purpose."""
@@ -118,3 +127,32 @@ class InputWarning(UserWarning):
         self.kind = kind
         self.patient_id = patient_id
         self.path = path
+
+
+class TransientIOError(GbmmetError, OSError):
+    """Reading an input failed with an errno that may clear (``TRANSIENT_ERRNOS``): the task is
+    retried (Ray's ``retry_exceptions``); ``kind`` is recorded once the retries are spent. Built
+    as ``TransientIOError(errno, message)``, so it pickles as an ``OSError`` does."""
+
+    kind = "io_error"
+
+
+def classify_os_error(exc: BaseException) -> bool:
+    """Whether ``exc`` is a transient read error, worth retrying: an ``OSError`` whose errno is in
+    ``TRANSIENT_ERRNOS`` (a ``TransientIOError`` already is). Anything else fails at once."""
+    return isinstance(exc, TransientIOError) or (isinstance(exc, OSError) and exc.errno in TRANSIENT_ERRNOS)
+
+
+def transient_cause(exc: BaseException) -> TransientIOError | None:
+    """``exc`` or the first error it was raised from or while handling (``__cause__``,
+    ``__context__``) that is transient (``classify_os_error``), as a ``TransientIOError``; None if
+    none is: a reader that wrapped an EIO in its own error is still retried."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, TransientIOError):
+            return exc
+        if classify_os_error(exc):
+            return TransientIOError(exc.errno, str(exc))
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None

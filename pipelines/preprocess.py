@@ -5,14 +5,21 @@ What a run does:
 1. reads and checks every manifest (``gbmmet.manifest``): any problem stops the run before work,
    listing every offending row; with ``keep_going`` missing files only fail their own patient;
 2. checks that the lake can be written (``Lake.check_writable``), pseudonymises ids with the
-   lake's key and hashes each patient's inputs (file bytes and the manifest row) and the
-   parameters; a patient already in the lake with both hashes equal is skipped, one whose inputs
-   or parameters changed is reprocessed;
+   lake's key and stamps each patient's inputs (``input_stamp``: every file's path, byte size and
+   mtime, and the manifest row; ``os.stat`` only, no image byte is read); a patient whose
+   ``patients`` row is committed with these parameters, by an attempt that saw the same stamp, is
+   skipped; one whose files were touched or replaced, or whose row or parameters changed, is
+   reprocessed (its task hashes the bytes again, ``input_hash``, and may find them unchanged);
 3. refuses identical image content (CE-T1 or T2, whatever the role) under two ids of one site
    (``ManifestError`` naming both rows and the files); across sites it is allowed but recorded as
-   a ``duplicate_input`` warning on both patients;
-4. runs the patients as Ray tasks (retried when a worker dies; a patient's own error is recorded
-   and not retried). A task makes nothing visible: it stages its slices (``Lake.stage``, a data
+   a ``duplicate_input`` warning on both patients. Only files whose size another patient's file
+   has too are hashed for this (``size_collisions``): identical content has identical size;
+4. runs the patients as Ray tasks, at most a window of them in flight (``ray_runtime.task_window``:
+   2 per CPU of the cluster), each reserving ``PATIENT_MEMORY``. A task is retried when its
+   worker dies or an input read fails with a transient errno (``gbmmet.errors.TransientIOError``:
+   EIO, EAGAIN, ETIMEDOUT, ECONNRESET, EBUSY, ESTALE), up to ``TASK_MAX_RETRIES`` times; a
+   patient's own error (a missing or unreadable file among them) is recorded and not retried.
+   A task makes nothing visible: it stages its slices (``Lake.stage``, a data
    file no reader sees) and returns them with its ``preprocess_runs`` row (with the
    ``InputWarning``s raised on the way) and its ``patients`` row. The driver commits finished
    patients in batches (``BatchSettings``: every so many patients or seconds, whichever first,
@@ -36,7 +43,9 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
+import errno
 import hashlib
+import itertools
 import json
 import math
 import os
@@ -48,7 +57,7 @@ import uuid
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from gbmmet import __version__
@@ -63,19 +72,36 @@ IMAGE_COLUMNS = (C.COL_T1C_PATH, C.COL_T2_PATH)
 #: ``kind`` of the warning recorded on both patients of identical images across sites.
 WARN_DUPLICATE = "duplicate_input"
 SITE_FOLDER = "<site folder>"
+#: Ray's ``memory=`` for one preprocess task, in bytes: a reservation the scheduler counts, so a
+#: node runs only as many patients at once as its memory holds (not a limit on the task).
+#: Measured: peak RSS (``resource.getrusage(RUSAGE_SELF).ru_maxrss``) of ``preprocess_one`` on one
+#: demo-preset patient, default parameters (1 mm grid, QC panels), seed 0: in a fresh Ray worker
+#: (``max_calls=1``; 125 MiB before the task) 588 MiB (A0001) and 584 MiB (A0051); in a fresh
+#: plain process 591 and 587 MiB, 270 MiB of it the imports. With margin for scans larger than
+#: the demo's (1 mm, 2 cores, Ray 2.60): 1 GiB.
+PATIENT_MEMORY = 1 << 30
+#: Retries of a preprocess task whose worker died or whose input read failed transiently
+#: (``TransientIOError``); without Ray (``workers=0``) a transient read is retried as often.
+TASK_MAX_RETRIES = 3
+#: Test hook: where this environment variable names a file that exists, the next input file a task
+#: opens (``input_hash``) fails once with EIO: the hook removes the file first, so exactly one read
+#: fails whichever process reads (a Ray worker inherits the variable where it was set before Ray
+#: started). Only the tests set it (tests/pipelines/test_preprocess_io.py).
+FAULT_EIO_ONCE_ENV = "GBMMET_FAULT_EIO_ONCE"
 
 
 @dataclass(frozen=True)
 class PatientJob:
     entry: PatientEntry
     pseudo_id: str
-    input_hash: str
+    input_stamp: str  # ``input_stamp`` as the driver saw it (stat only): the lake's skip key
     params: PreprocessParams
     params_hash: str
     lake_root: str
     # (kind, message) found by the driver before the run (duplicates across sites), lake-ready
     warnings: tuple[tuple[str, str], ...] = ()
     qc: bool = True  # draw and stage the QC panels (``qc_panels``); not part of the parameters' hash
+    input_hash: str = ""  # ``input_hash``, set by the task once it has read the inputs ("" before)
 
 
 #: The tables preprocessing writes, compacted once they pass ``IN_RUN_MAX_FILES`` small files
@@ -114,6 +140,8 @@ class PreprocessSummary:
     skipped: list[str] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)  # raw id -> "kind: message"
     slices_written: int = 0
+    window: int = 0  # the most patients in flight at once on Ray (0: none ran on Ray)
+    max_in_flight: int = 0  # the most that were
     seconds_per_patient: float = float("nan")
     wall_seconds: float = 0.0
     catalog: str | None = None
@@ -129,40 +157,118 @@ class PreprocessSummary:
 
 
 def _hash_path(hashers, path: Path) -> None:
-    """Feed a file's bytes (a folder's: each file's relative name and bytes, sorted) to every hasher."""
+    """Feed a file's bytes (a folder's: each file's relative name and bytes, sorted) to every
+    hasher. A path that is gone raises ``FileNotFoundError``."""
     if path.is_dir():
         for f in sorted(p for p in path.rglob("*") if p.is_file()):
             for h in hashers:
                 h.update(f.relative_to(path).as_posix().encode())
             _hash_path(hashers, f)
-    elif path.is_file():
+    else:
         with path.open("rb") as fh:
             for chunk in iter(lambda: fh.read(1 << 20), b""):
                 for h in hashers:
                     h.update(chunk)
 
 
-def input_hashes(entry: PatientEntry) -> tuple[str, dict[str, str]]:
-    """(input hash, sha256 of each file by manifest column), the files read once.
+def _input_files(entry: PatientEntry) -> tuple[tuple[str, str], ...]:
+    """(manifest column, path) of the patient's input files, in hashing order."""
+    return ((C.COL_T1C_PATH, entry.t1c_path), (C.COL_T2_PATH, entry.t2_path), (C.COL_ROI_PATH, entry.roi_path))
 
-    The input hash covers the image and ROI bytes and the manifest row (not the paths): it keys
-    what is done in the lake. The per-file digests find the same image under two ids.
-    """
-    h = hashlib.sha256()
-    per_file = {}
-    for col, p in zip((C.COL_T1C_PATH, C.COL_T2_PATH, C.COL_ROI_PATH),
-                      (entry.t1c_path, entry.t2_path, entry.roi_path), strict=True):
-        h.update(b"\x00file\x00")
-        f = hashlib.sha256()
-        _hash_path((h, f), Path(p))
-        per_file[col] = f.hexdigest()
-    h.update(json.dumps(entry.clinical(), sort_keys=True).encode())
-    return h.hexdigest()[:32], per_file
+
+def file_digest(path: str | Path) -> str:
+    """sha256 of one input's bytes (a folder's: its files' relative names and bytes)."""
+    f = hashlib.sha256()
+    _hash_path((f,), Path(path))
+    return f.hexdigest()
+
+
+def _injected_fault(path: str) -> None:
+    """The ``FAULT_EIO_ONCE_ENV`` test hook: an EIO once, where its file exists (and is removed here)."""
+    marker = os.environ.get(FAULT_EIO_ONCE_ENV)
+    if marker:
+        try:
+            os.remove(marker)
+        except FileNotFoundError:
+            return
+        raise OSError(errno.EIO, f"Input/output error (injected by {FAULT_EIO_ONCE_ENV})", path)
+
+
+def _read_error(exc: OSError, entry: PatientEntry, col: str, path: str) -> Exception:
+    """The error of a failed input read: ``TransientIOError`` where its errno may clear (the task
+    is retried), else the patient's own error: ``MissingFileError`` (ENOENT), ``ImageFileError``."""
+    from gbmmet.errors import ImageFileError, MissingFileError, TransientIOError, classify_os_error
+
+    where = exc.filename or path
+    what = f"patient {entry.patient_id}: {col} {where}"
+    if classify_os_error(exc):
+        return TransientIOError(exc.errno, f"{what}: {exc.strerror or exc} (a transient read error)")
+    if isinstance(exc, FileNotFoundError):
+        return MissingFileError(f"{what} does not exist (any more)", patient_id=entry.patient_id, path=str(where))
+    return ImageFileError(f"{what} cannot be read: {exc.strerror or exc}", patient_id=entry.patient_id,
+                          path=str(where))
 
 
 def input_hash(entry: PatientEntry) -> str:
-    """sha256 of the patient's image and ROI bytes and of its manifest row (not the paths)."""
-    return input_hashes(entry)[0]
+    """sha256 of the patient's image and ROI bytes and of its manifest row (not the paths): what
+    the task read, recorded in ``patients`` and ``preprocess_runs``.
+
+    Raises:
+        TransientIOError: a read failed with a transient errno (``classify_os_error``): retry.
+        MissingFileError, ImageFileError: a file is gone, or cannot be read (EACCES, ...): the
+            patient fails, at once.
+    """
+    h = hashlib.sha256()
+    for col, p in _input_files(entry):
+        h.update(b"\x00file\x00")
+        try:
+            _injected_fault(p)
+            _hash_path((h,), Path(p))
+        except OSError as exc:
+            raise _read_error(exc, entry, col, p) from exc
+    h.update(json.dumps(entry.clinical(), sort_keys=True).encode())
+    return h.hexdigest()[:32]
+
+
+def _file_stats(path: Path) -> list[tuple[str, int, int]]:
+    """(name, byte size, mtime in ns) of a file (name ""), or of each file of a folder (names
+    relative, sorted): ``os.stat`` only, no byte read."""
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*") if p.is_file())
+        return [(f.relative_to(path).as_posix(), st.st_size, st.st_mtime_ns) for f in files for st in (f.stat(),)]
+    st = path.stat()
+    return [("", st.st_size, st.st_mtime_ns)]
+
+
+def stat_inputs(entry: PatientEntry) -> dict[str, tuple[str, list[tuple[str, int, int]]]]:
+    """Per manifest column: (the file's real path, ``_file_stats``). The driver's only look at them."""
+    return {col: (os.path.realpath(p), _file_stats(Path(p))) for col, p in _input_files(entry)}
+
+
+def input_stamp(entry: PatientEntry, stats: dict | None = None) -> str:
+    """A cheap key of the patient's inputs: a hash of each file's real path, byte size and mtime
+    (ns; a folder's every file) and of its manifest row. Any file touched, replaced, added to or
+    removed from a folder, or moved, changes it; the content is not read (see ``input_hash``).
+    Hashed, since paths hold raw ids: the lake keeps ``preprocess_runs.input_stamp``."""
+    stats = stats if stats is not None else stat_inputs(entry)
+    text = json.dumps({"files": stats, "row": entry.clinical()}, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+def size_collisions(keys: dict[tuple[str, str], object]) -> set[tuple[str, str]]:
+    """The (patient, column) whose size key (byte size, and whether a folder) the file of another
+    patient has too: identical content has identical size, so only these can be duplicates and
+    need hashing. A patient's own CE-T1 and T2 of one size do not collide."""
+    owners: dict[object, set[str]] = {}
+    for (pid, _), key in keys.items():
+        owners.setdefault(key, set()).add(pid)
+    return {pc for pc, key in keys.items() if len(owners[key]) > 1}
+
+
+def _size_key(stat: tuple[str, list[tuple[str, int, int]]]) -> tuple[bool, int]:
+    """(a folder?, total bytes) of one input's ``stat_inputs`` entry."""
+    files = stat[1]  # a file is one unnamed entry; a folder, its files (none where empty)
+    return not files or files[0][0] != "", sum(size for _, size, _ in files)
 
 
 def find_duplicates(entries: list[PatientEntry], digests: dict[str, dict[str, str]], pseudo: dict[str, str]
@@ -170,7 +276,8 @@ def find_duplicates(entries: list[PatientEntry], digests: dict[str, dict[str, st
     """Identical image content (``IMAGE_COLUMNS``, whatever the role) under two patient ids.
 
     A shared T2 with a different CE-T1 is a duplicate too: each image file is compared, not the
-    patient's set of files.
+    patient's set of files. ``digests``: raw id -> column -> sha256, of the files hashed (a file
+    left out has no duplicate: ``size_collisions``).
 
     Returns:
         (problems, warnings): one problem per pair within a site (both manifest rows, both ids,
@@ -180,8 +287,9 @@ def find_duplicates(entries: list[PatientEntry], digests: dict[str, dict[str, st
     uses: dict[str, list[tuple[PatientEntry, str]]] = {}
     for e in entries:
         for col in IMAGE_COLUMNS:
-            if e.patient_id in digests:
-                uses.setdefault(digests[e.patient_id][col], []).append((e, col))
+            digest = digests.get(e.patient_id, {}).get(col)
+            if digest is not None:  # an unhashed file (no size collision) has no duplicate
+                uses.setdefault(digest, []).append((e, col))
     problems: list[str] = []
     warned: dict[str, list[tuple[str, str, str]]] = {}
     for digest, group in uses.items():
@@ -278,7 +386,7 @@ def _run_row(job: PatientJob, attempt: str, started: dt.datetime, status: str, k
         "ws_t1c_mean": ws["t1c"].mean if "t1c" in ws else None, "ws_t1c_sd": ws["t1c"].std if "t1c" in ws else None,
         "ws_t2_mean": ws["t2"].mean if "t2" in ws else None, "ws_t2_sd": ws["t2"].std if "t2" in ws else None,
         "n_slices": len(out.boxes) if out is not None else 0,
-        "params_hash": job.params_hash, "input_hash": job.input_hash,
+        "params_hash": job.params_hash, "input_hash": job.input_hash, "input_stamp": job.input_stamp or None,
         "params": json.dumps(job.params.to_dict(), sort_keys=True), "versions": _versions(),
         "ray_node": _ray_node(),
         "warnings": json.dumps([{"kind": w["kind"], "message": _scrub(w["message"], job.entry, job.pseudo_id)}
@@ -444,13 +552,15 @@ def preprocess_one(job: PatientJob) -> dict:
     (``Lake.stage``) and returns them with the attempt's ``preprocess_runs`` row and, if it
     succeeded, its ``patients`` row, for the driver to commit (``Batches``); and a short summary.
 
-    A patient's own error (``PatientError``) or any unexpected exception is returned as a failed
-    attempt (its row too), not raised: retrying would fail the same way. A killed worker is
-    retried by Ray (what it staged stays invisible). ``InputWarning``s raised on the way are
-    recorded with the attempt (failed or not) with the driver's ``job.warnings``, and returned
-    (raw, for the console).
+    It first reads the inputs whole (``input_hash``, recorded with the attempt). A read failing
+    with a transient errno, there or later, is raised as ``TransientIOError`` (nothing staged yet)
+    for Ray to retry the task. A patient's own error (``PatientError``: a missing or unreadable
+    file among them) or any other exception is returned as a failed attempt (its row too), not
+    raised: retrying would fail the same way. A killed worker is retried by Ray (what it staged
+    stays invisible). ``InputWarning``s raised on the way are recorded with the attempt (failed
+    or not) with the driver's ``job.warnings``, and returned (raw, for the console).
     """
-    from gbmmet.errors import PatientError
+    from gbmmet.errors import PatientError, transient_cause
     from gbmmet.preprocess.patient import preprocess_patient
     from pipelines.ray_runtime import match_threads_to_task
     from storage.lake import Lake
@@ -465,9 +575,15 @@ def preprocess_one(job: PatientJob) -> dict:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
+            job = replace(job, input_hash=input_hash(e))
             out = preprocess_patient(e.t1c_path, e.t2_path, e.roi_path, job.params, patient_id=e.patient_id,
                                      qc=job.qc)
         except Exception as exc:  # noqa: BLE001 - recorded, the batch goes on
+            transient = transient_cause(exc)
+            if transient is exc:
+                raise
+            if transient is not None:
+                raise transient from exc
             error = exc
     found = [{"kind": k, "message": m} for k, m in job.warnings] + _input_warnings(caught)
     if error is not None:
@@ -603,13 +719,15 @@ def _judge_registration(lake, pseudo: dict[str, str], entries: list[PatientEntry
 
 
 def _run_tasks(todo: list[tuple[str, tuple]], on_outcome, batches: Batches, *, use_ray: bool,
-               show_progress: bool, names: dict[str, str], resources: dict | None):
-    """Run ``preprocess_one`` for each (key, (job,)) of ``todo``, as Ray tasks or (``use_ray``
-    False) here, handing each outcome (``TaskOutcome``) to ``on_outcome`` as it arrives and
-    committing ``batches`` whenever one is due, even while no task finishes.
+               show_progress: bool, names: dict[str, str], resources: dict | None, window: int | None = None):
+    """Run ``preprocess_one`` for each (key, (job,)) of ``todo``, as Ray tasks (at most
+    ``ray_runtime.task_window(window)`` in flight) or (``use_ray`` False) here, handing each
+    outcome (``TaskOutcome``) to ``on_outcome`` as it arrives and committing ``batches`` whenever
+    one is due, even while no task finishes.
 
-    As ``ray_runtime.run_batch``: a task whose worker died is retried; an exception of the task
-    itself fails its patient alone. Returns the ``BatchReport``.
+    As ``ray_runtime.run_batch``: a task whose worker died, or whose input read failed
+    transiently (``TransientIOError``), is retried (``TASK_MAX_RETRIES``); any other exception of
+    the task itself fails its patient alone. Returns the ``BatchReport``.
 
     Raises:
         Interrupted: Ctrl-C: what had finished was committed, then the outstanding tasks were
@@ -630,10 +748,10 @@ def _run_tasks(todo: list[tuple[str, tuple]], on_outcome, batches: Batches, *, u
     try:
         with progress if show_progress and todo else nullcontext():
             if use_ray:
-                _ray_tasks(todo, finished, batches, pending, names, resources or {})
+                _ray_tasks(todo, finished, batches, pending, names, resources or {}, report, window)
             else:
                 for key, (job,) in todo:
-                    finished(_outcome(key, lambda job=job: preprocess_one(job)))
+                    finished(_outcome(key, lambda job=job: _local_task(job)))
                     batches.flush_if_due()
     except KeyboardInterrupt:
         _drain(pending, finished)
@@ -650,34 +768,66 @@ def _run_tasks(todo: list[tuple[str, tuple]], on_outcome, batches: Batches, *, u
     return report
 
 
+def _local_task(job: PatientJob) -> dict:
+    """``preprocess_one`` in this process, a transient read error retried as Ray would."""
+    from gbmmet.errors import TransientIOError
+
+    for tries in range(TASK_MAX_RETRIES + 1):
+        try:
+            return preprocess_one(job)
+        except TransientIOError:
+            if tries == TASK_MAX_RETRIES:
+                raise
+    raise AssertionError("unreachable")
+
+
 def _outcome(key: str, get):
-    """``TaskOutcome`` of ``get()``: its value, or the error (a Ray task's own cause) that failed it."""
+    """``TaskOutcome`` of ``get()`` in this process: its value, or the error that failed it."""
     from pipelines.ray_runtime import TaskOutcome
 
     try:
         return TaskOutcome(key, True, get())
     except Exception as exc:  # noqa: BLE001 - one bad item fails alone
-        cause = getattr(exc, "cause", None) or exc
-        return TaskOutcome(key, False, error=f"{type(cause).__name__}: {cause}")
+        return TaskOutcome(key, False, error=f"{type(exc).__name__}: {exc}", error_type=type(exc).__name__)
 
 
 def _ray_tasks(todo, finished, batches: Batches, pending: dict, names: dict[str, str],
-               resources: dict[str, dict[str, float]]) -> None:
-    """``_run_tasks``'s Ray loop: ``pending`` holds the submitted tasks not yet collected. Waits
-    at most until the held batch is due by time, so it is committed then."""
+               resources: dict[str, dict[str, float]], report, window: int | None) -> None:
+    """``_run_tasks``'s Ray loop: ``pending`` holds the submitted tasks not yet collected, at most
+    ``report.window``; the next is submitted as one is collected. Waits at most until the held
+    batch is due by time, so it is committed then."""
     import ray
 
-    remote = ray.remote(num_cpus=1, max_retries=2)(preprocess_one)
-    for key, args in todo:
+    from gbmmet.errors import TransientIOError
+    from pipelines.ray_runtime import ray_outcome, submit_upto, task_window
+
+    remote = ray.remote(num_cpus=1, memory=PATIENT_MEMORY, max_retries=TASK_MAX_RETRIES,
+                        retry_exceptions=[TransientIOError])(preprocess_one)
+
+    def submit(key, args):
         opts = {"name": names[key]} if key in names else {}
         if key in resources:
             opts["resources"] = resources[key]
-        pending[remote.options(**opts).remote(*args)] = key
+        return remote.options(**opts).remote(*args)
+
+    report.window = task_window(window)
+    queue = iter(todo)
+    submit_upto(queue, pending, submit, report)
     while pending:
         ready, _ = ray.wait(list(pending), num_returns=1, timeout=min(5.0, batches.wait_s()))
         for ref in ready:
-            finished(_outcome(pending.pop(ref), lambda ref=ref: ray.get(ref)))
+            finished(ray_outcome(pending.pop(ref), ref))
+        submit_upto(queue, pending, submit, report)
         batches.flush_if_due()
+
+
+def round_robin(todo: list[tuple[str, tuple]], group: dict[str, str]) -> list[tuple[str, tuple]]:
+    """``todo`` taking one item of each group (e.g. site) in turn, each group's items in their
+    order: a window of tasks in flight then holds every group's, not the first group's only."""
+    groups: dict[str, list] = {}
+    for item in todo:
+        groups.setdefault(group[item[0]], []).append(item)
+    return [item for turn in itertools.zip_longest(*groups.values()) for item in turn if item is not None]
 
 
 def _drain(pending: dict, finished) -> None:
@@ -687,11 +837,11 @@ def _drain(pending: dict, finished) -> None:
         return
     import ray
 
+    from pipelines.ray_runtime import ray_outcome
+
     ready, _ = ray.wait(list(pending), num_returns=len(pending), timeout=0)
     for ref in ready:
-        finished(_outcome(pending.pop(ref), lambda ref=ref: ray.get(ref)))
-
-
+        finished(ray_outcome(pending.pop(ref), ref))
 
 
 def _write_id_maps(entries: list[PatientEntry], pseudo: dict[str, str]) -> None:
@@ -723,16 +873,17 @@ class _Plan:
     pseudo: dict[str, str]  # raw id -> pseudonym
     jobs: dict[str, PatientJob]  # raw id -> job
     todo: list[tuple[str, tuple[PatientJob]]]  # (raw id, (job,)) to run
-    skipped: list[str]  # raw ids done in the lake with the same inputs and parameters
+    skipped: list[str]  # raw ids done in the lake with the same input stamp and parameters
     missing: dict[str, str]  # raw id -> why its files are missing (keep_going)
     duplicates: dict[str, list[tuple[str, str, str]]]  # raw id -> (kind, console, lake message)
+    hashed: int = 0  # image files the driver hashed to look for duplicates (those of colliding sizes)
 
 
 def _plan(manifests, lake_root, params: PreprocessParams, keep_going: bool, qc: bool = True) -> _Plan:
-    """Read the manifests, check the lake, pseudonymise and hash every patient, refuse duplicates
-    within a site, and split the patients into those to run and those done (their ``patients``
-    row, committed, has the same input and parameter hashes: what resuming relies on)."""
-    from gbmmet.errors import ManifestError
+    """Read the manifests, check the lake, pseudonymise and stamp every patient (``input_stamp``:
+    ``os.stat`` only), refuse duplicates within a site (hashing only the files of colliding
+    sizes), and split the patients into those to run and those done (``_done_stamps``: what
+    resuming relies on). No image is read whole but to look for duplicates."""
     from gbmmet.manifest import load_manifests
     from gbmmet.pseudonym import pseudonymise
     from storage.lake import Lake
@@ -743,34 +894,90 @@ def _plan(manifests, lake_root, params: PreprocessParams, keep_going: bool, qc: 
     params_hash = params.hash()
     pseudo = {e.patient_id: pseudonymise(key, e.site, e.patient_id) for e in entries}
     present = [e for e in entries if e.patient_id not in missing]
-    with ThreadPoolExecutor(max_workers=4) as pool:
-        hashed = dict(zip([e.patient_id for e in present], pool.map(input_hashes, present), strict=True))
-    problems, duplicates = find_duplicates(present, {pid: h[1] for pid, h in hashed.items()}, pseudo)
-    if problems:
-        raise ManifestError(f"{len(problems)} problem(s) in the manifest(s); nothing was run:\n  "
-                            + "\n  ".join(problems))
-    existing = {r[C.COL_PATIENT_ID]: r for r in lake.read(C.TABLE_PATIENTS).to_pylist()}
+    stats = {e.patient_id: _stat_or_refuse(e) for e in present}
+    duplicates, hashed = _refuse_duplicates(present, stats, pseudo)
+    done = _done_stamps(lake, params_hash)
     jobs = {e.patient_id: PatientJob(
-        e, pseudo[e.patient_id], hashed[e.patient_id][0] if e.patient_id in hashed else "", params, params_hash,
-        lake.uri, warnings=tuple((k, m) for k, _, m in duplicates.get(e.patient_id, [])), qc=qc) for e in entries}
+        e, pseudo[e.patient_id], input_stamp(e, stats[e.patient_id]) if e.patient_id in stats else "", params,
+        params_hash, lake.uri, warnings=tuple((k, m) for k, _, m in duplicates.get(e.patient_id, [])), qc=qc)
+        for e in entries}
     todo, skipped = [], []
     for e in present:
         job = jobs[e.patient_id]
-        old = existing.get(job.pseudo_id)
-        if old and old["input_hash"] == job.input_hash and old["params_hash"] == params_hash:
+        if done.get(job.pseudo_id) == job.input_stamp:
             skipped.append(e.patient_id)
         else:  # new, or its inputs or parameters changed: a successful attempt replaces its rows
             todo.append((e.patient_id, (job,)))
-    return _Plan(lake, entries, present, pseudo, jobs, todo, skipped, missing, duplicates)
+    return _Plan(lake, entries, present, pseudo, jobs, todo, skipped, missing, duplicates, hashed)
+
+
+def _stat_or_refuse(entry: PatientEntry) -> dict:
+    """``stat_inputs``; a file that cannot be looked at stops the run (``ManifestError``)."""
+    from gbmmet.errors import ManifestError
+
+    try:
+        return stat_inputs(entry)
+    except OSError as exc:
+        raise ManifestError(f"{entry.manifest} line {entry.line} (patient {entry.patient_id}): "
+                            f"{exc.filename}: {exc.strerror or exc}; nothing was run") from None
+
+
+def _refuse_duplicates(present: list[PatientEntry], stats: dict[str, dict], pseudo: dict[str, str]
+                       ) -> tuple[dict[str, list[tuple[str, str, str]]], int]:
+    """``find_duplicates`` on the image files whose size collides with another patient's
+    (``size_collisions``), each distinct file hashed once. Returns the warnings across sites and
+    how many files were hashed.
+
+    Raises:
+        ManifestError: identical images under two ids of one site (every pair listed); nothing ran.
+    """
+    from gbmmet.errors import ManifestError
+
+    by_id = {e.patient_id: e for e in present}
+    keys = {(e.patient_id, col): _size_key(stats[e.patient_id][col]) for e in present for col in IMAGE_COLUMNS}
+    colliding = sorted(size_collisions(keys))
+    paths = sorted({getattr(by_id[pid], col) for pid, col in colliding})
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        digest_of = dict(zip(paths, pool.map(file_digest, paths), strict=True))
+    digests: dict[str, dict[str, str]] = {}
+    for pid, col in colliding:
+        digests.setdefault(pid, {})[col] = digest_of[getattr(by_id[pid], col)]
+    problems, duplicates = find_duplicates(present, digests, pseudo)
+    if problems:
+        raise ManifestError(f"{len(problems)} problem(s) in the manifest(s); nothing was run:\n  "
+                            + "\n  ".join(problems))
+    return duplicates, len(paths)
+
+
+def _done_stamps(lake, params_hash: str) -> dict[str, str]:
+    """Pseudonym -> input stamp of every patient done in the lake with these parameters: its
+    ``patients`` row is committed with ``params_hash``, made by its latest ok attempt with these
+    parameters (the same ``input_hash``), whose ``input_stamp`` is returned. A patient whose
+    attempt committed its run row but not its ``patients`` row (a driver killed between the two)
+    is not done; nor one whose attempts predate the stamp (null: redone once)."""
+    from gbmmet.preprocess import qc
+
+    patients = {r[C.COL_PATIENT_ID]: r for r in
+                lake.read(C.TABLE_PATIENTS, columns=[C.COL_PATIENT_ID, "input_hash", "params_hash"]).to_pylist()}
+    cols = [C.COL_PATIENT_ID, "attempt_id", "status", "params_hash", "input_hash", "input_stamp"]
+    latest = qc.latest_ok_runs(lake.read(C.TABLE_PREPROCESS_RUNS, columns=cols).to_pylist(), params_hash)
+    return {pid: r["input_stamp"] for pid, r in latest.items()
+            if r["input_stamp"] and pid in patients and patients[pid]["params_hash"] == params_hash
+            and patients[pid]["input_hash"] == r["input_hash"]}
 
 
 def _collect(outcome, jobs: dict[str, PatientJob], summary: PreprocessSummary, batches: Batches,
              seconds: list[float]) -> None:
     """One finished patient: into ``summary`` (for the console) and ``batches`` (its rows)."""
+    from gbmmet.errors import TransientIOError
+
     key = outcome.key
     if not outcome.ok:  # the task itself died for good (retries spent): record it from here
-        summary.failed[key] = f"worker_failed: {outcome.error}"
-        _record_failure(batches, jobs[key], "worker_failed", outcome.error)
+        kind, message = "worker_failed", outcome.error
+        if outcome.error_type == TransientIOError.__name__:
+            kind, message = TransientIOError.kind, f"{outcome.error} (still failing after {TASK_MAX_RETRIES} retries)"
+        summary.failed[key] = f"{kind}: {message}"
+        _record_failure(batches, jobs[key], kind, message)
         return
     value = outcome.value
     for w in value.get("warnings", []):
@@ -797,6 +1004,7 @@ def run_preprocess(
     show_progress: bool = True,
     batch: BatchSettings | None = None,
     qc: bool = True,
+    window: int | None = None,
 ) -> PreprocessSummary:
     """Preprocess every patient of ``manifests`` into the lake at ``lake_root``.
 
@@ -806,7 +1014,8 @@ def run_preprocess(
     ``site:<site>`` (data that may not leave a site's machines; ``preprocess_runs.ray_node`` shows
     where each ran). ``batch``: how often finished patients are committed (``BatchSettings``; the
     summary records it and the number of commits made). ``qc``: draw each patient's QC panels into
-    ``qc_panels`` (``gbmmet.preprocess.qc_panels``; 0.1 s a patient).
+    ``qc_panels`` (``gbmmet.preprocess.qc_panels``; 0.1 s a patient). ``window``: the most
+    patients in flight on Ray at once (default ``ray_runtime.task_window``: 2 per cluster CPU).
 
     Raises:
         ManifestError: the manifests have problems (listed), or one site has identical images under
@@ -831,6 +1040,8 @@ def run_preprocess(
         raise ConfigError(f"The 'workers' parameter must be >= 0. Got {workers!r} instead.")
     if pin_sites and workers == 0:
         raise ConfigError("--pin-sites needs Ray (workers 0 runs in this process)")
+    if window is not None and window < 1:
+        raise ConfigError(f"The 'window' parameter must be >= 1. Got {window!r} instead.")
     plan = _plan(manifests, lake_root, params, keep_going, qc)
     summary = PreprocessSummary(lake=plan.lake.uri, batch=batch, skipped=list(plan.skipped))
     for pid, found in plan.duplicates.items():
@@ -844,17 +1055,20 @@ def run_preprocess(
     use_ray = workers != 0 and bool(plan.todo)
     resources = None
     if use_ray:
-        init_ray(address=address, num_cpus=workers)
+        init_ray(address=address, num_cpus=workers, shared=(lake_root,))
         if pin_sites:
             import ray
 
             by_site = site_resources([plan.jobs[pid].entry.site for pid, _ in plan.todo], ray.cluster_resources())
             resources = {pid: by_site[plan.jobs[pid].entry.site] for pid, _ in plan.todo}
+            # the window shared: one site's patients first would leave the others' nodes idle
+            plan.todo = round_robin(plan.todo, {pid: plan.jobs[pid].entry.site for pid, _ in plan.todo})
     seconds: list[float] = []
     try:
-        _run_tasks(plan.todo, lambda o: _collect(o, plan.jobs, summary, batches, seconds), batches,
-                   use_ray=use_ray, show_progress=show_progress, resources=resources,
-                   names={pid: f"preprocess-{plan.pseudo[pid]}" for pid, _ in plan.todo})
+        report = _run_tasks(plan.todo, lambda o: _collect(o, plan.jobs, summary, batches, seconds), batches,
+                            use_ray=use_ray, show_progress=show_progress, resources=resources, window=window,
+                            names={pid: f"preprocess-{plan.pseudo[pid]}" for pid, _ in plan.todo})
+        summary.window, summary.max_in_flight = report.window, report.max_in_flight
         batches.flush()
     except Interrupted as exc:
         failed = [o.key for o in exc.report.outcomes if o.key not in summary.ok]

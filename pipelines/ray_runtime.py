@@ -9,15 +9,21 @@ the GCS and raylet with it at once, the task workers within about 3 s and the tw
 (dashboard, runtime env) within about 61 s (measured on 2 cores with Ray 2.60; the agents first
 try to report the raylet's death to the dead GCS). Ctrl-C in ``run_batch`` cancels the outstanding
 tasks and raises ``Interrupted``.
+
+A batch keeps a bounded window of tasks in flight (``task_window``: ``WINDOW_PER_CPU`` x the
+cluster's CPUs, at least ``MIN_WINDOW``) and submits the next as one finishes, rather than
+submitting every task at once: Ray then holds a few task specs and their arguments, not the
+whole batch's, and a Ctrl-C has only the window to cancel.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any
@@ -39,6 +45,12 @@ class Interrupted(RunFailed):
         self.done, self.failed, self.not_finished = list(done), list(failed), list(not_finished)
         self.report = report or BatchReport()
 
+
+#: Tasks a batch keeps in flight per CPU of the cluster: each CPU has a task running and one queued
+#: behind it, so none idles while the driver collects a result and submits the next.
+WINDOW_PER_CPU = 2
+#: The smallest window (a cluster that reports no CPUs yet, e.g. one still scaling up, gets this).
+MIN_WINDOW = 2
 
 #: Set (to anything but "" or "0") by ``--verbose``: Ray's own log lines reach the terminal.
 VERBOSE_ENV = "GBMMET_VERBOSE"
@@ -169,13 +181,16 @@ class TaskOutcome:
     key: str
     ok: bool
     value: Any = None
-    error: str = ""
+    error: str = ""  # "Type: message" of the error that failed it
+    error_type: str = ""  # that error's class name (a Ray task's own cause, not RayTaskError)
 
 
 @dataclass
 class BatchReport:
     outcomes: list[TaskOutcome] = field(default_factory=list)
     seconds: float = 0.0
+    window: int = 0  # the most tasks the batch would keep in flight (0: it ran in this process)
+    max_in_flight: int = 0  # the most it had submitted and not yet collected at any moment
 
     @property
     def failed(self) -> list[TaskOutcome]:
@@ -184,6 +199,26 @@ class BatchReport:
     @property
     def ok(self) -> list[TaskOutcome]:
         return [o for o in self.outcomes if o.ok]
+
+
+def task_window(window: int | None = None) -> int:
+    """How many tasks a batch keeps in flight: ``window`` where given (it must be >= 1), else
+    ``WINDOW_PER_CPU`` x the CPUs of the Ray cluster joined (``init_ray``), at least ``MIN_WINDOW``."""
+    if window is not None:
+        if window < 1:
+            raise ValueError(f"a task window must be >= 1, got {window}")
+        return window
+    import ray
+
+    return max(MIN_WINDOW, int(WINDOW_PER_CPU * ray.cluster_resources().get("CPU", 0)))
+
+
+def submit_upto(todo: Iterator[tuple[str, tuple]], pending: dict, submit: Callable, report: BatchReport) -> None:
+    """Submit ``submit(key, args)`` for the next (key, args) of ``todo`` until ``report.window``
+    tasks are in ``pending`` (ref -> key) or ``todo`` is spent; record the most in flight."""
+    for key, args in itertools.islice(todo, max(0, report.window - len(pending))):
+        pending[submit(key, args)] = key
+    report.max_in_flight = max(report.max_in_flight, len(pending))
 
 
 def _progress(description: str, total: int):
@@ -223,6 +258,7 @@ def run_batch(
     show_progress: bool = True,
     names: dict[str, str] | None = None,
     resources: dict[str, dict[str, float]] | None = None,
+    window: int | None = None,
 ) -> BatchReport:
     """Run ``fn(*args)`` for each (key, args): as Ray tasks, or in this process.
 
@@ -230,6 +266,8 @@ def run_batch(
     worker died (``max_retries``); an exception raised by ``fn`` itself is not retried. ``names``
     gives Ray task names (shown in the worker's process title), e.g. pseudonyms rather than raw ids;
     ``resources`` custom Ray resources per key (e.g. a site's, to pin its tasks to its nodes).
+    At most ``task_window(window)`` tasks are in flight: the next is submitted as one finishes
+    (``BatchReport.max_in_flight`` says how many were at most).
 
     Raises:
         Interrupted: KeyboardInterrupt (Ctrl-C) while the batch ran; the outstanding Ray tasks are
@@ -242,7 +280,7 @@ def run_batch(
     try:
         _run_items(items, fn, report, pending, description=description, use_ray=use_ray, num_cpus=num_cpus,
                    num_gpus=num_gpus, max_retries=max_retries, show_progress=show_progress, names=names,
-                   resources=resources)
+                   resources=resources, window=window)
     except KeyboardInterrupt:
         cancel_pending(pending)
         finished = {o.key for o in report.outcomes}
@@ -256,44 +294,56 @@ def run_batch(
 
 
 def _run_items(items, fn, report: BatchReport, pending: dict, *, description, use_ray, num_cpus, num_gpus,
-               max_retries, show_progress, names, resources) -> None:
+               max_retries, show_progress, names, resources, window) -> None:
     """``run_batch``'s loop; ``pending`` holds the submitted Ray tasks not yet collected."""
     start = time.perf_counter()
     progress, task = _progress(description, len(items))
-    failed = 0
+
+    def finished(outcome: TaskOutcome) -> None:
+        report.outcomes.append(outcome)
+        progress.update(task, advance=1, failed=len(report.failed))
+
     with progress if show_progress and items else nullcontext():
         if not use_ray:
             for key, args in items:
                 try:
-                    report.outcomes.append(TaskOutcome(key, True, fn(*args)))
+                    finished(TaskOutcome(key, True, fn(*args)))
                 except Exception as exc:  # one bad item fails alone
-                    failed += 1
-                    report.outcomes.append(TaskOutcome(key, False, error=f"{type(exc).__name__}: {exc}"))
-                progress.update(task, advance=1, failed=failed)
+                    finished(TaskOutcome(key, False, error=f"{type(exc).__name__}: {exc}",
+                                         error_type=type(exc).__name__))
         else:
             import ray
 
             remote = ray.remote(num_cpus=num_cpus, num_gpus=num_gpus, max_retries=max_retries)(fn)
             names, resources = names or {}, resources or {}
-            for key, args in items:
+
+            def submit(key, args):
                 opts = {"name": names[key]} if key in names else {}
                 if key in resources:
                     opts["resources"] = resources[key]
-                pending[remote.options(**opts).remote(*args)] = key
+                return remote.options(**opts).remote(*args)
+
+            report.window = task_window(window)
+            todo = iter(items)
+            submit_upto(todo, pending, submit, report)
             while pending:
                 done, _ = ray.wait(list(pending), num_returns=1, timeout=5.0)
                 for ref in done:
-                    key = pending.pop(ref)
-                    try:
-                        report.outcomes.append(TaskOutcome(key, True, ray.get(ref)))
-                    except Exception as exc:
-                        cause = getattr(exc, "cause", None) or exc
-                        failed += 1
-                        report.outcomes.append(
-                            TaskOutcome(key, False, error=f"{type(cause).__name__}: {cause}")
-                        )
-                    progress.update(task, advance=1, failed=failed)
+                    finished(ray_outcome(pending.pop(ref), ref))
+                submit_upto(todo, pending, submit, report)
     report.seconds = time.perf_counter() - start
+
+
+def ray_outcome(key: str, ref) -> TaskOutcome:
+    """The ``TaskOutcome`` of a finished Ray task: its value, or the task's own error (the cause
+    Ray wrapped) that failed it."""
+    import ray
+
+    try:
+        return TaskOutcome(key, True, ray.get(ref))
+    except Exception as exc:  # noqa: BLE001 - one bad item fails alone
+        cause = getattr(exc, "cause", None) or exc
+        return TaskOutcome(key, False, error=f"{type(cause).__name__}: {cause}", error_type=type(cause).__name__)
 
 
 def cancel_pending(pending: dict) -> None:

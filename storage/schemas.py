@@ -76,6 +76,9 @@ PREPROCESS_RUNS = pa.schema([
     pa.field("n_slices", pa.int32()),
     pa.field("params_hash", pa.string()),
     pa.field("input_hash", pa.string()),
+    # hash of each input file's real path, byte size and mtime_ns and of the manifest row, from
+    # os.stat only: the re-run skip key (pipelines.preprocess.input_stamp); null before it existed
+    pa.field("input_stamp", pa.string()),
     pa.field("params", pa.string()),  # JSON of the full preprocessing parameters
     pa.field("versions", pa.string()),  # JSON: gbmmet, SimpleITK, numpy, ...
     pa.field("ray_node", pa.string()),  # the Ray node that ran the attempt (null: recorded by the driver)

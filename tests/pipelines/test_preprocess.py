@@ -177,12 +177,12 @@ def test_staged_slices_stay_invisible_until_committed_and_the_next_run_redoes_th
                                                                                            fast_params):
     from gbmmet.manifest import load_manifests
     from gbmmet.pseudonym import pseudonymise
-    from pipelines.preprocess import PatientJob, input_hash, preprocess_one
+    from pipelines.preprocess import PatientJob, input_stamp, preprocess_one
 
     manifest = _small_site(tiny_cohort, tmp_path, 1)
     lake = Lake(tmp_path / "lake").check_writable()
     (entry,), _ = load_manifests([str(manifest)])
-    job = PatientJob(entry, pseudonymise(lake.secret(), entry.site, entry.patient_id), input_hash(entry),
+    job = PatientJob(entry, pseudonymise(lake.secret(), entry.site, entry.patient_id), input_stamp(entry),
                      fast_params, fast_params.hash(), lake.uri)
     staged = preprocess_one(job)["staged"]  # a worker finished; its driver died before committing
     orphan = tmp_path / "lake" / C.TABLE_SLICES / staged.path
