@@ -24,6 +24,7 @@ class RunSummary:
     # CPU seconds per stage used by the whole machine (the driver, Ray's workers and anything else
     # running): a stage's cost where the machine is otherwise idle, as the benchmarks run it.
     cpu_seconds: dict[str, float] = field(default_factory=dict)
+    driver_cpu_seconds: dict[str, float] = field(default_factory=dict)  # this process's share of it
 
 
 def machine_cpu_seconds() -> float:
@@ -37,12 +38,16 @@ def machine_cpu_seconds() -> float:
 
 @contextmanager
 def _stage(out: RunSummary, name: str, title: str, echo):
-    """Print the stage's heading; record its wall and machine CPU seconds under ``name``."""
+    """Print the stage's heading; record its wall, machine CPU and driver CPU seconds under ``name``."""
     echo(f"\n== {title} ==")
-    wall, cpu = time.perf_counter(), machine_cpu_seconds()
+    import psutil
+
+    me = psutil.Process()
+    wall, cpu, driver = time.perf_counter(), machine_cpu_seconds(), sum(me.cpu_times()[:2])
     yield
     out.seconds[name] = time.perf_counter() - wall
     out.cpu_seconds[name] = machine_cpu_seconds() - cpu
+    out.driver_cpu_seconds[name] = sum(me.cpu_times()[:2]) - driver
 
 
 def run_all(preset: str = "demo", *, lake: str = "lake", data: str | Path | None = None, epochs: int = 100,
