@@ -98,16 +98,19 @@ def test_five_folds_by_patient_history_oof_and_run_record(feature_lake, ray_loca
 
 
 def _kill_train_workers_after_checkpoint(run_dir: str, deadline: float, killed: list) -> None:
-    """Once every started fold of the run has two checkpoints, SIGKILL its Ray Train workers (once).
+    """Once every started fold of the run has three checkpoints, SIGKILL its Ray Train workers (once).
 
-    Two, because a checkpoint's folder appears before the controller has registered its report;
-    the second is written only after the first was registered (reports are consumed in order).
+    Three, because a checkpoint's folder is written before its report is handed over, and a report
+    waits only until the one before it was taken by the controller (a queue of one, polled every
+    2 s): once the third folder exists, the second report was handed over, so the first was taken
+    and is the checkpoint a restarted worker resumes from (with two, a restart could find none and
+    begin again from epoch 0).
     """
     import psutil
 
     while time.monotonic() < deadline:
         folds = glob.glob(os.path.join(run_dir, "fold*"))
-        if folds and all(len(glob.glob(os.path.join(f, "checkpoint_*"))) >= 2 for f in folds):
+        if folds and all(len(glob.glob(os.path.join(f, "checkpoint_*"))) >= 3 for f in folds):
             for proc in psutil.process_iter(["pid", "cmdline"]):
                 if "RayTrainWorker" in " ".join(proc.info["cmdline"] or []):
                     os.kill(proc.info["pid"], signal.SIGKILL)
@@ -118,7 +121,7 @@ def _kill_train_workers_after_checkpoint(run_dir: str, deadline: float, killed: 
 
 
 def test_same_seed_same_weights_and_a_killed_worker_resumes_from_its_checkpoint(feature_lake, ray_local):
-    head = HeadConfig(hidden=16, epochs=60, checkpoint_every=15, checkpoint_min_s=0.0, seed=7)
+    head = HeadConfig(hidden=16, epochs=60, checkpoint_every=10, checkpoint_min_s=0.0, seed=7)  # 6 checkpoints
     a = run_train(str(feature_lake), "seed-a", folds=2, head=head, show_progress=False, echo=lambda *_: None)
 
     killed: list[int] = []
