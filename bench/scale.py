@@ -13,6 +13,12 @@ each cluster into a fresh lake; measured side by side in one run:
 Writes bench/out/scale.json with the cost model and a sizing for 10,000 patients.
 
     .venv/bin/python bench/scale.py [--cohort data/demo] [--patients 8] [--max-nodes N]
+
+With ``--driver-memory``, instead: the driver-memory sweep of ``bench/driver_memory.py`` (each
+stage's driver peak RSS on tiny-preset cohorts of 100, 200 and 400 patients, and its growth from
+the smallest to the largest; the target is under 25 %), written to bench/out/scale-driver-memory.json.
+
+    .venv/bin/python bench/scale.py --driver-memory [--sizes 100,200,400] [--max-nodes N]
 """
 
 from __future__ import annotations
@@ -84,7 +90,12 @@ def main() -> None:
     ap.add_argument("--cohort", default=str(ROOT / "data" / "demo"))
     ap.add_argument("--patients", type=int, default=8)
     ap.add_argument("--max-nodes", type=int, default=os.cpu_count() or 1)
+    ap.add_argument("--driver-memory", action="store_true", help="the driver-memory sweep instead")
+    ap.add_argument("--sizes", default="100,200,400", help="cohort sizes of the driver-memory sweep")
+    ap.add_argument("--epochs", type=int, default=20, help="training epochs in the driver-memory sweep")
     args = ap.parse_args()
+    if args.driver_memory:
+        return _driver_memory(args)
     tmp = Path(tempfile.mkdtemp(prefix="gbmmet-bench-scale-"))
     use_ray_tmpdir(tmp)
     try:
@@ -123,6 +134,30 @@ def main() -> None:
           + ", ".join(f"{v['cpu_worker_nodes']} to finish in {k}" for k, v in sizing.items()))
     path = save("scale", {"runs": results, "cost_model": model, "machine_cores": os.cpu_count()})
     print(f"written {path}")
+
+
+def _driver_memory(args) -> None:
+    from driver_memory import GROWTH_LIMIT, STAGES, growth, sweep
+
+    sizes = tuple(int(x) for x in args.sizes.split(","))
+    tmp = Path(tempfile.mkdtemp(prefix="gbm-dm-"))
+    use_ray_tmpdir(tmp)
+    print(f"driver peak RSS per stage, tiny-preset cohorts of {', '.join(map(str, sizes))} patients, "
+          f"{args.max_nodes} worker node(s) of 1 CPU:", flush=True)
+    t = time.perf_counter()
+    try:
+        rows = sweep(sizes, tmp, epochs=args.epochs, resamples=200, nodes=args.max_nodes)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    grown = growth(rows)
+    print(f"{'stage':<11}" + "".join(f"{n:>9}" for n in sorted({r['patients'] for r in rows})) + "   growth (MiB)")
+    for stage in STAGES:
+        mine = sorted((r["patients"], r["driver_peak_rss_mib"]) for r in rows if r["stage"] == stage)
+        verdict = "ok" if grown.get(stage, 0.0) < GROWTH_LIMIT else f"over {GROWTH_LIMIT:.0%}"
+        print(f"{stage:<11}" + "".join(f"{v:>9.0f}" for _, v in mine) + f"   {grown.get(stage, 0.0):+.1%} {verdict}")
+    path = save("scale-driver-memory", {"rows": rows, "growth": grown, "limit": GROWTH_LIMIT,
+                                        "machine_cores": os.cpu_count(), "wall_s": time.perf_counter() - t})
+    print(f"written {path} ({time.perf_counter() - t:.0f} s)")
 
 
 if __name__ == "__main__":

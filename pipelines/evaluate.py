@@ -4,9 +4,11 @@ The wiring only; every rule (index, cutoffs, subgroups, intervals, differences, 
 is a pure function in ``gbmmet.evaluation`` and ``gbmmet.stats``, documented there.
 
 1. Scoring (``score_run``, reused while the run and the slices are unchanged): every fold model
-   scores every val / test / external slice (one Ray task per fold); ``slice_predictions`` per fold,
-   the majority vote (``ensemble_vote``) and the soft vote (``ensemble_mean``); ``cams``, the
-   ensemble's Grad-CAM of every test and external slice (Ray tasks of 64 slices).
+   scores every val / test / external slice; ``slice_predictions`` per fold, the majority vote
+   (``ensemble_vote``) and the soft vote (``ensemble_mean``); ``cams``, the ensemble's Grad-CAM of
+   every test and external slice. Both are Ray Data pipelines: workers read the slices (frozen
+   mode: their features) from the pinned lake, ``EnsembleActor``s (one per CPU, each building the
+   run's ``FoldEnsemble`` once) score them in batches; the plan is in the ``score`` record.
 2. ``patient_predictions``: the predictive index, both cutoffs (the paper's on the internal test,
    the leakage-free one on validation), and P(GBM) from a logistic fit on validation patients.
 3. ``metrics`` per cohort and subgroup for the model at each cutoff and each reader (unassisted,
@@ -34,7 +36,7 @@ import numpy as np
 from gbmmet import constants as C
 from gbmmet.evaluation import EvaluationSettings
 from gbmmet.model.ensemble import ensemble_vote
-from pipelines.scoring import CAM_SIZE, CAM_SPLITS, cam_chunk, score_fold
+from pipelines.scoring import CAM_SIZE, CAM_SPLITS
 
 EVAL_SPLITS = (C.VAL, C.TEST, C.EXTERNAL)
 CUT_PAPER = C.CUTOFF_PAPER
@@ -116,14 +118,14 @@ def score_run(lake, rec: dict, *, cams: bool = True, force: bool = False, show_p
         echo(f"score {run}: slices already scored by this run; reusing it")
         return fingerprint
     started = dt.datetime.now(dt.UTC)
-    predictions, n = _score_slices(snap, rec, show_progress)
-    maps = _cams(snap, rec, show_progress) if cams else None
+    predictions, n, plan = _score_slices(snap, rec, show_progress)
+    maps, cam_plan = _cams(snap, rec, show_progress) if cams else (None, None)
     lake.replace(C.TABLE_SLICE_PREDICTIONS, predictions, {"run_id": run, C.COL_SPLIT: list(EVAL_SPLITS)})
     if maps is not None:
         lake.replace(C.TABLE_CAMS, maps, {"run_id": run})
     lake.replace(C.TABLE_RUNS, pa.Table.from_pylist([{
         "run_id": run, "kind": "score", "mode": rec["mode"], "backbone_id": rec["backbone_id"],
-        "config": json.dumps({"fingerprint": fingerprint, "cams": cams}), "started_at": started,
+        "config": json.dumps({"fingerprint": fingerprint, "cams": cams, "ray_data": {"score": plan, "cams": cam_plan}}), "started_at": started,
         "finished_at": dt.datetime.now(dt.UTC), "fold_checkpoints": rec["fold_checkpoints"],
         "timings": json.dumps({"slices": n}), "status": "ok",
         "lake_versions": json.dumps(snap.versions(), sort_keys=True)}], schema=RUNS), {"run_id": run, "kind": "score"})
@@ -141,42 +143,153 @@ def _after_commits(lake, names: list[str]) -> None:
     maintenance.compact_small(lake, names)
 
 
-def _model_args(rec: dict) -> tuple:
-    config = json.loads(rec["config"])
-    return (rec["mode"], config["head"], rec["backbone_id"].split("@")[0], rec["backbone_id"],
-            config.get("weights_file"), config.get("stages") or 1)
+#: The key columns of every scored slice, as ``slice_predictions`` and ``cams`` hold them.
+SLICE_KEYS = (C.COL_PATIENT_ID, C.COL_SITE, C.COL_SPLIT, "slice_index")
+#: Rows per Ray Data batch handed to one ensemble actor: scoring backbone features (frozen mode;
+#: the heads' matrix products), scoring slices (fine-tune mode: every fold's network) and Grad-CAM
+#: (a backward pass per fold). Inside a batch the ensemble goes on in its own chunks (256 features,
+#: 64 slices, 32 maps), as the fold tasks of earlier versions did.
+SCORE_BATCH_FEATURES = 1024
+SCORE_BATCH_IMAGES = 64
+CAM_BATCH = 64
+SCORE = "score"
+CAM = "cam"
+
+
+class EnsembleActor:
+    """Ray Data actor (``map_batches``): run ``rec``'s fold ensemble (``FoldEnsemble``), built once
+    per actor, on batches of slices (or of their backbone features in frozen mode).
+
+    ``task``: ``"score"``, a batch's key columns and ``probs`` (P(GBM) by every fold model, fold
+    order); ``"cam"``, its key columns and ``cam`` (the ensemble's Grad-CAM, ``CAM_SIZE`` square,
+    uint8 bytes, as ``cams`` stores it). ``features``: the batch holds ``vector`` (frozen-mode
+    features), else ``image`` / ``channels`` / ``height`` / ``width`` (slices)."""
+
+    def __init__(self, rec: dict, task: str, features: bool):
+        import torch  # noqa: F401 - imported before match_threads_to_task, which limits it only if loaded
+
+        from gbmmet.model.ensemble import FoldEnsemble
+        from pipelines.ray_runtime import match_threads_to_task
+        from pipelines.train import load_state
+
+        match_threads_to_task()
+        self.task, self.features = task, features
+        self.ensemble = FoldEnsemble.from_run_record(rec, load_state, features_only=features)
+
+    def __call__(self, batch):
+        import pyarrow as pa
+
+        keys = {c: batch.column(c) for c in SLICE_KEYS}
+        if self.features:
+            X = np.stack(batch.column("vector").to_numpy(zero_copy_only=False)).astype(np.float32)
+            probs = self.ensemble.predict_proba(X, batch_size=256)
+            return pa.table({**keys, "probs": _fold_lists(probs)})
+        from storage.codec import decode_images
+
+        images = decode_images(batch)
+        if self.task == SCORE:
+            return pa.table({**keys, "probs": _fold_lists(self.ensemble.predict_proba(images=images))})
+        maps = np.round(self.ensemble.grad_cam(images, size=CAM_SIZE) * 255).astype(np.uint8)
+        return pa.table({**keys, "cam": pa.array([m.tobytes() for m in maps], pa.binary())})
+
+
+def _fold_lists(probs: np.ndarray):
+    """(folds, N) P(GBM) as N fixed-size lists of the folds' values (one row per slice)."""
+    import pyarrow as pa
+
+    return pa.FixedSizeListArray.from_arrays(pa.array(np.ascontiguousarray(probs.T).ravel(), pa.float32()),
+                                             probs.shape[0])
+
+
+def _slices_dataset(lake, rec: dict, splits, features: bool, batch_rows: int):
+    """Ray Dataset of the slices of ``splits`` (or their features under the run's backbone), read
+    by the cluster's workers from the lake's pinned version (``Lake.ray_dataset``); the driver
+    lists files only. None where there are none."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    table = C.TABLE_FEATURES if features else C.TABLE_SLICES
+    where = {"backbone": rec["backbone_id"]} if features else {C.COL_SPLIT: list(splits)}
+    files = lake.partition_files(table, where)
+    if not files:
+        return None
+    columns = [*SLICE_KEYS, *(["vector"] if features else ["channels", "height", "width", "image"])]
+    # Blocks of about one batch: an actor takes a block whole, so a data file of a whole split
+    # (after compaction) would otherwise go to one actor while the others wait.
+    meta = pq.ParquetFile(files[0], filesystem=lake.fs).metadata
+    row_bytes = sum(meta.row_group(i).total_byte_size for i in range(meta.num_row_groups)) / max(1, meta.num_rows)
+    return lake.ray_dataset(table, columns=columns, where=where, filter=pc.field(C.COL_SPLIT).isin(list(splits)),
+                            block_bytes=max(1 << 20, int(row_bytes * batch_rows)))
+
+
+def _actors(n_rows: int, batch_size: int) -> int:
+    """Ensemble actors for ``n_rows`` slices: one per CPU of the cluster, no more than batches."""
+    import ray
+
+    cpus = int(ray.cluster_resources().get("CPU", 1))
+    return max(1, min(cpus, -(-n_rows // batch_size)))
+
+
+def _n_slices(lake, splits) -> int:
+    """Slices of the patients of ``splits`` (the patients table's counts)."""
+    import pyarrow.compute as pc
+
+    t = lake.read(C.TABLE_PATIENTS, columns=["n_slices"], filter=pc.field(C.COL_SPLIT).isin(list(splits)))
+    return int(pc.sum(t.column("n_slices")).as_py() or 0)
+
+
+def _run_ensemble(lake, rec: dict, splits, task: str, features: bool, show_progress: bool):
+    """``EnsembleActor`` over the slices of ``splits``: its output rows sorted as the lake's reads
+    are (split in ``splits`` order, patient, slice), and the plan (batch size, actors) used."""
+    import pyarrow as pa
+    import ray
+    import ray.data
+
+    batch = (SCORE_BATCH_FEATURES if features else SCORE_BATCH_IMAGES) if task == SCORE else CAM_BATCH
+    plan = {"batch_size": batch, "actors": 0, "num_cpus": 1}
+    ds = _slices_dataset(lake, rec, splits, features, batch)
+    if ds is None:
+        return None, plan
+    plan["actors"] = _actors(_n_slices(lake, splits), batch)
+    ray.data.DataContext.get_current().enable_progress_bars = show_progress
+    # max_restarts=0: Ray Data's default (restart for ever) makes Ray log an error line on the
+    # console for each actor (its constructor arguments live in the object store); a lost actor
+    # fails the scoring instead, which a re-run does again.
+    out = ds.map_batches(EnsembleActor, fn_constructor_args=(rec, task, features), batch_size=batch,
+                         batch_format="pyarrow", num_cpus=plan["num_cpus"], max_restarts=0,
+                         compute=ray.data.ActorPoolStrategy(size=plan["actors"], max_tasks_in_flight_per_actor=1))
+    try:
+        parts = [t for t in ray.get(out.to_arrow_refs()) if t.num_rows]
+    except Exception as exc:  # an actor's or a reader's error, as Ray Data raises it
+        from gbmmet.errors import RunFailed
+
+        what = "scoring" if task == SCORE else "class activation maps"
+        raise RunFailed(f"{what} of run {rec['run_id']} failed: {exc}") from exc
+    if not parts:
+        return None, plan
+    t = pa.concat_tables(parts)
+    order = {s: i for i, s in enumerate(splits)}
+    t = t.append_column("_order", pa.array([order[s] for s in t.column(C.COL_SPLIT).to_pylist()], pa.int8()))
+    t = t.sort_by([("_order", "ascending"), (C.COL_PATIENT_ID, "ascending"), ("slice_index", "ascending")])
+    return t.drop_columns(["_order"]), plan
 
 
 def _score_slices(lake, rec: dict, show_progress: bool):
     """The ``slice_predictions`` rows of run ``rec`` on the val / test / external slices (each fold
-    model and both ensembles), and the number of slices."""
+    model and both ensembles), the number of slices, and the Ray Data plan used."""
     import pyarrow as pa
-    import ray
 
-    from gbmmet.errors import ConfigError, RunFailed
-    from pipelines.ray_runtime import run_batch
-    from pipelines.train import load_feature_matrix, load_slice_images
+    from gbmmet.errors import ConfigError
 
     run, mode = rec["run_id"], rec["mode"]
-    parts = []
-    for split in EVAL_SPLITS:
-        meta, X = load_feature_matrix(lake, rec["backbone_id"], split) if mode == "frozen" else load_slice_images(lake, split)
-        if meta.num_rows:
-            parts.append((meta, X))
-    if not parts:
+    t, plan = _run_ensemble(lake, rec, EVAL_SPLITS, SCORE, mode == "frozen", show_progress)
+    if t is None:
         raise ConfigError(f"nothing to evaluate in {lake.uri}: no val / test / external "
                           + ("features" if mode == "frozen" else "slices"))
-    meta = pa.concat_tables([m.select([C.COL_PATIENT_ID, C.COL_SITE, C.COL_SPLIT, "slice_index"]) for m, _ in parts])
-    ref = ray.put(np.concatenate([x for _, x in parts]))
-    checkpoints = {int(k): v for k, v in json.loads(rec["fold_checkpoints"]).items()}
-    items = [(f"fold{k}", (path, *_model_args(rec), ref)) for k, path in sorted(checkpoints.items())]
-    report = run_batch(items, score_fold, description="evaluate (fold models)", use_ray=True,
-                       show_progress=show_progress)
-    if report.failed:
-        raise RunFailed("scoring failed: " + "; ".join(f"{o.key}: {o.error}" for o in report.failed))
-    probs = np.stack([o.value for o in sorted(report.outcomes, key=lambda o: int(o.key[4:]))])  # (folds, N)
+    flat = t.column("probs").combine_chunks()
+    probs = flat.flatten().to_numpy().reshape(t.num_rows, flat.type.list_size).T  # (folds, N)
     share, mean_p, vote = ensemble_vote(probs)
-    base = {"run_id": pa.array([run] * meta.num_rows), **{c: meta.column(c) for c in meta.column_names}}
+    base = {"run_id": pa.array([run] * t.num_rows), **{c: t.column(c) for c in SLICE_KEYS}}
 
     def table(model, fold, prob, call):
         return pa.table({**base, "model": pa.array([model] * len(prob)), "fold": pa.array([fold] * len(prob), pa.int8()),
@@ -184,35 +297,25 @@ def _score_slices(lake, rec: dict, show_progress: bool):
 
     tables = [table(f"fold{k}", k, probs[k], probs[k] >= 0.5) for k in range(len(probs))]
     tables += [table(ENSEMBLE_VOTE, None, share, vote), table(ENSEMBLE_MEAN, None, mean_p, mean_p >= 0.5)]
-    return pa.concat_tables(tables), meta.num_rows
+    return pa.concat_tables(tables), t.num_rows, plan
 
 
 def _cams(lake, rec: dict, show_progress: bool):
-    """The ``cams`` rows of run ``rec``: the ensemble's Grad-CAM of every test and external slice."""
+    """The ``cams`` rows of run ``rec`` (the ensemble's Grad-CAM of every test and external
+    slice), and the Ray Data plan used."""
     import pyarrow as pa
 
-    from gbmmet.errors import RunFailed
-    from pipelines.ray_runtime import run_batch
-    from pipelines.train import load_slice_images
-
     run = rec["run_id"]
-    loaded = [load_slice_images(lake, split) for split in CAM_SPLITS]
-    meta = pa.concat_tables([m.select([C.COL_PATIENT_ID, C.COL_SITE, C.COL_SPLIT, "slice_index"]) for m, _ in loaded])
-    images = np.concatenate([x for _, x in loaded])
-    paths = [p for _, p in sorted((int(k), v) for k, v in json.loads(rec["fold_checkpoints"]).items())]
-    chunk = 64
-    items = [(f"{i:06d}", (paths, *_model_args(rec), images[i:i + chunk])) for i in range(0, len(images), chunk)]
-    report = run_batch(items, cam_chunk, description="evaluate (class activation maps)", use_ray=True,
-                       show_progress=show_progress)
-    if report.failed:
-        raise RunFailed("class activation maps failed: " + "; ".join(f"{o.key}: {o.error}" for o in report.failed))
-    maps = (np.concatenate([o.value for o in sorted(report.outcomes, key=lambda o: o.key)]) if items
-            else np.zeros((0, CAM_SIZE, CAM_SIZE), np.uint8))
-    n = len(maps)
+    t, plan = _run_ensemble(lake, rec, CAM_SPLITS, CAM, False, show_progress)
+    if t is None:
+        return pa.table({"run_id": pa.array([], pa.string()), **{c: pa.array([], pa.string()) for c in SLICE_KEYS[:3]},
+                         "slice_index": pa.array([], pa.int32()), "height": pa.array([], pa.int16()),
+                         "width": pa.array([], pa.int16()), "cam": pa.array([], pa.binary())}), plan
+    n = t.num_rows
     return pa.table({
-        "run_id": pa.array([run] * n), **{c: meta.column(c) for c in meta.column_names},
+        "run_id": pa.array([run] * n), **{c: t.column(c) for c in SLICE_KEYS},
         "height": pa.array([CAM_SIZE] * n, pa.int16()), "width": pa.array([CAM_SIZE] * n, pa.int16()),
-        "cam": pa.array([m.tobytes() for m in maps], pa.binary())})
+        "cam": t.column("cam")}), plan
 
 
 # ---------------------------------------------------------------------------------------------

@@ -17,8 +17,9 @@
   fold, epoch), so the resumed fold ends with the same weights as one never interrupted.
 - Folds: all submitted at once, each a Ray Train run that waits for its workers' resources (a
   GPU group scaling up from zero included); the count that fits now is printed. Only a fold larger
-  than the whole cluster (its autoscaling maximum where it has one) is refused. The training
-  data go to the object store once; each fold gets its rows' indices.
+  than the whole cluster (its autoscaling maximum where it has one) is refused. Frozen: the
+  features go to the object store once, each fold gets its rows' indices. Fine-tune: the driver
+  reads only the slices' metadata; each fold's workers read the images through Ray Data.
 - Stored: per-epoch history (``train_history``), out-of-fold predictions of every training slice
   (``slice_predictions``, model ``fold<k>``; the leakage-free cutoff of evaluation uses them), the
   run record (``runs``: config, versions, git commit, seeds, backbone and why, weights hash,
@@ -87,6 +88,52 @@ def _quiet_worker_logs() -> None:
         pass
 
 
+SLICE_META = (C.COL_PATIENT_ID, "slice_index", C.COL_LABEL)  # with the image: what fine-tune reads
+
+
+def fold_rows(table, fold_of: dict[str, int], fold: int):
+    """(images, labels, training rows, held-out rows) of fold ``fold`` from a slices table in any
+    order: sorted by patient and slice first, as the driver sorts its copy of the metadata (the
+    out-of-fold predictions are matched to it row by row)."""
+    import numpy as np
+
+    from gbmmet.model.train import encode_labels
+    from storage.codec import decode_images
+
+    t = table.sort_by([(C.COL_PATIENT_ID, "ascending"), ("slice_index", "ascending")])
+    held = np.array([fold_of[p] == fold for p in t.column(C.COL_PATIENT_ID).to_pylist()], dtype=bool)
+    return (decode_images(t), encode_labels(t.column(C.COL_LABEL).to_pylist()), np.flatnonzero(~held),
+            np.flatnonzero(held))
+
+
+def _fold_data(config: dict):
+    """(X, y, training rows, held-out rows) of the worker's fold. Frozen: the features matrix the
+    driver put in the object store once, and this fold's indices. Fine-tune: the training split's
+    slices read through Ray Data (``datasets={"train": ...}``, unsplit: every worker of the fold
+    holds the whole split, and each rank's rows come from ``epoch_order``)."""
+    import pyarrow as pa
+    import ray
+    import ray.train
+
+    if config["mode"] == "frozen":
+        data = ray.get(config["data"])
+        train_idx, val_idx = ray.get(config["split"])
+        return data["X"], data["y"], train_idx, val_idx
+    shard = ray.train.get_dataset_shard("train")
+    table = pa.concat_tables(list(shard.iter_batches(batch_size=None, batch_format="pyarrow")))
+    return fold_rows(table, config["fold_of"], config["fold"])
+
+
+def worker_device(use_gpu: bool, cuda_available: bool):
+    """The torch device of a training worker: its GPU where one was asked for and torch sees it;
+    otherwise the CPU (a node declaring a GPU it lacks, as the GPU-shaped tests' nodes do; the
+    driver says so for the fold)."""
+    import ray.train.torch
+    import torch
+
+    return ray.train.torch.get_device() if use_gpu and cuda_available else torch.device("cpu")
+
+
 def train_func_per_worker(config: dict) -> None:
     """Train one fold on one Ray Train worker (DDP with the fold's other workers)."""
     import numpy as np
@@ -110,16 +157,16 @@ def train_func_per_worker(config: dict) -> None:
     _quiet_worker_logs()
     cfg = HeadConfig(**config["head"])
     fold, mode = config["fold"], config["mode"]
-    data = ray.get(config["data"])  # the whole training split, put in the object store once per run
-    train_idx, val_idx = ray.get(config["split"])  # this fold's rows of it
+    X_all, y_all, train_idx, val_idx = _fold_data(config)
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     torch.set_num_threads(max(1, int(config.get("threads", 1))))
-    device = ray.train.torch.get_device() if config.get("use_gpu") else torch.device("cpu")
+    device = worker_device(config.get("use_gpu", False), torch.cuda.is_available())
 
     # copies: arrays from the object store are read-only
-    X_tr, y_tr = torch.from_numpy(data["X"][train_idx]), torch.from_numpy(data["y"][train_idx])
-    X_va, y_va = torch.from_numpy(data["X"][val_idx]), torch.from_numpy(data["y"][val_idx])
+    X_tr, y_tr = torch.from_numpy(X_all[train_idx]), torch.from_numpy(y_all[train_idx])
+    X_va, y_va = torch.from_numpy(X_all[val_idx]), torch.from_numpy(y_all[val_idx])
+    del X_all
     if mode == "frozen":
         model = make_head(X_tr.shape[1], cfg)
         params = [{"params": model.parameters(), "lr": cfg.lr}]
@@ -142,7 +189,7 @@ def train_func_per_worker(config: dict) -> None:
         def transform(xb):
             return augment(xb, aug["gen"]).to(device)
 
-    criterion = loss_fn(cfg, data["y"][train_idx]).to(device)
+    criterion = loss_fn(cfg, y_all[train_idx]).to(device)
     model = model.to(device)
     opt = torch.optim.Adam(params)
     start, history, attempt = 0, [], 0
@@ -171,7 +218,7 @@ def train_func_per_worker(config: dict) -> None:
         order = epoch_order(len(X_tr), cfg.seed, fold, epoch, rank, world)
         tr_loss, tr_acc = train_epoch(model, opt, criterion, X_tr, y_tr, cfg.batch_size, order, transform)
         last = epoch == cfg.epochs - 1
-        row = {"epoch": epoch, "train_loss": tr_loss, "train_acc": tr_acc, "attempt": attempt}
+        row = {"epoch": epoch, "train_loss": tr_loss, "train_acc": tr_acc, "attempt": attempt, "device": device.type}
         if rank == 0:
             xv = X_va if mode == "frozen" else X_va.to(device)
             va_loss, va_acc, prob = evaluate(core, criterion, xv, y_va, 4096 if mode == "frozen" else 64)
@@ -416,9 +463,10 @@ def run_train(lake_root: str, run: str, *, folds: int = 5, epochs: int = 100, wo
     """
     import numpy as np
     import pyarrow as pa
+    import pyarrow.compute as pc
     import ray
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
+    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
 
     from gbmmet.errors import ConfigError
     from gbmmet.model.train import assign_folds, encode_labels
@@ -454,7 +502,11 @@ def run_train(lake_root: str, run: str, *, folds: int = 5, epochs: int = 100, wo
 
         _, info = load_backbone(backbone or "auto", weights)  # missing weights fail here, before Ray
         backbone_id, reason, backbone_name = info.id, info.reason, info.name
-        meta, X = load_slice_images(snap, C.TRAIN)
+        # the driver reads the slices' metadata; the images go to the workers through Ray Data
+        meta_cols = [f.name for f in snap.full_schema(C.TABLE_SLICES) if f.name != "image"]
+        meta = snap.read(C.TABLE_SLICES, columns=meta_cols, filter=pc.field(C.COL_SPLIT) == C.TRAIN).sort_by(
+            [(C.COL_PATIENT_ID, "ascending"), ("slice_index", "ascending")])
+        X = None
     if meta.num_rows == 0:
         raise ConfigError(f"no training-split {'features' if mode == 'frozen' else 'slices'} in {lake.uri}"
                           + (f" for backbone {backbone_id}" if mode == "frozen" else ""))
@@ -512,17 +564,27 @@ def run_train(lake_root: str, run: str, *, folds: int = 5, epochs: int = 100, wo
 
     progress_q = Queue(actor_options={"num_cpus": 0})
 
-    data = ray.put({"X": X, "y": y})  # once: each fold gets its rows' indices
+    if mode == "frozen":
+        data, datasets = ray.put({"X": X, "y": y}), None  # once: each fold gets its rows' indices
+    else:
+        data = None
+        datasets = {"train": snap.ray_dataset(C.TABLE_SLICES, columns=[*SLICE_META, "image", "channels", "height",
+                                                                        "width"], where={C.COL_SPLIT: C.TRAIN})}
 
     def fit_fold(k: int):
         held = slice_fold == k
-        split = ray.put((np.flatnonzero(~held), np.flatnonzero(held)))
+        split = ray.put((np.flatnonzero(~held), np.flatnonzero(held))) if mode == "frozen" else None
         trainer = TorchTrainer(
             train_func_per_worker,
+            datasets=datasets, dataset_config=DataConfig(datasets_to_split=[]),
             train_loop_config={"head": head.to_dict(), "data": data, "split": split, "fold": k, "mode": mode,
+                               "fold_of": fold_of if mode == "finetune" else None,
                                "threads": max(1, int(cpus_per_worker)), "use_gpu": gpus_per_worker > 0,
                                "backbone_name": backbone_name, "backbone_id": backbone_id, "weights": weights,
                                "stages": stages, "tail_lr_factor": tail_lr_factor, "progress": progress_q},
+            # one worker per fold: no collective, so gloo, which also runs where a GPU Ray gave
+            # the worker is not one torch sees; several: NCCL on GPUs (Ray Train's choice)
+            torch_config=TorchConfig(backend="gloo") if workers == 1 else None,
             scaling_config=ScalingConfig(
                 num_workers=workers, use_gpu=gpus_per_worker > 0,
                 resources_per_worker={"CPU": cpus_per_worker, **({"GPU": gpus_per_worker} if gpus_per_worker else {})}),
@@ -534,6 +596,8 @@ def run_train(lake_root: str, run: str, *, folds: int = 5, epochs: int = 100, wo
         result = trainer.fit()
         if result.checkpoint is None:
             raise RuntimeError(f"fold {k} of run {run} ended without a checkpoint")
+        if gpus_per_worker > 0 and result.metrics.get("device") != "cuda":
+            echo(f"fold {k}: GPUs were asked for, but torch on its worker sees none: it trained on the CPU")
         store.write_json({"checkpoint": store.uri(result.checkpoint.path), "metrics": result.metrics,
                           "seconds": time.perf_counter() - t0}, f"fold{k}", DONE_FILE)
         return k

@@ -243,6 +243,74 @@ def test_class_activation_maps_are_stored_for_test_and_external_slices(trained_l
     assert maps.max(axis=(1, 2)).min() >= 230  # each map is scaled to its own maximum (then halved: bilinear)
 
 
+def _eval_slices_in_lake_order(lake, rec, splits, features: bool):
+    """The slices of ``splits`` (or their features) as the scoring orders them, loaded in-process."""
+    from pipelines.train import load_feature_matrix, load_slice_images
+
+    loaded = [load_feature_matrix(lake, rec["backbone_id"], s) if features else load_slice_images(lake, s)
+              for s in splits]
+    loaded = [(m, x) for m, x in loaded if m.num_rows]
+    keys = [(m.column(C.COL_SPLIT)[i].as_py(), m.column(C.COL_PATIENT_ID)[i].as_py(), m.column("slice_index")[i].as_py())
+            for m, _ in loaded for i in range(m.num_rows)]
+    return keys, np.concatenate([x for _, x in loaded])
+
+
+def test_ray_data_scoring_gives_exactly_the_probabilities_of_the_ensemble_run_in_process(trained_lake):
+    from gbmmet.model.ensemble import FoldEnsemble
+    from pipelines.evaluate import (
+        EVAL_SPLITS,
+        SCORE_BATCH_FEATURES,
+        _score_slices,
+        train_run_record,
+    )
+    from pipelines.train import load_state
+
+    lake = Lake(trained_lake[0]).pinned()
+    rec = train_run_record(lake, "ev")
+    rows, n, plan = _score_slices(lake, rec, False)
+    keys, X = _eval_slices_in_lake_order(lake, rec, EVAL_SPLITS, features=True)
+    want = FoldEnsemble.from_run_record(rec, load_state, features_only=True).predict_proba(X, batch_size=256)
+    assert n == len(keys) and plan["batch_size"] == SCORE_BATCH_FEATURES and plan["actors"] >= 1
+    for k in range(len(want)):
+        fold = rows.filter(pc.field("model") == f"fold{k}")
+        got = list(zip(fold.column(C.COL_SPLIT).to_pylist(), fold.column(C.COL_PATIENT_ID).to_pylist(),
+                       fold.column("slice_index").to_pylist(), strict=True))
+        assert got == keys
+        np.testing.assert_array_equal(fold.column("prob_gbm").to_numpy(), want[k])
+
+
+def test_ray_data_class_activation_maps_are_the_ensembles_grad_cam_run_in_process(trained_lake):
+    from gbmmet.model.ensemble import FoldEnsemble
+    from pipelines.evaluate import CAM_BATCH, _cams, train_run_record
+    from pipelines.scoring import CAM_SIZE, CAM_SPLITS
+    from pipelines.train import load_state
+
+    lake = Lake(trained_lake[0]).pinned()
+    rec = train_run_record(lake, "ev")
+    rows, plan = _cams(lake, rec, False)
+    keys, images = _eval_slices_in_lake_order(lake, rec, CAM_SPLITS, features=False)
+    ensemble = FoldEnsemble.from_run_record(rec, load_state)
+    want = np.round(ensemble.grad_cam(images, size=CAM_SIZE) * 255).astype(np.uint8)
+    assert plan["batch_size"] == CAM_BATCH
+    assert list(zip(rows.column(C.COL_SPLIT).to_pylist(), rows.column(C.COL_PATIENT_ID).to_pylist(),
+                    rows.column("slice_index").to_pylist(), strict=True)) == keys
+    got = np.stack([np.frombuffer(b, np.uint8).reshape(CAM_SIZE, CAM_SIZE) for b in rows.column("cam").to_pylist()])
+    # Grad-CAM's float sums change in their last bits with the batch a slice runs in (the actors'
+    # batches end at file boundaries): a rare pixel rounds to the next of 255 levels, never more.
+    diff = np.abs(got.astype(int) - want.astype(int))
+    assert diff.max() <= 1 and (diff > 0).mean() < 1e-3
+
+
+def test_the_score_record_holds_the_ray_data_plan_it_ran(evaluated_lake):
+    from pipelines.evaluate import CAM_BATCH, SCORE_BATCH_FEATURES
+
+    lake_dir, _, _ = evaluated_lake
+    config = json.loads(catalog.query(Lake(lake_dir), "select config from runs where run_id = ? and kind = 'score'",
+                                      ["ev"]).to_pylist()[-1]["config"])
+    assert config["ray_data"]["score"]["batch_size"] == SCORE_BATCH_FEATURES
+    assert config["ray_data"]["cams"]["batch_size"] == CAM_BATCH
+    assert config["ray_data"]["score"]["actors"] >= 1
+
 def test_predict_one_real_patient_with_the_lakes_run(evaluated_lake, tmp_path, capsys):
     from tests.conftest import SHARED
 

@@ -8,8 +8,11 @@ import json
 import os
 import shutil
 import signal
+import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pyarrow.compute as pc
@@ -19,10 +22,10 @@ import torch
 from gbmmet import constants as C
 from gbmmet.errors import ConfigError
 from gbmmet.model.backbones import RANDOM18
-from gbmmet.model.train import HeadConfig
+from gbmmet.model.train import HeadConfig, encode_labels
 from pipelines.cli import main
 from pipelines.features import run_features
-from pipelines.train import DONE_FILE, STATE_FILE, fold_room, run_train
+from pipelines.train import DONE_FILE, STATE_FILE, fold_room, fold_rows, run_train, worker_device
 from storage import catalog
 from storage.lake import Lake
 
@@ -219,3 +222,37 @@ def test_a_fold_waits_for_room_past_ray_trains_start_timeout_without_using_its_f
     assert sorted(s.fold_checkpoints) == [0, 1]
     (first, a), (second, b) = sorted(s.fold_seconds.items(), key=lambda kv: kv[1])
     assert b > a + 1.0  # the later fold's time includes its wait for the first
+
+
+def test_a_fine_tune_worker_orders_its_slices_as_the_driver_does_and_holds_out_its_fold():
+    import pyarrow as pa
+
+    img = [bytes([v] * 4) for v in (30, 10, 20, 40)]  # 1 x 2 x 2 images, one value each
+    table = pa.table({C.COL_PATIENT_ID: ["p2", "p1", "p1", "p3"], "slice_index": [0, 1, 0, 0],
+                      C.COL_LABEL: [C.MET, C.GBM, C.GBM, C.MET], "image": img,
+                      "channels": [1] * 4, "height": [2] * 4, "width": [2] * 4})
+    X, y, train_rows, held_rows = fold_rows(table, {"p1": 0, "p2": 1, "p3": 0}, fold=1)
+    assert X[:, 0, 0, 0].tolist() == [20, 10, 30, 40]  # (p1, 0), (p1, 1), (p2, 0), (p3, 0)
+    assert held_rows.tolist() == [2] and train_rows.tolist() == [0, 1, 3]
+    assert y.tolist() == encode_labels([C.GBM, C.GBM, C.MET, C.MET]).tolist()
+
+
+def test_a_worker_trains_on_its_gpu_only_where_torch_sees_one():
+    assert worker_device(use_gpu=False, cuda_available=True).type == "cpu"
+    assert worker_device(use_gpu=True, cuda_available=False).type == "cpu"
+
+
+def test_on_a_gpu_shaped_cluster_folds_wait_for_the_gpu_instead_of_refusing(feature_lake, tmp_path):
+    # one node, 1 (declared) GPU, folds of 1 GPU each: the second fold waits for the first's GPU
+    lake_dir = tmp_path / "lake"
+    shutil.copytree(feature_lake, lake_dir, ignore=shutil.ignore_patterns("runs"))
+    root = Path(__file__).resolve().parents[2]
+    proc = subprocess.run([sys.executable, "-m", "tests.gpu_shaped_job", "train", str(lake_dir)], cwd=root,
+                          capture_output=True, text=True, encoding="utf-8", timeout=600, env=os.environ.copy())
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    said = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert any("folds: all 2 submitted, 1 fit now" in ln and "1 GPU free" in ln for ln in said["lines"]), said
+    assert said["fold_checkpoints"] == [0, 1]
+    a, b = sorted(said["fold_seconds"].values())
+    assert b > a + 1.0  # the later fold's time includes its wait for the GPU
+    assert sum("sees none: it trained on the CPU" in ln for ln in said["lines"]) == 2  # and says so

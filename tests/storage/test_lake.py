@@ -283,3 +283,36 @@ def test_a_table_written_before_its_schema_gained_columns_takes_them_with_nulls_
     catalog.refresh(lake)
     got = catalog.query(lake, f"select run_id, {C.COL_OOD} from {C.TABLE_PATIENT_PREDICTIONS} order by run_id")
     assert got.column(C.COL_OOD).to_pylist() == [True, None]
+
+
+def test_a_ray_dataset_of_a_table_holds_the_rows_of_the_partitions_asked_for(tiny_lake, ray_local):
+    lake = Lake(tiny_lake[0]).pinned()
+    cols = [C.COL_PATIENT_ID, C.COL_SPLIT, "slice_index"]
+    ds = lake.ray_dataset(C.TABLE_SLICES, columns=cols, where={C.COL_SPLIT: C.TRAIN})
+    got = sorted((r[C.COL_PATIENT_ID], r[C.COL_SPLIT], r["slice_index"]) for r in ds.take_all())
+    want = lake.read(C.TABLE_SLICES, columns=cols, filter=pa.compute.field(C.COL_SPLIT) == C.TRAIN).to_pylist()
+    assert got == sorted((r[C.COL_PATIENT_ID], r[C.COL_SPLIT], r["slice_index"]) for r in want) and got
+    assert lake.ray_dataset(C.TABLE_SLICES, columns=cols, where={C.COL_SPLIT: "nosuchsplit"}).count() == 0
+    with pytest.raises(ValueError, match=r"table slices is not partitioned by \['label'\]"):
+        lake.ray_dataset(C.TABLE_SLICES, where={C.COL_LABEL: C.GBM})
+
+
+def test_a_ray_dataset_filters_rows_as_it_reads_and_takes_no_cpu_beside_actors_holding_all(tiny_lake, ray_local):
+    import ray
+
+    lake = Lake(tiny_lake[0]).pinned()
+    one = lake.read(C.TABLE_SLICES, columns=[C.COL_PATIENT_ID]).column(C.COL_PATIENT_ID)[0].as_py()
+
+    @ray.remote(num_cpus=1)
+    class Hold:
+        def ready(self):
+            return True
+
+    holders = [Hold.remote() for _ in range(int(ray.cluster_resources()["CPU"]))]  # every CPU taken
+    ray.get([h.ready.remote() for h in holders])
+    ds = lake.ray_dataset(C.TABLE_SLICES, columns=[C.COL_PATIENT_ID, "slice_index"],
+                          filter=pa.compute.field(C.COL_PATIENT_ID) == one)
+    got = {r[C.COL_PATIENT_ID] for r in ds.take_all()}
+    for h in holders:
+        ray.kill(h)
+    assert got == {one}
