@@ -140,7 +140,7 @@ def _after_commits(lake, names: list[str]) -> None:
 
     if lake.local_root is not None:
         catalog.refresh(lake)
-    maintenance.compact_small(lake, names)
+    maintenance.compact_small_on_cluster(lake, names)
 
 
 #: The key columns of every scored slice, as ``slice_predictions`` and ``cams`` hold them.

@@ -432,7 +432,7 @@ def run_features(lake_root: str, *, backbone: str = "auto", weights: str | None 
     summary.slices = sum(todo[p][2] for p in collector.done)
     summary.failed = dict(sorted(collector.failed.items()))
     summary.workers, summary.model_loads = len(collector.loads), sum(collector.loads.values())
-    maintenance.compact_small(lake, [C.TABLE_FEATURES])
+    maintenance.compact_small_on_cluster(lake, [C.TABLE_FEATURES])
     return summary
 
 

@@ -478,7 +478,7 @@ class Batches:
         self.last, self.batches = time.monotonic(), self.batches + 1
         # a long run keeps its tables to a few hundred files (each commit checks the files for
         # patients it replaces); the end of the run compacts them further
-        if not maintenance.compact_small(self.lake, PREPROCESS_TABLES, max_files=IN_RUN_MAX_FILES) \
+        if not maintenance.compact_small_on_cluster(self.lake, PREPROCESS_TABLES, max_files=IN_RUN_MAX_FILES) \
                 and self.lake.local_root is not None:
             catalog.refresh(self.lake)
 
@@ -1084,7 +1084,7 @@ def run_preprocess(
     summary.commits = batches.commits + _judge_registration(plan.lake, plan.pseudo, plan.present, params.hash(),
                                                             summary, plan.duplicates)
     summary.batches = batches.batches
-    summary.compacted = sorted(maintenance.compact_small(plan.lake, PREPROCESS_TABLES))
+    summary.compacted = sorted(maintenance.compact_small_on_cluster(plan.lake, PREPROCESS_TABLES))
     if plan.lake.local_root is not None:
         summary.catalog = str(catalog.refresh(plan.lake))
     summary.wall_seconds = time.perf_counter() - t_start

@@ -216,6 +216,23 @@ def compact_small(lake: Lake, names=None, max_files: int = SMALL_FILES,
     return compact(lake, due, target_size) if due else {}
 
 
+def compact_small_on_cluster(lake: Lake, names=None, max_files: int = SMALL_FILES) -> dict[str, dict]:
+    """``compact_small``, run in a Ray task where this process is a Ray driver (here otherwise):
+    a compaction rewrites the tables' data (every slice image of a partition, in bins up to the
+    target size, several at once), which would make the driver's memory grow with the cohort. The
+    task takes no CPU: it is short, and waiting behind the job's own tasks would stall the job."""
+    import ray
+
+    if not ray.is_initialized():
+        return compact_small(lake, names, max_files)
+    task = ray.remote(num_cpus=0, max_retries=0)(_compact_small_task)
+    return ray.get(task.remote(lake.uri, None if names is None else list(names), max_files))
+
+
+def _compact_small_task(lake_uri: str, names, max_files: int) -> dict[str, dict]:
+    return compact_small(Lake(lake_uri), names, max_files)
+
+
 # -- vacuum ---------------------------------------------------------------------------------------
 def vacuum(lake: Lake, retain_hours: int = DEFAULT_RETAIN_HOURS) -> dict[str, dict]:
     """Remove what no version younger than ``retain_hours`` needs; return place (table, or an

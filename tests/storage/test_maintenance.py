@@ -161,6 +161,21 @@ def test_compact_small_compacts_only_tables_with_many_small_files(tmp_path):
     assert M.compact_small(lake, max_files=16) == {}
 
 
+
+def test_a_ray_driver_compacts_in_a_ray_task_with_the_same_result(tmp_path, ray_local, monkeypatch):
+    lake = Lake(tmp_path / "lake").ensure()
+    staged_patients(lake, 20)
+    before = sorted_rows(lake.read(C.TABLE_SLICES))
+
+    def not_here(*_, **__):
+        raise AssertionError("compacted in the driver")
+
+    monkeypatch.setattr(M, "compact_small", not_here)  # this process only: a Ray worker has the real one
+    done = M.compact_small_on_cluster(lake, max_files=16)
+    assert list(done) == [C.TABLE_SLICES] and done[C.TABLE_SLICES]["files_after"] < 16
+    assert sorted_rows(lake.read(C.TABLE_SLICES)) == before
+
+
 # -- vacuum -----------------------------------------------------------------------------------
 def test_vacuum_zero_leaves_only_the_latest_files_and_keeps_training_checkpoints(tmp_path):
     lake = Lake(tmp_path / "lake").ensure()
