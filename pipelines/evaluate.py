@@ -252,6 +252,9 @@ def _run_ensemble(lake, rec: dict, splits, task: str, features: bool, show_progr
         return None, plan
     plan["actors"] = _actors(_n_slices(lake, splits), batch)
     ray.data.DataContext.get_current().enable_progress_bars = show_progress
+    from pipelines.ray_runtime import quiet_ray_data
+
+    quiet_ray_data()
     # max_restarts=0: Ray Data's default (restart for ever) makes Ray log an error line on the
     # console for each actor (its constructor arguments live in the object store); a lost actor
     # fails the scoring instead, which a re-run does again.

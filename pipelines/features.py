@@ -441,8 +441,9 @@ def _run_ray(snap, todo: dict, skipped: bool, collector: _Collector, **kwargs) -
     progress bars off (the command shows patients). A Ctrl-C (or any error) stops the pipeline."""
     import ray.data
 
-    from pipelines.ray_runtime import verbose
+    from pipelines.ray_runtime import quiet_ray_data, verbose
 
+    quiet_ray_data()
     ctx = ray.data.DataContext.get_current()
     bars, ctx.enable_progress_bars = ctx.enable_progress_bars, False
     log = logging.getLogger("ray.data")

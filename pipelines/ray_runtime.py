@@ -115,6 +115,24 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, shared=())
 _seen_shared: set[tuple[str, frozenset]] = set()
 
 
+def quiet_ray_data() -> None:
+    """Ray Data's own console lines off unless ``verbose()``: its INFO logs (each dataset's plan,
+    a progress report every 10 s where stdout is not a terminal) and the deprecation warning that
+    ``map_batches(..., max_restarts=0)`` raises in Ray 2.60 (the only way to pass it there). Called
+    after importing ``ray.data``, whose import sets its logger's level."""
+    import warnings
+
+    import ray.data
+
+    if verbose():
+        return
+    logging.getLogger("ray.data").setLevel(logging.ERROR)  # also its "progress bars disabled" warning
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False
+    ctx.print_on_execution_start = False
+    warnings.filterwarnings("ignore", message=r"`ray_remote_args` is deprecated")
+
+
 def require_shared(*paths) -> None:
     """Raise ``ConfigError`` where a local folder of ``paths`` is not seen by every live node of
     the cluster: each node looks for a marker file the driver wrote there (a 0-CPU task pinned to
