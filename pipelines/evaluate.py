@@ -36,9 +36,10 @@ import numpy as np
 from gbmmet import constants as C
 from gbmmet.evaluation import EvaluationSettings
 from gbmmet.model.ensemble import ensemble_vote
-from pipelines.scoring import CAM_SIZE, CAM_SPLITS
 
 EVAL_SPLITS = (C.VAL, C.TEST, C.EXTERNAL)
+CAM_SPLITS = (C.TEST, C.EXTERNAL)  # the splits whose slices get the ensemble's Grad-CAM
+CAM_SIZE = 112  # side of a stored class activation map, pixels
 CUT_PAPER = C.CUTOFF_PAPER
 CUT_VAL = C.CUTOFF_VAL
 # Part of every evaluation's fingerprint: raise it when evaluate writes its tables differently, so

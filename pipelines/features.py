@@ -22,7 +22,6 @@ leaves only invisible staged files; the same command redoes the patients not com
 from __future__ import annotations
 
 import json
-import logging
 import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
@@ -441,15 +440,11 @@ def _run_ray(snap, todo: dict, skipped: bool, collector: _Collector, **kwargs) -
     progress bars off (the command shows patients). A Ctrl-C (or any error) stops the pipeline."""
     import ray.data
 
-    from pipelines.ray_runtime import quiet_ray_data, verbose
+    from pipelines.ray_runtime import quiet_ray_data
 
-    quiet_ray_data()
+    quiet_ray_data()  # Ray Data's INFO lines (execution plans) stay out of the command's output
     ctx = ray.data.DataContext.get_current()
     bars, ctx.enable_progress_bars = ctx.enable_progress_bars, False
-    log = logging.getLogger("ray.data")
-    level = log.level
-    if not verbose():  # Ray Data's INFO lines (execution plans) stay out of the command's output
-        log.setLevel(logging.ERROR)
     try:
         ds, _ = _dataset(snap, todo, skipped, lake_uri=kwargs["lake_uri"], name=kwargs["name"],
                          weights=kwargs["weights"], batch_size=kwargs["batch_size"], gpus=kwargs["gpus"])
@@ -463,4 +458,3 @@ def _run_ray(snap, todo: dict, skipped: bool, collector: _Collector, **kwargs) -
                 close()  # stops the streaming executor and its actors
     finally:
         ctx.enable_progress_bars = bars
-        log.setLevel(level)

@@ -281,8 +281,7 @@ def test_ray_data_scoring_gives_exactly_the_probabilities_of_the_ensemble_run_in
 
 def test_ray_data_class_activation_maps_are_the_ensembles_grad_cam_run_in_process(trained_lake):
     from gbmmet.model.ensemble import FoldEnsemble
-    from pipelines.evaluate import CAM_BATCH, _cams, train_run_record
-    from pipelines.scoring import CAM_SIZE, CAM_SPLITS
+    from pipelines.evaluate import CAM_BATCH, CAM_SIZE, CAM_SPLITS, _cams, train_run_record
     from pipelines.train import load_state
 
     lake = Lake(trained_lake[0]).pinned()
