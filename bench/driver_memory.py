@@ -20,6 +20,8 @@ from pathlib import Path
 
 from _common import ROOT
 
+from gbmmet import constants as C
+
 STAGES = ("preprocess", "features", "train", "evaluate")
 GROWTH_LIMIT = 0.25  # the issue's target: each stage's driver grows < 25 % from the smallest cohort to the largest
 
@@ -50,8 +52,11 @@ def _peak_rss_mib(cmd: list[str]) -> tuple[float, float, float]:
     return usage.ru_maxrss / 1024, time.perf_counter() - t, usage.ru_utime + usage.ru_stime
 
 
-def sweep(sizes: tuple[int, ...], tmp: Path, *, epochs: int, resamples: int, nodes: int) -> list[dict]:
-    """Each cohort size through the four stages' drivers; one row per (patients, stage)."""
+def sweep(sizes: tuple[int, ...], tmp: Path, *, epochs: int, resamples: int, nodes: int,
+          stages: tuple[str, ...] = STAGES) -> list[dict]:
+    """Each cohort size through the drivers of ``stages``; one row per (patients, stage). A cohort
+    already in ``tmp`` (a kept folder: its ``cohort.json`` written) is not synthesised again, and
+    a stage left out finds the lake as an earlier sweep left it (evaluate runs with ``--force``)."""
     import ray
     from ray.cluster_utils import Cluster
 
@@ -69,17 +74,21 @@ def sweep(sizes: tuple[int, ...], tmp: Path, *, epochs: int, resamples: int, nod
         for n in sizes:
             preset = scaled_tiny(max(1, n // 20))
             cohort, lake, run = tmp / preset.name, str(tmp / f"lake-{preset.name}"), "sweep"
-            s = run_synth(SynthConfig(preset=preset.name, out=cohort), address=cluster.address, show_progress=False)
-            assert not s.failed, s.failed
-            manifests = [a for m in s.manifests for a in ("--manifest", str(m))]
+            if (cohort / "cohort.json").exists():
+                found = sorted(cohort.glob(f"*/{C.MANIFEST_FILE}"))
+            else:
+                s = run_synth(SynthConfig(preset=preset.name, out=cohort), address=cluster.address, show_progress=False)
+                assert not s.failed, s.failed
+                found = s.manifests
+            manifests = [a for m in found for a in ("--manifest", str(m))]
             addr = ["--lake", lake, "--address", cluster.address]
             commands = {
                 "preprocess": [gbmmet, "preprocess", *manifests, *addr],
                 "features": [gbmmet, "features", *addr],
                 "train": [gbmmet, "train", "--run", run, "--epochs", str(epochs), *addr],
-                "evaluate": [gbmmet, "evaluate", "--run", run, "--resamples", str(resamples), *addr],
+                "evaluate": [gbmmet, "evaluate", "--run", run, "--resamples", str(resamples), "--force", *addr],
             }
-            for stage in STAGES:
+            for stage in stages:
                 rss, wall, cpu = _peak_rss_mib(commands[stage])
                 rows.append({"patients": preset.n, "stage": stage, "driver_peak_rss_mib": rss,
                              "wall_s": wall, "driver_cpu_s": cpu})

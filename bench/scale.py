@@ -93,6 +93,10 @@ def main() -> None:
     ap.add_argument("--driver-memory", action="store_true", help="the driver-memory sweep instead")
     ap.add_argument("--sizes", default="100,200,400", help="cohort sizes of the driver-memory sweep")
     ap.add_argument("--epochs", type=int, default=20, help="training epochs in the driver-memory sweep")
+    ap.add_argument("--keep", help="driver-memory sweep: keep cohorts and lakes in this folder (reused when it "
+                                   "holds them) instead of a temporary one")
+    ap.add_argument("--stages", default=",".join(("preprocess", "features", "train", "evaluate")),
+                    help="driver-memory sweep: the stages to measure (the others' lakes as a kept folder holds them)")
     args = ap.parse_args()
     if args.driver_memory:
         return _driver_memory(args)
@@ -140,22 +144,29 @@ def _driver_memory(args) -> None:
     from driver_memory import GROWTH_LIMIT, STAGES, growth, sweep
 
     sizes = tuple(int(x) for x in args.sizes.split(","))
-    tmp = Path(tempfile.mkdtemp(prefix="gbm-dm-"))
-    use_ray_tmpdir(tmp)
+    stages = tuple(s for s in args.stages.split(",") if s)
+    unknown = sorted(set(stages) - set(STAGES))
+    if unknown:
+        raise SystemExit(f"--stages: unknown {unknown}; choose from {STAGES}")
+    tmp = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="gbm-dm-"))
+    tmp.mkdir(parents=True, exist_ok=True)
+    use_ray_tmpdir(Path(tempfile.mkdtemp(prefix="gbm-dm-ray-")) if args.keep else tmp)
     print(f"driver peak RSS per stage, tiny-preset cohorts of {', '.join(map(str, sizes))} patients, "
           f"{args.max_nodes} worker node(s) of 1 CPU:", flush=True)
     t = time.perf_counter()
     try:
-        rows = sweep(sizes, tmp, epochs=args.epochs, resamples=200, nodes=args.max_nodes)
+        rows = sweep(sizes, tmp, epochs=args.epochs, resamples=200, nodes=args.max_nodes, stages=stages)
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if not args.keep:
+            shutil.rmtree(tmp, ignore_errors=True)
     grown = growth(rows)
     print(f"{'stage':<11}" + "".join(f"{n:>9}" for n in sorted({r['patients'] for r in rows})) + "   growth (MiB)")
-    for stage in STAGES:
+    for stage in stages:
         mine = sorted((r["patients"], r["driver_peak_rss_mib"]) for r in rows if r["stage"] == stage)
         verdict = "ok" if grown.get(stage, 0.0) < GROWTH_LIMIT else f"over {GROWTH_LIMIT:.0%}"
         print(f"{stage:<11}" + "".join(f"{v:>9.0f}" for _, v in mine) + f"   {grown.get(stage, 0.0):+.1%} {verdict}")
-    path = save("scale-driver-memory", {"rows": rows, "growth": grown, "limit": GROWTH_LIMIT,
+    name = "scale-driver-memory" if set(stages) == set(STAGES) else "scale-driver-memory-" + "-".join(stages)
+    path = save(name, {"rows": rows, "growth": grown, "limit": GROWTH_LIMIT,
                                         "machine_cores": os.cpu_count(), "wall_s": time.perf_counter() - t})
     print(f"written {path} ({time.perf_counter() - t:.0f} s)")
 

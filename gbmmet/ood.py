@@ -100,23 +100,23 @@ def _features(x, what: str, width: int | None = None) -> np.ndarray:
     return a
 
 
-def sequence_contrast(images, channels, ws_range: Mapping, patient_ids) -> dict[str, float]:
-    """Each patient's mean of T2 minus CE-T1 in WhiteStripe units over its stored ROI crops,
-    leaving out the pixels where both sequences are at the byte range's floor (background: CSF,
-    dark on CE-T1 and bright on T2, stays).
+def contrast_sums(images, channels, ws_range: Mapping) -> tuple[np.ndarray, np.ndarray]:
+    """Per stored slice: (sum of T2 minus CE-T1 in WhiteStripe units, pixels summed), over the
+    pixels not at the byte range's floor in both sequences (background: CSF, dark on CE-T1 and
+    bright on T2, stays). ``sequence_contrast`` is their ratio over a patient's slices; this half
+    runs where the slices are (a Ray Data task), so only two numbers a slice travel.
 
     Args:
         images: stored slices, uint8 (N, channels, H, W).
         channels: what each channel holds (``SliceParams.channels``): one CE-T1 and a T2.
         ws_range: the byte mapping of each sequence (``SliceParams.ws_range``).
-        patient_ids: the patient of each slice.
 
     Returns:
-        dict patient -> contrast (NaN where no pixel is left), in order of first slice.
+        (float64 (N,), float64 (N,)).
 
     Raises:
-        ValueError: images not (N, C, H, W) with one channel per name, a sequence missing from
-            ``channels`` or ``ws_range``, or ``patient_ids`` not one per slice.
+        ValueError: images not (N, C, H, W) with one channel per name, or a sequence missing from
+            ``channels`` or ``ws_range``.
     """
     from gbmmet.preprocess.slices import from_uint8
 
@@ -133,9 +133,41 @@ def sequence_contrast(images, channels, ws_range: Mapping, patient_ids) -> dict[
     keep = (t1c_bytes > 0) | (t2_bytes > 0)  # background (air, a skull-stripped zero) is dark in both
     diff = from_uint8(t2_bytes, *ws_range[C.T2]).astype(np.float64) - from_uint8(t1c_bytes, *ws_range[C.T1C])
     sums = np.where(keep, diff, 0.0).reshape(len(x), -1).sum(axis=1)
-    counts = keep.reshape(len(x), -1).sum(axis=1).astype(np.float64)
-    total, n = _group_sum(sums, patient_ids, "slices"), _group_sum(counts, patient_ids, "slices")
+    return sums, keep.reshape(len(x), -1).sum(axis=1).astype(np.float64)
+
+
+def contrast_by_patient(sums, pixels, patient_ids) -> dict[str, float]:
+    """Each patient's sequence contrast from its slices' ``contrast_sums``: the sum over its
+    slices divided by the pixels (NaN where none), in order of first slice.
+
+    Raises:
+        ValueError: ``patient_ids`` not one per slice.
+    """
+    sums, pixels = np.asarray(sums, np.float64), np.asarray(pixels, np.float64)
+    total, n = _group_sum(sums, patient_ids, "slices"), _group_sum(pixels, patient_ids, "slices")
     return {p: (total[p] / n[p] if n[p] else float("nan")) for p in total}
+
+
+def sequence_contrast(images, channels, ws_range: Mapping, patient_ids) -> dict[str, float]:
+    """Each patient's mean of T2 minus CE-T1 in WhiteStripe units over its stored ROI crops,
+    leaving out the pixels where both sequences are at the byte range's floor (background: CSF,
+    dark on CE-T1 and bright on T2, stays): ``contrast_by_patient`` of ``contrast_sums``.
+
+    Args:
+        images: stored slices, uint8 (N, channels, H, W).
+        channels: what each channel holds (``SliceParams.channels``): one CE-T1 and a T2.
+        ws_range: the byte mapping of each sequence (``SliceParams.ws_range``).
+        patient_ids: the patient of each slice.
+
+    Returns:
+        dict patient -> contrast (NaN where no pixel is left), in order of first slice.
+
+    Raises:
+        ValueError: images not (N, C, H, W) with one channel per name, a sequence missing from
+            ``channels`` or ``ws_range``, or ``patient_ids`` not one per slice.
+    """
+    sums, pixels = contrast_sums(images, channels, ws_range)
+    return contrast_by_patient(sums, pixels, patient_ids)
 
 
 def _group_sum(values: np.ndarray, patient_ids, what: str) -> dict[str, float]:

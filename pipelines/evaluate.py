@@ -119,14 +119,14 @@ def score_run(lake, rec: dict, *, cams: bool = True, force: bool = False, show_p
         echo(f"score {run}: slices already scored by this run; reusing it")
         return fingerprint
     started = dt.datetime.now(dt.UTC)
-    predictions, n, plan = _score_slices(snap, rec, show_progress)
-    maps, cam_plan = _cams(snap, rec, show_progress) if cams else (None, None)
+    scored, plan = _run_ensemble(snap, rec, cams, show_progress)
+    predictions, n = _score_slices(scored, rec)
     lake.replace(C.TABLE_SLICE_PREDICTIONS, predictions, {"run_id": run, C.COL_SPLIT: list(EVAL_SPLITS)})
-    if maps is not None:
-        lake.replace(C.TABLE_CAMS, maps, {"run_id": run})
+    if cams:
+        lake.replace(C.TABLE_CAMS, _cams(scored, rec), {"run_id": run})
     lake.replace(C.TABLE_RUNS, pa.Table.from_pylist([{
         "run_id": run, "kind": "score", "mode": rec["mode"], "backbone_id": rec["backbone_id"],
-        "config": json.dumps({"fingerprint": fingerprint, "cams": cams, "ray_data": {"score": plan, "cams": cam_plan}}), "started_at": started,
+        "config": json.dumps({"fingerprint": fingerprint, "cams": cams, "ray_data": plan}), "started_at": started,
         "finished_at": dt.datetime.now(dt.UTC), "fold_checkpoints": rec["fold_checkpoints"],
         "timings": json.dumps({"slices": n}), "status": "ok",
         "lake_versions": json.dumps(snap.versions(), sort_keys=True)}], schema=RUNS), {"run_id": run, "kind": "score"})
@@ -146,27 +146,23 @@ def _after_commits(lake, names: list[str]) -> None:
 
 #: The key columns of every scored slice, as ``slice_predictions`` and ``cams`` hold them.
 SLICE_KEYS = (C.COL_PATIENT_ID, C.COL_SITE, C.COL_SPLIT, "slice_index")
-#: Rows per Ray Data batch handed to one ensemble actor: scoring backbone features (frozen mode;
-#: the heads' matrix products), scoring slices (fine-tune mode: every fold's network) and Grad-CAM
-#: (a backward pass per fold). Inside a batch the ensemble goes on in its own chunks (256 features,
-#: 64 slices, 32 maps), as the fold tasks of earlier versions did.
-SCORE_BATCH_FEATURES = 1024
-SCORE_BATCH_IMAGES = 64
-CAM_BATCH = 64
-SCORE = "score"
-CAM = "cam"
+#: Rows per Ray Data batch handed to one ensemble actor. Inside a batch the backbone runs
+#: ``backbones.forward_batch`` slices a pass, the frozen heads 256 feature rows a pass.
+SCORE_BATCH = 64
 
 
 class EnsembleActor:
     """Ray Data actor (``map_batches``): run ``rec``'s fold ensemble (``FoldEnsemble``), built once
-    per actor, on batches of slices (or of their backbone features in frozen mode).
+    per actor, on batches of slices: every row scored (``probs``: P(GBM) by every fold model, fold
+    order) and, where ``cams``, the Grad-CAM of each test and external slice (``cam``:
+    ``CAM_SIZE`` square, uint8 bytes, as the ``cams`` table stores it).
 
-    ``task``: ``"score"``, a batch's key columns and ``probs`` (P(GBM) by every fold model, fold
-    order); ``"cam"``, its key columns and ``cam`` (the ensemble's Grad-CAM, ``CAM_SIZE`` square,
-    uint8 bytes, as ``cams`` stores it). ``features``: the batch holds ``vector`` (frozen-mode
-    features), else ``image`` / ``channels`` / ``height`` / ``width`` (slices)."""
+    Rows hold ``vector`` (frozen mode: the stored backbone features, scored by the heads) or
+    ``image`` / ``channels`` / ``height`` / ``width`` (slices: scored in fine-tune mode, mapped
+    where ``cams``); a batch may hold both kinds (``_scoring_dataset`` unites them). Output: the
+    key columns, ``probs`` (null where not scored) and ``cam`` (null where not mapped)."""
 
-    def __init__(self, rec: dict, task: str, features: bool):
+    def __init__(self, rec: dict, cams: bool):
         import torch  # noqa: F401 - imported before match_threads_to_task, which limits it only if loaded
 
         from gbmmet.model.ensemble import FoldEnsemble
@@ -174,24 +170,56 @@ class EnsembleActor:
         from pipelines.train import load_state
 
         match_threads_to_task()
-        self.task, self.features = task, features
-        self.ensemble = FoldEnsemble.from_run_record(rec, load_state, features_only=features)
+        self.frozen, self.cams = rec["mode"] == "frozen", cams
+        self.ensemble = FoldEnsemble.from_run_record(rec, load_state, features_only=self.frozen and not cams)
 
     def __call__(self, batch):
         import pyarrow as pa
+        import pyarrow.compute as pc
 
-        keys = {c: batch.column(c) for c in SLICE_KEYS}
-        if self.features:
-            X = np.stack(batch.column("vector").to_numpy(zero_copy_only=False)).astype(np.float32)
-            probs = self.ensemble.predict_proba(X, batch_size=256)
-            return pa.table({**keys, "probs": _fold_lists(probs)})
+        parts = []
+        if "vector" in batch.column_names:
+            rows = batch.filter(pc.is_valid(batch.column("vector")))
+            if rows.num_rows:
+                X = np.stack(rows.column("vector").to_numpy(zero_copy_only=False)).astype(np.float32)
+                parts.append(self._rows(rows, self.ensemble.predict_proba(X, batch_size=256), None))
+        if "image" in batch.column_names:
+            rows = batch.filter(pc.is_valid(batch.column("image")))
+            if rows.num_rows:
+                parts.append(self._images(rows))
+        return pa.concat_tables(parts) if parts else _actor_schema(self.ensemble.n_folds).empty_table()
+
+    def _images(self, rows):
         from storage.codec import decode_images
 
-        images = decode_images(batch)
-        if self.task == SCORE:
-            return pa.table({**keys, "probs": _fold_lists(self.ensemble.predict_proba(images=images))})
-        maps = np.round(self.ensemble.grad_cam(images, size=CAM_SIZE) * 255).astype(np.uint8)
-        return pa.table({**keys, "cam": pa.array([m.tobytes() for m in maps], pa.binary())})
+        images = decode_images(rows)
+        probs = None if self.frozen else self.ensemble.predict_proba(images=images)
+        maps = None
+        if self.cams:
+            wanted = np.isin(np.asarray(rows.column(C.COL_SPLIT).to_pylist(), dtype=object), CAM_SPLITS)
+            maps = [None] * rows.num_rows
+            if wanted.any():
+                made = np.round(self.ensemble.grad_cam(images[wanted], size=CAM_SIZE) * 255).astype(np.uint8)
+                for i, m in zip(np.flatnonzero(wanted), made, strict=True):
+                    maps[i] = m.tobytes()
+        return self._rows(rows, probs, maps)
+
+    def _rows(self, rows, probs, maps):
+        import pyarrow as pa
+
+        schema = _actor_schema(self.ensemble.n_folds)
+        n = rows.num_rows
+        return pa.table({**{c: rows.column(c) for c in SLICE_KEYS},
+                         "probs": _fold_lists(probs) if probs is not None else pa.nulls(n, schema.field("probs").type),
+                         "cam": pa.array(maps if maps is not None else [None] * n, pa.binary())}, schema=schema)
+
+
+def _actor_schema(folds: int):
+    import pyarrow as pa
+
+    return pa.schema([pa.field(C.COL_PATIENT_ID, pa.string()), pa.field(C.COL_SITE, pa.string()),
+                      pa.field(C.COL_SPLIT, pa.string()), pa.field("slice_index", pa.int32()),
+                      pa.field("probs", pa.list_(pa.float32(), folds)), pa.field("cam", pa.binary())])
 
 
 def _fold_lists(probs: np.ndarray):
@@ -223,6 +251,20 @@ def _slices_dataset(lake, rec: dict, splits, features: bool, batch_rows: int):
                             block_bytes=max(1 << 20, int(row_bytes * batch_rows)))
 
 
+def _scoring_dataset(lake, rec: dict, cams: bool):
+    """The rows one pool of ``EnsembleActor`` works through: fine-tune mode, the val / test /
+    external slices (every one scored, test and external mapped); frozen mode, their stored
+    features (scored) and, where ``cams``, the test and external slices (mapped) in the same
+    dataset, so one pool of actors builds the ensemble once for both. None where there is
+    nothing to score."""
+    frozen = rec["mode"] == "frozen"
+    ds = _slices_dataset(lake, rec, EVAL_SPLITS, frozen, SCORE_BATCH)
+    if ds is None or not (frozen and cams):
+        return ds
+    images = _slices_dataset(lake, rec, CAM_SPLITS, False, SCORE_BATCH)
+    return ds if images is None else ds.union(images)
+
+
 def _actors(n_rows: int, batch_size: int) -> int:
     """Ensemble actors for ``n_rows`` slices: one per CPU of the cluster, no more than batches."""
     import ray
@@ -239,19 +281,19 @@ def _n_slices(lake, splits) -> int:
     return int(pc.sum(t.column("n_slices")).as_py() or 0)
 
 
-def _run_ensemble(lake, rec: dict, splits, task: str, features: bool, show_progress: bool):
-    """``EnsembleActor`` over the slices of ``splits``: its output rows sorted as the lake's reads
-    are (split in ``splits`` order, patient, slice), and the plan (batch size, actors) used."""
+def _run_ensemble(lake, rec: dict, cams: bool, show_progress: bool):
+    """One pool of ``EnsembleActor`` over ``_scoring_dataset``: its output rows sorted as the
+    lake's reads are (split in ``EVAL_SPLITS`` order, patient, slice; in frozen mode a mapped slice
+    has a row of its own beside its scored features), and the plan (batch size, actors) used."""
     import pyarrow as pa
     import ray
     import ray.data
 
-    batch = (SCORE_BATCH_FEATURES if features else SCORE_BATCH_IMAGES) if task == SCORE else CAM_BATCH
-    plan = {"batch_size": batch, "actors": 0, "num_cpus": 1}
-    ds = _slices_dataset(lake, rec, splits, features, batch)
+    plan = {"batch_size": SCORE_BATCH, "actors": 0, "num_cpus": 1, "cams": cams}
+    ds = _scoring_dataset(lake, rec, cams)
     if ds is None:
         return None, plan
-    plan["actors"] = _actors(_n_slices(lake, splits), batch)
+    plan["actors"] = _actors(_n_slices(lake, EVAL_SPLITS), SCORE_BATCH)
     ray.data.DataContext.get_current().enable_progress_bars = show_progress
     from pipelines.ray_runtime import quiet_ray_data
 
@@ -259,7 +301,7 @@ def _run_ensemble(lake, rec: dict, splits, task: str, features: bool, show_progr
     # max_restarts=0: Ray Data's default (restart for ever) makes Ray log an error line on the
     # console for each actor (its constructor arguments live in the object store); a lost actor
     # fails the scoring instead, which a re-run does again.
-    out = ds.map_batches(EnsembleActor, fn_constructor_args=(rec, task, features), batch_size=batch,
+    out = ds.map_batches(EnsembleActor, fn_constructor_args=(rec, cams), batch_size=SCORE_BATCH,
                          batch_format="pyarrow", num_cpus=plan["num_cpus"], max_restarts=0,
                          compute=ray.data.ActorPoolStrategy(size=plan["actors"], max_tasks_in_flight_per_actor=1))
     try:
@@ -267,29 +309,32 @@ def _run_ensemble(lake, rec: dict, splits, task: str, features: bool, show_progr
     except Exception as exc:  # an actor's or a reader's error, as Ray Data raises it
         from gbmmet.errors import RunFailed
 
-        what = "scoring" if task == SCORE else "class activation maps"
-        raise RunFailed(f"{what} of run {rec['run_id']} failed: {exc}") from exc
+        raise RunFailed(f"scoring of run {rec['run_id']} failed: {exc}") from exc
     if not parts:
         return None, plan
     t = pa.concat_tables(parts)
-    order = {s: i for i, s in enumerate(splits)}
+    order = {s: i for i, s in enumerate(EVAL_SPLITS)}
     t = t.append_column("_order", pa.array([order[s] for s in t.column(C.COL_SPLIT).to_pylist()], pa.int8()))
-    t = t.sort_by([("_order", "ascending"), (C.COL_PATIENT_ID, "ascending"), ("slice_index", "ascending")])
-    return t.drop_columns(["_order"]), plan
+    return t.sort_by([("_order", "ascending"), (C.COL_PATIENT_ID, "ascending"),
+                      ("slice_index", "ascending")]).drop_columns(["_order"]), plan
 
 
-def _score_slices(lake, rec: dict, show_progress: bool):
-    """The ``slice_predictions`` rows of run ``rec`` on the val / test / external slices (each fold
-    model and both ensembles), the number of slices, and the Ray Data plan used."""
+def _score_slices(t, rec: dict):
+    """The ``slice_predictions`` rows of run ``rec`` (each fold model and both ensembles) from the
+    scored rows of ``_run_ensemble``'s table ``t``, and the number of slices.
+
+    Raises:
+        ConfigError: no val / test / external slice (or features) was scored."""
     import pyarrow as pa
+    import pyarrow.compute as pc
 
     from gbmmet.errors import ConfigError
 
     run, mode = rec["run_id"], rec["mode"]
-    t, plan = _run_ensemble(lake, rec, EVAL_SPLITS, SCORE, mode == "frozen", show_progress)
-    if t is None:
-        raise ConfigError(f"nothing to evaluate in {lake.uri}: no val / test / external "
-                          + ("features" if mode == "frozen" else "slices"))
+    t = t.filter(pc.is_valid(t.column("probs"))) if t is not None else None
+    if t is None or not t.num_rows:
+        raise ConfigError("nothing to evaluate in the lake: no val / test / external "
+                          + ("features" if mode == "frozen" else "slices") + f" for run {run}")
     flat = t.column("probs").combine_chunks()
     probs = flat.flatten().to_numpy().reshape(t.num_rows, flat.type.list_size).T  # (folds, N)
     share, mean_p, vote = ensemble_vote(probs)
@@ -301,25 +346,22 @@ def _score_slices(lake, rec: dict, show_progress: bool):
 
     tables = [table(f"fold{k}", k, probs[k], probs[k] >= 0.5) for k in range(len(probs))]
     tables += [table(ENSEMBLE_VOTE, None, share, vote), table(ENSEMBLE_MEAN, None, mean_p, mean_p >= 0.5)]
-    return pa.concat_tables(tables), t.num_rows, plan
+    return pa.concat_tables(tables), t.num_rows
 
 
-def _cams(lake, rec: dict, show_progress: bool):
-    """The ``cams`` rows of run ``rec`` (the ensemble's Grad-CAM of every test and external
-    slice), and the Ray Data plan used."""
+def _cams(t, rec: dict):
+    """The ``cams`` rows of run ``rec``: the mapped rows of ``_run_ensemble``'s table ``t`` (the
+    ensemble's Grad-CAM of every test and external slice)."""
     import pyarrow as pa
+    import pyarrow.compute as pc
 
     run = rec["run_id"]
-    t, plan = _run_ensemble(lake, rec, CAM_SPLITS, CAM, False, show_progress)
-    if t is None:
-        return pa.table({"run_id": pa.array([], pa.string()), **{c: pa.array([], pa.string()) for c in SLICE_KEYS[:3]},
-                         "slice_index": pa.array([], pa.int32()), "height": pa.array([], pa.int16()),
-                         "width": pa.array([], pa.int16()), "cam": pa.array([], pa.binary())}), plan
+    t = t.filter(pc.is_valid(t.column("cam"))) if t is not None else _actor_schema(1).empty_table()
     n = t.num_rows
     return pa.table({
-        "run_id": pa.array([run] * n), **{c: t.column(c) for c in SLICE_KEYS},
+        "run_id": pa.array([run] * n, pa.string()), **{c: t.column(c) for c in SLICE_KEYS},
         "height": pa.array([CAM_SIZE] * n, pa.int16()), "width": pa.array([CAM_SIZE] * n, pa.int16()),
-        "cam": t.column("cam")}), plan
+        "cam": t.column("cam")})
 
 
 # ---------------------------------------------------------------------------------------------

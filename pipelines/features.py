@@ -48,7 +48,8 @@ class FeaturesSummary:
     slices: int = 0
     seconds: float = 0.0
     commits: int = 0  # Delta commits of the features table this run made (one per batch)
-    batch_size: int = 64  # slices per map_batches batch and per forward pass
+    batch_size: int = 64  # slices per map_batches batch (an actor's call)
+    forward_batch: int = 0  # slices per forward pass of the backbone (backbones.forward_batch)
     workers: int = 0  # processes that computed features (Ray Data actors; 1: this process)
     model_loads: int = 0  # backbones those processes loaded (one each)
 
@@ -75,14 +76,16 @@ def _model(name: str, weights: str | None, device: str):
     return _MODEL_CACHE[key]
 
 
-def embed(images, name: str, weights: str | None = None, batch_size: int = 64, device: str | None = None):
-    """Features (N, D) float32 of uint8 slices with the backbone (loaded once per process)."""
+def embed(images, name: str, weights: str | None = None, batch_size: int | None = None, device: str | None = None):
+    """Features (N, D) float32 of uint8 slices with the backbone (loaded once per process),
+    ``batch_size`` slices per forward pass (default ``backbones.forward_batch`` of the device)."""
     import numpy as np
     import torch
 
-    from gbmmet.model.backbones import to_network_input
+    from gbmmet.model.backbones import forward_batch, to_network_input
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    batch_size = batch_size or forward_batch(device)
     model, info = _model(name, weights, device)
     out = []
     # Mixed precision on GPU (the throughput target there); full float32 on CPU.
@@ -117,7 +120,7 @@ class Embedder:
     per patient (``_result_schema``). A patient whose slices cannot be decoded or embedded fails
     alone: its row carries the error and the batch goes on."""
 
-    def __init__(self, lake_root: str, version: int | None, name: str, weights: str | None, batch_size: int):
+    def __init__(self, lake_root: str, version: int | None, name: str, weights: str | None):
         import torch
 
         from pipelines.ray_runtime import match_threads_to_task
@@ -125,7 +128,7 @@ class Embedder:
 
         match_threads_to_task()
         self.lake, self.version = Lake(lake_root), version
-        self.name, self.weights, self.batch_size = name, weights, batch_size
+        self.name, self.weights = name, weights
         # a GPU Ray gave this actor is one torch sees; a "GPU" that is not (a node declaring one
         # it lacks, as in the tests) runs on the CPU
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -164,13 +167,13 @@ class Embedder:
         for group in by_shape.values():  # one forward pass per image shape, patients together
             try:
                 out, _ = embed(np.concatenate([images[p] for p in group]), self.name, self.weights,
-                               self.batch_size, self.device)
+                               device=self.device)
                 ends = np.cumsum([len(images[p]) for p in group])
                 vectors.update(zip(group, np.split(out, ends[:-1]), strict=True))
             except Exception:  # noqa: BLE001 - again patient by patient, to fail only the bad one
                 for p in group:
                     try:
-                        vectors[p] = embed(images[p], self.name, self.weights, self.batch_size, self.device)[0]
+                        vectors[p] = embed(images[p], self.name, self.weights, device=self.device)[0]
                     except Exception as exc:  # noqa: BLE001
                         errors[p] = self._error(p, parts[p], "the backbone failed on its slices", exc)
         staged: dict[str, str] = {}
@@ -314,7 +317,7 @@ def _dataset(snap, todo: dict, skipped: bool, *, lake_uri: str, name: str, weigh
     # patients fail instead, and a re-run computes them.
     ds = ds.map_batches(Embedder, batch_size=batch_size, batch_format="pyarrow",
                         compute=ray.data.ActorPoolStrategy(size=actors), max_restarts=0,
-                        fn_constructor_args=(lake_uri, snap.version(C.TABLE_SLICES), name, weights, batch_size),
+                        fn_constructor_args=(lake_uri, snap.version(C.TABLE_SLICES), name, weights),
                         **remote)
     return ds, actors
 
@@ -325,7 +328,7 @@ def _run_local(snap, todo: dict, collector: _Collector, *, lake_uri: str, name: 
     ``batch_size`` batches through one ``Embedder``."""
     import pyarrow.compute as pc
 
-    embedder = Embedder(lake_uri, snap.version(C.TABLE_SLICES), name, weights, batch_size)
+    embedder = Embedder(lake_uri, snap.version(C.TABLE_SLICES), name, weights)
     for pid, (site, split, _) in todo.items():
         mine = (pc.field(C.COL_SITE) == site) & (pc.field(C.COL_SPLIT) == split) & (pc.field(C.COL_PATIENT_ID) == pid)
         table = snap.read(C.TABLE_SLICES, columns=READ_COLUMNS, filter=mine)
@@ -392,7 +395,10 @@ def run_features(lake_root: str, *, backbone: str = "auto", weights: str | None 
     name, path, reason = resolve(backbone, weights)
     weights_path = str(path) if path else None
     _, info = _model(name, weights_path, "cpu")  # fails early, names the weights
-    summary = FeaturesSummary(backbone_id=info.id, reason=reason, batch_size=batch_size)
+    from gbmmet.model.backbones import forward_batch
+
+    summary = FeaturesSummary(backbone_id=info.id, reason=reason, batch_size=batch_size,
+                              forward_batch=forward_batch("cuda" if gpus else "cpu"))
     todo, summary.skipped = _todo(snap, info.id)
     if not todo and not summary.skipped:
         raise ConfigError(f"no slices in the lake at {lake.uri}: run `gbmmet preprocess` first")

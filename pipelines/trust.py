@@ -51,40 +51,73 @@ def slice_settings(lake) -> dict:
             for r in runs if r["params_hash"] and r["params"]}
 
 
+def _slice_contrasts(batch, *, settings: dict):
+    """Ray Data map over stored slices: each slice's patient, index and ``contrast_sums``
+    (``sum``, ``pixels``), decoded with the settings of the parameter set it was made with
+    (``settings``: params hash -> (channels, WhiteStripe byte ranges))."""
+    import pyarrow as pa
+
+    from gbmmet.ood import contrast_sums
+    from storage.codec import decode_images
+
+    hashes = np.array(batch.column("params_hash").to_pylist(), dtype=object)
+    sums, pixels = np.zeros(batch.num_rows), np.zeros(batch.num_rows)
+    for h in dict.fromkeys(hashes):
+        rows = np.flatnonzero(hashes == h)
+        channels, ws_range = settings[h]
+        sums[rows], pixels[rows] = contrast_sums(decode_images(batch.take(rows)), channels, ws_range)
+    return pa.table({C.COL_PATIENT_ID: batch.column(C.COL_PATIENT_ID), "slice_index": batch.column("slice_index"),
+                     "sum": sums, "pixels": pixels})
+
+
 def sequence_contrasts(lake, splits) -> dict[str, float]:
-    """Each patient's ``gbmmet.ood.sequence_contrast`` from its stored slices, a split at a time,
-    each slice decoded with the settings it was made with.
+    """Each patient's ``gbmmet.ood.sequence_contrast`` from its stored slices in ``splits``, each
+    slice decoded with the settings it was made with.
+
+    The slices are read and reduced to two numbers each by Ray Data tasks on the cluster
+    (``Lake.ray_dataset``); the driver reads only which parameter set made each slice.
 
     Raises:
         ConfigError: a slice whose parameter set is not in ``preprocess_runs`` (named).
     """
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import ray
+
     from gbmmet.errors import ConfigError
-    from gbmmet.ood import sequence_contrast
-    from pipelines.train import load_slice_images
+    from gbmmet.ood import contrast_by_patient
+    from pipelines.ray_runtime import quiet_ray_data
 
-    settings, out = None, {}
-    for split in splits:
-        meta, images = load_slice_images(lake, split)
-        if not len(images):
-            continue
-        settings = settings if settings is not None else slice_settings(lake)
-        hashes = np.array(meta.column("params_hash").to_pylist(), dtype=object)
-        patients = meta.column(C.COL_PATIENT_ID).to_numpy(zero_copy_only=False)
-        for h in dict.fromkeys(hashes):
-            rows = np.flatnonzero(hashes == h)
-            pids = patients[rows]
-            if h not in settings:
-                raise ConfigError(f"slices of patient {pids[0]} ({split}) were made with preprocessing parameters "
-                                  f"{h!r}, which preprocess_runs does not hold: cannot read their intensities")
-            sp = settings[h]
-            out.update(sequence_contrast(images[rows], sp.channels, sp.ws_range, pids))
-    return out
+    splits = list(splits)
+    made = lake.read(C.TABLE_SLICES, columns=[C.COL_PATIENT_ID, C.COL_SPLIT, "params_hash"],
+                     filter=pc.field(C.COL_SPLIT).isin(splits))
+    if not made.num_rows:
+        return {}
+    settings = slice_settings(lake)
+    for row in made.group_by(["params_hash"]).aggregate([(C.COL_PATIENT_ID, "min"), (C.COL_SPLIT, "min")]).to_pylist():
+        if row["params_hash"] not in settings:
+            raise ConfigError(f"slices of patient {row[C.COL_PATIENT_ID + '_min']} ({row[C.COL_SPLIT + '_min']}) were "
+                              f"made with preprocessing parameters {row['params_hash']!r}, which preprocess_runs "
+                              "does not hold: cannot read their intensities")
+    quiet_ray_data()
+    used = {h: (tuple(settings[h].channels), dict(settings[h].ws_range)) for h in made.column("params_hash").unique().to_pylist()}
+    ds = lake.ray_dataset(C.TABLE_SLICES, columns=[C.COL_PATIENT_ID, "slice_index", "params_hash", "channels", "height",
+                                                   "width", "image"],
+                          where={C.COL_SPLIT: splits})
+    parts = ray.get(ds.map_batches(_slice_contrasts, batch_format="pyarrow", fn_kwargs={"settings": used})
+                    .to_arrow_refs())
+    t = pa.concat_tables([p for p in parts if p.num_rows]).sort_by([(C.COL_PATIENT_ID, "ascending"),
+                                                                    ("slice_index", "ascending")])
+    return contrast_by_patient(t.column("sum").to_numpy(), t.column("pixels").to_numpy(),
+                               t.column(C.COL_PATIENT_ID).to_pylist())
 
 
-def fit_ood(lake, backbone_id: str, settings, echo=print, contrast_scale: float | None = None):
+def fit_ood(lake, backbone_id: str, settings, echo=print, contrast_scale: float | None = None,
+            reference_contrast: dict[str, float] | None = None):
     """The out-of-distribution detector of ``backbone_id``'s features: fitted on the training
     slices, its threshold fixed on the validation patients, its sequence check scaled by their
-    median contrast (or by ``contrast_scale``, where an evaluation recorded it). None (and a
+    median contrast (``reference_contrast``: theirs, where the caller has it; by default read
+    from their slices), or by ``contrast_scale``, where an evaluation recorded it. None (and a
     note) where either is missing."""
     from gbmmet.ood import OodDetector
     from pipelines.train import load_feature_matrix
@@ -95,7 +128,8 @@ def fit_ood(lake, backbone_id: str, settings, echo=print, contrast_scale: float 
         echo(f"  note: no out-of-distribution flag: no {backbone_id} features of "
              f"{'training slices' if not len(train) else 'validation patients'} (run `gbmmet features`)")
         return None
-    reference = contrast_scale if contrast_scale is not None else sequence_contrasts(lake, (C.VAL,))
+    reference = (contrast_scale if contrast_scale is not None else
+                 reference_contrast if reference_contrast is not None else sequence_contrasts(lake, (C.VAL,)))
     detector = OodDetector(settings.ood).fit(train, val, meta.column(C.COL_PATIENT_ID).to_numpy(), reference)
     if detector.contrast_scale_ is None and contrast_scale is None:
         echo("  note: no sequence check: " + ("the validation patients' median T2 - CE-T1 contrast is not positive"
@@ -107,7 +141,9 @@ def fit_ood(lake, backbone_id: str, settings, echo=print, contrast_scale: float 
 def _ood(lake, rec: dict, pat: dict, settings, echo) -> dict | None:
     from pipelines.train import load_feature_matrix
 
-    detector = fit_ood(lake, rec["backbone_id"], settings, echo)
+    contrast = sequence_contrasts(lake, EVAL_SPLITS)  # one pass over the slices for all three cohorts
+    val = {p: v for p, v in contrast.items() if pat.get(p, {}).get(C.COL_SPLIT) == C.VAL}
+    detector = fit_ood(lake, rec["backbone_id"], settings, echo, reference_contrast=val)
     if detector is None:
         return None
     distances = dict(detector.reference_scores_)  # the validation patients: scored when fitting
@@ -116,7 +152,7 @@ def _ood(lake, rec: dict, pat: dict, settings, echo) -> dict | None:
         if len(X):
             distances.update(detector.patient_distances(X, meta.column(C.COL_PATIENT_ID).to_numpy()))
     check = detector.contrast_scale_ is not None
-    contrast = {**detector.reference_contrast_, **sequence_contrasts(lake, (C.TEST, C.EXTERNAL))} if check else {}
+    contrast = {**contrast, **detector.reference_contrast_} if check else {}
     for p, distance in distances.items():
         if p in pat:
             score = detector.combine(distance, contrast.get(p))

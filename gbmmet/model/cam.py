@@ -52,12 +52,13 @@ def _maps_one_backbone(backbone, info, heads, x, class_index):
 
 
 def grad_cam(models, info: BackboneInfo, images_uint8, class_name: str | None = None,
-             batch_size: int = 32) -> np.ndarray:
+             batch_size: int = 4) -> np.ndarray:
     """Ensemble Grad-CAM of uint8 slices (N, 3, H, W) -> (N, H, W) float32 in [0, 1].
 
     ``models``: (backbone, head) per fold; folds sharing one backbone object run it once.
     ``class_name``: the class whose logit is explained (``GBM`` / ``MET``); default: each fold
-    model's own call on the slice (the evidence for what it decided).
+    model's own call on the slice (the evidence for what it decided). ``batch_size``: slices per
+    forward pass (``backbones.forward_batch``).
     """
     images = torch.as_tensor(np.array(images_uint8))  # a copy: arrays from Ray are read-only
     n, _, height, width = images.shape

@@ -82,6 +82,15 @@ class FoldEnsemble:
         self.folds = folds
 
     @property
+    def device(self):
+        """Where the fold models' weights are (``torch.device``; the CPU for a model without any)."""
+        import torch
+
+        for p in self.models[0].parameters():
+            return p.device
+        return torch.device("cpu")
+
+    @property
     def n_folds(self) -> int:
         return len(self.models)
 
@@ -202,7 +211,8 @@ class FoldEnsemble:
 
         Give exactly one of ``features`` (backbone features (N, d), frozen mode) or ``images``
         (uint8 slices (N, 3, H, W); frozen mode runs the backbone first). Arrays or tensors.
-        ``batch_size``: rows at a time (default 4096 features, 64 images).
+        ``batch_size``: rows at a time (default 4096 features; images: ``forward_batch`` of the
+        models' device).
 
         Raises:
             TypeError: neither or both given; images that are not uint8.
@@ -210,7 +220,7 @@ class FoldEnsemble:
         """
         import torch
 
-        from gbmmet.model.backbones import to_network_input
+        from gbmmet.model.backbones import forward_batch, to_network_input
 
         if (features is None) == (images is None):
             raise TypeError("predict_proba takes features= or images=, exactly one")
@@ -219,7 +229,7 @@ class FoldEnsemble:
         if images is not None and self.mode == FROZEN and self.backbone is None:
             raise ValueError("this ensemble was loaded features_only: pass features=, or load it with its backbone")
         x = features if features is not None else images
-        size = batch_size or (4096 if features is not None else 64)
+        size = batch_size or (4096 if features is not None else forward_batch(self.device))
         out = []
         with torch.inference_mode():
             for xb in _batches(x, size):
@@ -236,7 +246,7 @@ class FoldEnsemble:
         return ensemble_vote(self.predict_proba(features, images=images, batch_size=batch_size))
 
     def grad_cam(self, images, size: int | tuple[int, int] | None = None, *, class_name: str | None = None,
-                 batch_size: int = 32) -> np.ndarray:
+                 batch_size: int | None = None) -> np.ndarray:
         """The ensemble's Grad-CAM (``gbmmet.model.cam.grad_cam``) of uint8 slices (N, 3, H, W):
         float32 (N, H, W) in [0, 1], or resized (bilinear) to ``size`` (an int: square).
 
@@ -257,7 +267,9 @@ class FoldEnsemble:
             pairs = [(self.backbone, head) for head in self.models]
         else:
             pairs = [(net.backbone, net.head) for net in self.models]
-        maps = grad_cam(pairs, self.info, images, class_name, batch_size)
+        from gbmmet.model.backbones import forward_batch
+
+        maps = grad_cam(pairs, self.info, images, class_name, batch_size or forward_batch(self.device))
         if size is None:
             return maps
         hw = (size, size) if isinstance(size, int) else tuple(size)

@@ -72,3 +72,10 @@ def test_resnet50_from_a_weight_file_records_its_sha256(tmp_path):
 def test_unknown_backbone_is_refused():
     with pytest.raises(ValueError, match="'backbone' parameter must be one of"):
         B.resolve("vgg16")
+
+
+def test_forward_passes_are_small_on_the_cpu_and_large_on_a_gpu():
+    from gbmmet.model.backbones import CPU_FORWARD_BATCH, GPU_FORWARD_BATCH, forward_batch
+
+    assert forward_batch("cpu") == forward_batch(torch.device("cpu")) == CPU_FORWARD_BATCH
+    assert forward_batch("cuda") == forward_batch("cuda:1") == GPU_FORWARD_BATCH > CPU_FORWARD_BATCH

@@ -125,3 +125,13 @@ def test_finetune_folds_keep_their_own_backbone_tails(tmp_path, backbone, images
     assert ens.grad_cam(images, size=8).shape == (5, 8, 8)
     with pytest.raises(ValueError, match="pass images="):
         ens.predict_proba(_features(backbone, images))
+
+
+def test_the_default_forward_pass_is_small_on_the_cpu_and_agrees_with_one_large_pass(frozen_run, images):
+    from gbmmet.model.backbones import CPU_FORWARD_BATCH, forward_batch
+
+    ens = _frozen(frozen_run[1])
+    assert ens.device.type == "cpu" and forward_batch(ens.device) == CPU_FORWARD_BATCH < len(images)
+    np.testing.assert_allclose(ens.predict_proba(images=images), ens.predict_proba(images=images, batch_size=64),
+                               rtol=0, atol=1e-6)
+    np.testing.assert_allclose(ens.grad_cam(images), ens.grad_cam(images, batch_size=64), rtol=0, atol=1e-4)

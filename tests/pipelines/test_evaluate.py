@@ -259,7 +259,8 @@ def test_ray_data_scoring_gives_exactly_the_probabilities_of_the_ensemble_run_in
     from gbmmet.model.ensemble import FoldEnsemble
     from pipelines.evaluate import (
         EVAL_SPLITS,
-        SCORE_BATCH_FEATURES,
+        SCORE_BATCH,
+        _run_ensemble,
         _score_slices,
         train_run_record,
     )
@@ -267,10 +268,11 @@ def test_ray_data_scoring_gives_exactly_the_probabilities_of_the_ensemble_run_in
 
     lake = Lake(trained_lake[0]).pinned()
     rec = train_run_record(lake, "ev")
-    rows, n, plan = _score_slices(lake, rec, False)
+    scored, plan = _run_ensemble(lake, rec, cams=False, show_progress=False)
+    rows, n = _score_slices(scored, rec)
     keys, X = _eval_slices_in_lake_order(lake, rec, EVAL_SPLITS, features=True)
     want = FoldEnsemble.from_run_record(rec, load_state, features_only=True).predict_proba(X, batch_size=256)
-    assert n == len(keys) and plan["batch_size"] == SCORE_BATCH_FEATURES and plan["actors"] >= 1
+    assert n == len(keys) and plan["batch_size"] == SCORE_BATCH and plan["actors"] >= 1
     for k in range(len(want)):
         fold = rows.filter(pc.field("model") == f"fold{k}")
         got = list(zip(fold.column(C.COL_SPLIT).to_pylist(), fold.column(C.COL_PATIENT_ID).to_pylist(),
@@ -279,18 +281,27 @@ def test_ray_data_scoring_gives_exactly_the_probabilities_of_the_ensemble_run_in
         np.testing.assert_array_equal(fold.column("prob_gbm").to_numpy(), want[k])
 
 
-def test_ray_data_class_activation_maps_are_the_ensembles_grad_cam_run_in_process(trained_lake):
+def test_one_actor_pool_scores_the_features_and_maps_the_slices_as_the_ensemble_does_in_process(trained_lake):
     from gbmmet.model.ensemble import FoldEnsemble
-    from pipelines.evaluate import CAM_BATCH, CAM_SIZE, CAM_SPLITS, _cams, train_run_record
+    from pipelines.evaluate import (
+        CAM_SIZE,
+        CAM_SPLITS,
+        EVAL_SPLITS,
+        _cams,
+        _run_ensemble,
+        _score_slices,
+        train_run_record,
+    )
     from pipelines.train import load_state
 
     lake = Lake(trained_lake[0]).pinned()
     rec = train_run_record(lake, "ev")
-    rows, plan = _cams(lake, rec, False)
+    scored, plan = _run_ensemble(lake, rec, cams=True, show_progress=False)
+    assert plan["cams"] and plan["actors"] >= 1
+    rows = _cams(scored, rec)
     keys, images = _eval_slices_in_lake_order(lake, rec, CAM_SPLITS, features=False)
     ensemble = FoldEnsemble.from_run_record(rec, load_state)
     want = np.round(ensemble.grad_cam(images, size=CAM_SIZE) * 255).astype(np.uint8)
-    assert plan["batch_size"] == CAM_BATCH
     assert list(zip(rows.column(C.COL_SPLIT).to_pylist(), rows.column(C.COL_PATIENT_ID).to_pylist(),
                     rows.column("slice_index").to_pylist(), strict=True)) == keys
     got = np.stack([np.frombuffer(b, np.uint8).reshape(CAM_SIZE, CAM_SIZE) for b in rows.column("cam").to_pylist()])
@@ -298,17 +309,22 @@ def test_ray_data_class_activation_maps_are_the_ensembles_grad_cam_run_in_proces
     # batches end at file boundaries): a rare pixel rounds to the next of 255 levels, never more.
     diff = np.abs(got.astype(int) - want.astype(int))
     assert diff.max() <= 1 and (diff > 0).mean() < 1e-3
+    # the same pass scored every val / test / external slice's features, as without maps
+    predictions, n = _score_slices(scored, rec)
+    assert n == len(_eval_slices_in_lake_order(lake, rec, EVAL_SPLITS, features=True)[0])
+    alone, _ = _score_slices(_run_ensemble(lake, rec, cams=False, show_progress=False)[0], rec)
+    assert predictions.equals(alone)
 
 
 def test_the_score_record_holds_the_ray_data_plan_it_ran(evaluated_lake):
-    from pipelines.evaluate import CAM_BATCH, SCORE_BATCH_FEATURES
+    from pipelines.evaluate import SCORE_BATCH
 
     lake_dir, _, _ = evaluated_lake
     config = json.loads(catalog.query(Lake(lake_dir), "select config from runs where run_id = ? and kind = 'score'",
                                       ["ev"]).to_pylist()[-1]["config"])
-    assert config["ray_data"]["score"]["batch_size"] == SCORE_BATCH_FEATURES
-    assert config["ray_data"]["cams"]["batch_size"] == CAM_BATCH
-    assert config["ray_data"]["score"]["actors"] >= 1
+    assert config["ray_data"]["batch_size"] == SCORE_BATCH and config["ray_data"]["cams"] is True
+    assert config["ray_data"]["actors"] >= 1
+
 
 def test_predict_one_real_patient_with_the_lakes_run(evaluated_lake, tmp_path, capsys):
     from tests.conftest import SHARED

@@ -165,10 +165,17 @@ def test_interrupted_run_keeps_finished_folds(feature_lake, ray_local):
     assert not second.reused
 
 
-def test_finetune_mode_trains_the_last_stage_with_ddp(feature_lake, ray_local):
+@pytest.fixture(scope="module")
+def finetune_run(feature_lake, ray_local):
+    """Run "ft": two fine-tune folds of two DDP workers each, and the lines the driver printed."""
     lines: list[str] = []
     s = run_train(str(feature_lake), "ft", folds=2, mode="finetune", backbone=RANDOM18, workers=2,
                   head=HeadConfig(hidden=8, epochs=1, batch_size=16), show_progress=False, echo=lines.append)
+    return s, lines
+
+
+def test_finetune_mode_trains_the_last_stage_with_ddp(feature_lake, finetune_run):
+    s, lines = finetune_run
     assert any("2 worker(s) per fold (DDP)" in ln for ln in lines)
     assert any("folds: all 2 submitted, 1 fit now" in ln for ln in lines), lines  # 2 CPUs, a fold takes 2: one waits
     state = _final_state(s, 0)
@@ -181,6 +188,40 @@ def test_finetune_mode_trains_the_last_stage_with_ddp(feature_lake, ray_local):
     assert oof.num_rows == n_train
     rec = lake.read(C.TABLE_RUNS, filter=pc.field("run_id") == "ft").to_pylist()[0]
     assert rec["mode"] == "finetune" and "random weights" in rec["backbone_reason"]
+
+
+def test_a_finetune_runs_actors_score_every_eval_slice_and_map_the_test_and_external_ones(feature_lake, finetune_run):
+    from gbmmet.model.ensemble import FoldEnsemble
+    from pipelines.evaluate import (
+        CAM_SIZE,
+        CAM_SPLITS,
+        EVAL_SPLITS,
+        _cams,
+        _run_ensemble,
+        _score_slices,
+        train_run_record,
+    )
+    from pipelines.train import load_slice_images, load_state
+
+    lake = Lake(feature_lake).pinned()
+    rec = train_run_record(lake, "ft")
+    scored, _ = _run_ensemble(lake, rec, cams=True, show_progress=False)
+    predictions, n = _score_slices(scored, rec)
+    loaded = [load_slice_images(lake, split) for split in EVAL_SPLITS]
+    images = np.concatenate([x for _, x in loaded])
+    splits = np.concatenate([m.column(C.COL_SPLIT).to_numpy(zero_copy_only=False) for m, _ in loaded])
+    ensemble = FoldEnsemble.from_run_record(rec, load_state)
+    want = ensemble.predict_proba(images=images)
+    assert n == len(images)
+    for k in range(len(want)):
+        fold = predictions.filter(pc.field("model") == f"fold{k}")
+        np.testing.assert_allclose(fold.column("prob_gbm").to_numpy(), want[k], rtol=0, atol=1e-6)
+    maps = _cams(scored, rec)
+    mapped = np.isin(splits, CAM_SPLITS)
+    assert maps.num_rows == mapped.sum() and set(maps.column(C.COL_SPLIT).to_pylist()) <= set(CAM_SPLITS)
+    got = np.stack([np.frombuffer(b, np.uint8).reshape(CAM_SIZE, CAM_SIZE) for b in maps.column("cam").to_pylist()])
+    expected = np.round(ensemble.grad_cam(images[mapped], size=CAM_SIZE) * 255).astype(np.uint8)
+    assert np.abs(got.astype(int) - expected.astype(int)).max() <= 1
 
 
 def test_cli_train_errors_are_clear(feature_lake, tmp_path, capsys):
