@@ -148,6 +148,19 @@ def test_sequence_contrast_reads_the_channels_where_the_settings_put_them():
     assert out["a"] == pytest.approx(246.0)
 
 
+def test_contrast_from_slice_sums_made_in_separate_batches_is_the_contrast_of_all_slices_at_once(rng):
+    from gbmmet.ood import contrast_by_patient, contrast_sums
+
+    images = rng.integers(0, 256, (9, 3, 4, 4), dtype=np.uint8)
+    images[4, :, :2] = 0  # background in one slice: its pixel count differs from the others'
+    pids = ["a", "a", "b", "a", "b", "c", "c", "b", "a"]
+    channels = ("t1c", "t2", "t2")
+    parts = [contrast_sums(images[i:j], channels, RANGES) for i, j in ((0, 2), (2, 7), (7, 9))]
+    sums, pixels = (np.concatenate([p[k] for p in parts]) for k in (0, 1))
+    assert pixels[4] == 8 and pixels[0] == 16
+    assert contrast_by_patient(sums, pixels, pids) == pytest.approx(sequence_contrast(images, channels, RANGES, pids))
+
+
 def test_sequence_contrast_refuses_slices_without_both_sequences():
     with pytest.raises(ValueError, match="'t1c' channel"):
         sequence_contrast(np.zeros((1, 2, 1, 1), np.uint8), ("t2", "t2"), RANGES, ["a"])

@@ -43,10 +43,9 @@ LITE_MEAN = (127.0 / 255.0,) * 3
 LITE_STD = (128.0 / 255.0,) * 3
 
 #: Slices per forward pass on the CPU: small passes keep a layer's activations in the core's
-#: cache. Measured on the project's 2-core machine, one thread, per 64 slices of 224 x 224:
-#: EfficientNet-Lite0 1.1 s at 1-4 a pass against 1.5 s at 8 and 3.4 s at 64; ResNet-50 (per 32)
-#: 1.9 s at 2-8 against 2.8 s at 32 (bench/forward_batch.py measures it again). Results agree with
-#: larger passes to float32 rounding.
+#: cache. Measured by bench/forward_batch.py on the project's 2-core machine, one thread, CPU
+#: seconds per 64 slices of 224 x 224: EfficientNet-Lite0 1.0 at 4 a pass, 1.5 at 8, 2.9 at 64;
+#: ResNet-50 3.8 at 4, 4.6 at 8, 6.6 at 64. Outputs agree with one large pass to float32 rounding.
 CPU_FORWARD_BATCH = 4
 #: Slices per forward pass on a GPU, where large passes fill the device.
 GPU_FORWARD_BATCH = 64
