@@ -18,9 +18,11 @@ from pipelines.ray_runtime import VERBOSE_ENV
 from storage.lake import Lake
 
 # What Ray itself prints (its INFO lines; what its actors and workers print, prefixed with their
-# class and pid): none of it may reach a quiet run's terminal.
+# class and pid; Ray Data's plans, progress reports and warnings): none of it may reach a quiet
+# run's terminal.
 RAY_INTERNALS = ("INFO worker.py", "(TrainController", "(RayTrainWorker", "(PlacementGroupCleaner", "pid=",
-                 "Ray Train Controller", "worker group", "raylet", "[repeated")
+                 "Ray Train Controller", "worker group", "raylet", "[repeated", "streaming_executor",
+                 "logging_progress", "Execution plan", "MapBatches(", "DeprecationWarning", "UserWarning")
 
 
 @pytest.mark.slow
