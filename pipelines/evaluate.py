@@ -120,7 +120,7 @@ def score_run(lake, rec: dict, *, cams: bool = True, force: bool = False, show_p
         return fingerprint
     started = dt.datetime.now(dt.UTC)
     scored, plan = _run_ensemble(snap, rec, cams, show_progress)
-    predictions, n = _score_slices(scored, rec)
+    predictions, n = _score_slices(scored, rec, lake.uri)
     lake.replace(C.TABLE_SLICE_PREDICTIONS, predictions, {"run_id": run, C.COL_SPLIT: list(EVAL_SPLITS)})
     if cams:
         lake.replace(C.TABLE_CAMS, _cams(scored, rec), {"run_id": run})
@@ -319,7 +319,7 @@ def _run_ensemble(lake, rec: dict, cams: bool, show_progress: bool):
                       ("slice_index", "ascending")]).drop_columns(["_order"]), plan
 
 
-def _score_slices(t, rec: dict):
+def _score_slices(t, rec: dict, lake_uri: str = "the lake"):
     """The ``slice_predictions`` rows of run ``rec`` (each fold model and both ensembles) from the
     scored rows of ``_run_ensemble``'s table ``t``, and the number of slices.
 
@@ -333,7 +333,7 @@ def _score_slices(t, rec: dict):
     run, mode = rec["run_id"], rec["mode"]
     t = t.filter(pc.is_valid(t.column("probs"))) if t is not None else None
     if t is None or not t.num_rows:
-        raise ConfigError("nothing to evaluate in the lake: no val / test / external "
+        raise ConfigError(f"nothing to evaluate in {lake_uri}: no val / test / external "
                           + ("features" if mode == "frozen" else "slices") + f" for run {run}")
     flat = t.column("probs").combine_chunks()
     probs = flat.flatten().to_numpy().reshape(t.num_rows, flat.type.list_size).T  # (folds, N)

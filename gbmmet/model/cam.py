@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gbmmet.model.backbones import EFFNET_LITE0, BackboneInfo, to_network_input
+from gbmmet.model.backbones import CPU_FORWARD_BATCH, EFFNET_LITE0, BackboneInfo, to_network_input
 from gbmmet.model.head import CLASS_INDEX
 
 
@@ -52,7 +52,7 @@ def _maps_one_backbone(backbone, info, heads, x, class_index):
 
 
 def grad_cam(models, info: BackboneInfo, images_uint8, class_name: str | None = None,
-             batch_size: int = 4) -> np.ndarray:
+             batch_size: int = CPU_FORWARD_BATCH) -> np.ndarray:
     """Ensemble Grad-CAM of uint8 slices (N, 3, H, W) -> (N, H, W) float32 in [0, 1].
 
     ``models``: (backbone, head) per fold; folds sharing one backbone object run it once.
