@@ -49,7 +49,10 @@ class FeaturesSummary:
     seconds: float = 0.0
     commits: int = 0  # Delta commits of the features table this run made (one per batch)
     batch_size: int = 64  # slices per map_batches batch (an actor's call)
-    forward_batch: int = 0  # slices per forward pass of the backbone (backbones.forward_batch)
+    # slices per forward pass of the backbone, as the actors ran it (backbones.forward_batch of the
+    # device each had: 4 on the CPU, 64 on a GPU; an actor on a "GPU" torch cannot see runs on the
+    # CPU); the largest where actors differ, 0 where nothing was computed
+    forward_batch: int = 0
     workers: int = 0  # processes that computed features (Ray Data actors; 1: this process)
     model_loads: int = 0  # backbones those processes loaded (one each)
 
@@ -111,6 +114,7 @@ def _result_schema():
         pa.field("error", pa.string()),  # "Type: message"; null where it did not
         pa.field("worker", pa.string()),  # the Ray actor (or "local")
         pa.field("loads", pa.int64()),  # models that worker had loaded
+        pa.field("forward_batch", pa.int64()),  # slices per forward pass on that worker's device
     ])
 
 
@@ -146,6 +150,7 @@ class Embedder:
         import numpy as np
         import pyarrow as pa
 
+        from gbmmet.model.backbones import forward_batch
         from storage.codec import decode_images
 
         pids = batch.column(C.COL_PATIENT_ID).to_pylist()
@@ -189,6 +194,7 @@ class Embedder:
             "error": [errors.get(p) for p in parts],
             "worker": [self.worker] * len(parts),
             "loads": [_LOADS] * len(parts),
+            "forward_batch": [forward_batch(self.device)] * len(parts),
         }, schema=_result_schema())
 
     def _error(self, pid: str, part, what: str, exc: BaseException) -> str:
@@ -258,6 +264,7 @@ class _Collector:
         self.done: list[str] = []
         self.failed: dict[str, str] = {}
         self.loads: dict[str, int] = {}  # worker -> models it loaded
+        self.forward_batches: set[int] = set()  # slices per forward pass, as the workers ran them
 
     def add(self, table) -> None:
         from storage.lake import Staged
@@ -265,6 +272,7 @@ class _Collector:
         for r in table.to_pylist():
             pid = r[C.COL_PATIENT_ID]
             self.loads[r["worker"]] = max(self.loads.get(r["worker"], 0), r["loads"])
+            self.forward_batches.add(r["forward_batch"])
             self.got[pid] = self.got.get(pid, 0) + r["slices"]
             if r["error"] is not None:
                 self.errors.setdefault(pid, r["error"])
@@ -395,10 +403,7 @@ def run_features(lake_root: str, *, backbone: str = "auto", weights: str | None 
     name, path, reason = resolve(backbone, weights)
     weights_path = str(path) if path else None
     _, info = _model(name, weights_path, "cpu")  # fails early, names the weights
-    from gbmmet.model.backbones import forward_batch
-
-    summary = FeaturesSummary(backbone_id=info.id, reason=reason, batch_size=batch_size,
-                              forward_batch=forward_batch("cuda" if gpus else "cpu"))
+    summary = FeaturesSummary(backbone_id=info.id, reason=reason, batch_size=batch_size)
     todo, summary.skipped = _todo(snap, info.id)
     if not todo and not summary.skipped:
         raise ConfigError(f"no slices in the lake at {lake.uri}: run `gbmmet preprocess` first")
@@ -437,6 +442,7 @@ def run_features(lake_root: str, *, backbone: str = "auto", weights: str | None 
     summary.slices = sum(todo[p][2] for p in collector.done)
     summary.failed = dict(sorted(collector.failed.items()))
     summary.workers, summary.model_loads = len(collector.loads), sum(collector.loads.values())
+    summary.forward_batch = max(collector.forward_batches, default=0)
     maintenance.compact_small_on_cluster(lake, [C.TABLE_FEATURES])
     return summary
 

@@ -23,6 +23,7 @@ def features(lake: str, address: str) -> dict:
     s = run_features(lake, backbone=RANDOM18, address=address, gpus=1, show_progress=False)
     return {"computed": len(s.computed), "failed": s.failed, "slices": s.slices, "workers": s.workers,
             "model_loads": s.model_loads, "batch_size": s.batch_size,
+            "forward_batch": s.forward_batch,
             "cluster_gpus": ray.cluster_resources().get("GPU", 0)}
 
 

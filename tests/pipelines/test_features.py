@@ -17,7 +17,13 @@ import pyarrow.compute as pc
 import torch
 
 from gbmmet import constants as C
-from gbmmet.model.backbones import RANDOM18, load_backbone, to_network_input
+from gbmmet.model.backbones import (
+    CPU_FORWARD_BATCH,
+    GPU_FORWARD_BATCH,
+    RANDOM18,
+    load_backbone,
+    to_network_input,
+)
 from gbmmet.model.head import FullModel, Head
 from pipelines.features import run_features
 from pipelines.preprocess import BatchSettings
@@ -30,6 +36,7 @@ def test_features_are_cached_once_and_match_the_full_network(tiny_lake, ray_loca
     s = run_features(str(lake_dir), backbone=RANDOM18, show_progress=False)
     assert len(s.computed) == 20 and not s.failed and s.slices == pre.slices_written
     assert 1 <= s.workers == s.model_loads <= 2 and s.batch_size == 64  # one model per actor, an actor per CPU
+    assert s.forward_batch == CPU_FORWARD_BATCH
     lake = Lake(lake_dir)
     feats = lake.read(C.TABLE_FEATURES, filter=pc.field("backbone") == s.backbone_id)
     assert feats.num_rows == pre.slices_written
@@ -100,4 +107,6 @@ def test_on_a_gpu_node_the_backbone_is_loaded_once_per_actor_not_per_patient(tin
     said = json.loads(proc.stdout.strip().splitlines()[-1])
     assert said["cluster_gpus"] == 1 and said["computed"] == 20 and not said["failed"]
     assert said["workers"] == 1 and said["model_loads"] == 1  # one GPU: one actor, one load, for 20 patients
+    # where torch sees no GPU (this machine), the actor ran on the CPU, and the summary says so
+    assert said["forward_batch"] == (GPU_FORWARD_BATCH if torch.cuda.is_available() else CPU_FORWARD_BATCH)
     assert Lake(lake_dir).read(C.TABLE_FEATURES, columns=["slice_index"]).num_rows == tiny_lake[1].slices_written
