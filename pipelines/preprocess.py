@@ -43,7 +43,6 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
-import errno
 import hashlib
 import itertools
 import json
@@ -83,11 +82,6 @@ PATIENT_MEMORY = 1 << 30
 #: Retries of a preprocess task whose worker died or whose input read failed transiently
 #: (``TransientIOError``); without Ray (``workers=0``) a transient read is retried as often.
 TASK_MAX_RETRIES = 3
-#: Test hook: where this environment variable names a file that exists, the next input file a task
-#: opens (``input_hash``) fails once with EIO: the hook removes the file first, so exactly one read
-#: fails whichever process reads (a Ray worker inherits the variable where it was set before Ray
-#: started). Only the tests set it (tests/pipelines/test_preprocess_io.py).
-FAULT_EIO_ONCE_ENV = "GBMMET_FAULT_EIO_ONCE"
 
 
 @dataclass(frozen=True)
@@ -183,17 +177,6 @@ def file_digest(path: str | Path) -> str:
     return f.hexdigest()
 
 
-def _injected_fault(path: str) -> None:
-    """The ``FAULT_EIO_ONCE_ENV`` test hook: an EIO once, where its file exists (and is removed here)."""
-    marker = os.environ.get(FAULT_EIO_ONCE_ENV)
-    if marker:
-        try:
-            os.remove(marker)
-        except FileNotFoundError:
-            return
-        raise OSError(errno.EIO, f"Input/output error (injected by {FAULT_EIO_ONCE_ENV})", path)
-
-
 def _read_error(exc: OSError, entry: PatientEntry, col: str, path: str) -> Exception:
     """The error of a failed input read: ``TransientIOError`` where its errno may clear (the task
     is retried), else the patient's own error: ``MissingFileError`` (ENOENT), ``ImageFileError``."""
@@ -222,7 +205,6 @@ def input_hash(entry: PatientEntry) -> str:
     for col, p in _input_files(entry):
         h.update(b"\x00file\x00")
         try:
-            _injected_fault(p)
             _hash_path((h,), Path(p))
         except OSError as exc:
             raise _read_error(exc, entry, col, p) from exc

@@ -5,9 +5,11 @@ flight, and a task retries a transient read error while a missing file fails its
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
-import tempfile
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +20,6 @@ from gbmmet.errors import TransientIOError
 from gbmmet.manifest import load_manifests
 from gbmmet.pseudonym import pseudonymise
 from pipelines.preprocess import (
-    FAULT_EIO_ONCE_ENV,
     PatientJob,
     _plan,
     input_hash,
@@ -28,20 +29,18 @@ from pipelines.preprocess import (
     size_collisions,
 )
 from storage.lake import Lake
+from tests import eio_once
 from tests.pipelines.test_preprocess import _small_site
 
-# The fault hook's file: set before Ray starts (at collection), so that Ray's workers inherit it.
-# It names no file until a test makes one, and then only one read fails.
-EIO_ONCE = Path(tempfile.gettempdir()) / f"gbmmet-eio-once-{os.getpid()}"
-os.environ[FAULT_EIO_ONCE_ENV] = str(EIO_ONCE)
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
-def eio_once():
-    """Arms the fault hook: the next input read of a task fails once with EIO."""
-    EIO_ONCE.write_text("")
-    yield EIO_ONCE
-    EIO_ONCE.unlink(missing_ok=True)
+def eio_marker(tmp_path):
+    """The marker of ``tests.eio_once.fail_once``: while it exists, the next input read fails with EIO."""
+    marker = tmp_path / "eio-once"
+    marker.write_text("")
+    return marker
 
 
 def _entries(manifest: Path):
@@ -143,18 +142,38 @@ def test_an_impossible_window_is_refused_before_any_work(tmp_path):
 
 
 # -- transient and permanent read errors -----------------------------------------------------------
-@pytest.mark.parametrize("workers", [0, None], ids=["in-process", "ray"])
-def test_a_read_failing_once_with_eio_is_retried_and_the_patient_ends_ok(tiny_cohort, tmp_path, ray_local,
-                                                                        fast_params, eio_once, workers):
+def test_a_read_failing_once_with_eio_is_retried_in_process_and_the_patient_ends_ok(tiny_cohort, tmp_path,
+                                                                                   fast_params, eio_marker,
+                                                                                   monkeypatch):
+    import pipelines.preprocess as pre
+
     manifest = _small_site(tiny_cohort, tmp_path, 1)
-    lake_dir = tmp_path / "lake"
-    summary = run_preprocess([manifest], lake_dir, params=fast_params, workers=workers, show_progress=False,
-                             qc=False)
-    assert not eio_once.exists()  # the fault fired
     (entry,) = _entries(manifest)
+    expected_hash = input_hash(entry)
+    monkeypatch.setattr(pre, "_hash_path", eio_once.fail_once(pre._hash_path, eio_marker))
+    lake_dir = tmp_path / "lake"
+    summary = run_preprocess([manifest], lake_dir, params=fast_params, workers=0, show_progress=False, qc=False)
+    assert not eio_marker.exists()  # the fault fired
     assert summary.ok == [entry.patient_id] and not summary.failed
     (run,) = _runs(lake_dir)  # the failed read left no attempt behind: it was retried, not recorded
-    assert run["status"] == "ok" and run["input_hash"] == input_hash(entry)
+    assert run["status"] == "ok" and run["input_hash"] == expected_hash
+
+
+def test_a_read_failing_once_with_eio_in_a_ray_task_is_retried_by_ray_and_the_patient_ends_ok(tiny_cohort,
+                                                                                             tmp_path, eio_marker):
+    manifest = _small_site(tiny_cohort, tmp_path, 1)
+    # PYTHONPATH: Ray's workers import the hook's module (tests/ is not installed, as gbmmet is)
+    env = {**os.environ, "RAY_RUNTIME_ENV_HOOK": "tests.eio_once.add_setup_hook", eio_once.MARKER_ENV: str(eio_marker),
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    proc = subprocess.run([sys.executable, "-m", "tests.eio_once", str(manifest), str(tmp_path / "lake")], cwd=ROOT,
+                          env=env, capture_output=True, text=True, encoding="utf-8", timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    said = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert not eio_marker.exists()  # the fault fired, in a Ray worker
+    (entry,) = _entries(manifest)
+    assert said["ok"] == [entry.patient_id] and not said["failed"]
+    # the failed read left no attempt behind: Ray retried the task, nothing was recorded
+    assert said["runs"] == [{"status": "ok", "input_hash": input_hash(entry)}]
 
 
 def test_a_file_that_keeps_failing_with_eio_fails_its_patient_after_the_retries_alone(tiny_cohort, tmp_path,
