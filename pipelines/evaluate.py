@@ -123,7 +123,7 @@ def score_run(lake, rec: dict, *, cams: bool = True, force: bool = False, show_p
     predictions, n = _score_slices(scored, rec, lake.uri)
     lake.replace(C.TABLE_SLICE_PREDICTIONS, predictions, {"run_id": run, C.COL_SPLIT: list(EVAL_SPLITS)})
     if cams:
-        lake.replace(C.TABLE_CAMS, _cams(scored, rec), {"run_id": run})
+        _commit_cams(lake, run, _cam_files(scored))
     lake.replace(C.TABLE_RUNS, pa.Table.from_pylist([{
         "run_id": run, "kind": "score", "mode": rec["mode"], "backbone_id": rec["backbone_id"],
         "config": json.dumps({"fingerprint": fingerprint, "cams": cams, "ray_data": plan}), "started_at": started,
@@ -154,23 +154,29 @@ SCORE_BATCH = 64
 class EnsembleActor:
     """Ray Data actor (``map_batches``): run ``rec``'s fold ensemble (``FoldEnsemble``), built once
     per actor, on batches of slices: every row scored (``probs``: P(GBM) by every fold model, fold
-    order) and, where ``cams``, the Grad-CAM of each test and external slice (``cam``:
-    ``CAM_SIZE`` square, uint8 bytes, as the ``cams`` table stores it).
+    order) and, where ``cams``, the Grad-CAM of each test and external slice, staged by the actor
+    as a data file of the ``cams`` table in the lake at ``lake_root`` (``_cam_rows``): the maps'
+    bytes never pass through the driver, which gets the file's ``Staged`` record and commits it.
 
     Rows hold ``vector`` (frozen mode: the stored backbone features, scored by the heads) or
     ``image`` / ``channels`` / ``height`` / ``width`` (slices: scored in fine-tune mode, mapped
     where ``cams``); a batch may hold both kinds (``_scoring_dataset`` unites them). Output: the
-    key columns, ``probs`` (null where not scored) and ``cam`` (null where not mapped)."""
+    key columns, ``probs`` (null where not scored), ``mapped`` (whether a map was made) and
+    ``cams_file`` (``storage.lake.Staged`` as JSON, on the first row of a batch that made maps)."""
 
-    def __init__(self, rec: dict, cams: bool):
+    def __init__(self, rec: dict, cams: bool, lake_root: str | None = None):
         import torch  # noqa: F401 - imported before match_threads_to_task, which limits it only if loaded
 
         from gbmmet.model.ensemble import FoldEnsemble
         from pipelines.ray_runtime import match_threads_to_task
         from pipelines.train import load_state
+        from storage.lake import Lake
 
         match_threads_to_task()
-        self.frozen, self.cams = rec["mode"] == "frozen", cams
+        if cams and lake_root is None:
+            raise ValueError("EnsembleActor: maps are staged in the lake; lake_root is needed where cams")
+        self.frozen, self.cams, self.run = rec["mode"] == "frozen", cams, rec["run_id"]
+        self.lake = Lake(lake_root) if cams else None
         self.ensemble = FoldEnsemble.from_run_record(rec, load_state, features_only=self.frozen and not cams)
 
     def __call__(self, batch):
@@ -190,28 +196,30 @@ class EnsembleActor:
         return pa.concat_tables(parts) if parts else _actor_schema(self.ensemble.n_folds).empty_table()
 
     def _images(self, rows):
+        from dataclasses import asdict
+
         from storage.codec import decode_images
 
         images = decode_images(rows)
         probs = None if self.frozen else self.ensemble.predict_proba(images=images)
-        maps = None
+        wanted, staged = np.zeros(rows.num_rows, bool), None
         if self.cams:
             wanted = np.isin(np.asarray(rows.column(C.COL_SPLIT).to_pylist(), dtype=object), CAM_SPLITS)
-            maps = [None] * rows.num_rows
             if wanted.any():
                 made = np.round(self.ensemble.grad_cam(images[wanted], size=CAM_SIZE) * 255).astype(np.uint8)
-                for i, m in zip(np.flatnonzero(wanted), made, strict=True):
-                    maps[i] = m.tobytes()
-        return self._rows(rows, probs, maps)
+                mapped = rows.filter(wanted)
+                staged = json.dumps(asdict(self.lake.stage(C.TABLE_CAMS, _cam_rows(self.run, mapped, made))))
+        return self._rows(rows, probs, wanted, staged)
 
-    def _rows(self, rows, probs, maps):
+    def _rows(self, rows, probs, mapped=None, staged: str | None = None):
         import pyarrow as pa
 
         schema = _actor_schema(self.ensemble.n_folds)
         n = rows.num_rows
         return pa.table({**{c: rows.column(c) for c in SLICE_KEYS},
                          "probs": _fold_lists(probs) if probs is not None else pa.nulls(n, schema.field("probs").type),
-                         "cam": pa.array(maps if maps is not None else [None] * n, pa.binary())}, schema=schema)
+                         "mapped": pa.array(mapped if mapped is not None else np.zeros(n, bool), pa.bool_()),
+                         "cams_file": pa.array([staged] + [None] * (n - 1), pa.string())}, schema=schema)
 
 
 def _actor_schema(folds: int):
@@ -219,7 +227,20 @@ def _actor_schema(folds: int):
 
     return pa.schema([pa.field(C.COL_PATIENT_ID, pa.string()), pa.field(C.COL_SITE, pa.string()),
                       pa.field(C.COL_SPLIT, pa.string()), pa.field("slice_index", pa.int32()),
-                      pa.field("probs", pa.list_(pa.float32(), folds)), pa.field("cam", pa.binary())])
+                      pa.field("probs", pa.list_(pa.float32(), folds)), pa.field("mapped", pa.bool_()),
+                      pa.field("cams_file", pa.string())])
+
+
+def _cam_rows(run: str, keys, maps: np.ndarray):
+    """The ``cams`` rows of run ``run``: the key columns of ``keys`` (a table) and ``maps``
+    ((N, CAM_SIZE, CAM_SIZE) uint8, 0..255 for 0..1), one row per slice."""
+    import pyarrow as pa
+
+    n = keys.num_rows
+    return pa.table({
+        "run_id": pa.array([run] * n, pa.string()), **{c: keys.column(c) for c in SLICE_KEYS},
+        "height": pa.array([CAM_SIZE] * n, pa.int16()), "width": pa.array([CAM_SIZE] * n, pa.int16()),
+        "cam": pa.array([m.tobytes() for m in maps], pa.binary())})
 
 
 def _fold_lists(probs: np.ndarray):
@@ -301,7 +322,7 @@ def _run_ensemble(lake, rec: dict, cams: bool, show_progress: bool):
     # max_restarts=0: Ray Data's default (restart for ever) makes Ray log an error line on the
     # console for each actor (its constructor arguments live in the object store); a lost actor
     # fails the scoring instead, which a re-run does again.
-    out = ds.map_batches(EnsembleActor, fn_constructor_args=(rec, cams), batch_size=SCORE_BATCH,
+    out = ds.map_batches(EnsembleActor, fn_constructor_args=(rec, cams, lake.uri), batch_size=SCORE_BATCH,
                          batch_format="pyarrow", num_cpus=plan["num_cpus"], max_restarts=0,
                          compute=ray.data.ActorPoolStrategy(size=plan["actors"], max_tasks_in_flight_per_actor=1))
     try:
@@ -349,19 +370,25 @@ def _score_slices(t, rec: dict, lake_uri: str = "the lake"):
     return pa.concat_tables(tables), t.num_rows
 
 
-def _cams(t, rec: dict):
-    """The ``cams`` rows of run ``rec``: the mapped rows of ``_run_ensemble``'s table ``t`` (the
-    ensemble's Grad-CAM of every test and external slice)."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
+def _cam_files(t) -> list:
+    """The ``cams`` data files the actors staged (``storage.lake.Staged``), from
+    ``_run_ensemble``'s table ``t``."""
+    from storage.lake import Staged
 
-    run = rec["run_id"]
-    t = t.filter(pc.is_valid(t.column("cam"))) if t is not None else _actor_schema(1).empty_table()
-    n = t.num_rows
-    return pa.table({
-        "run_id": pa.array([run] * n, pa.string()), **{c: t.column(c) for c in SLICE_KEYS},
-        "height": pa.array([CAM_SIZE] * n, pa.int16()), "width": pa.array([CAM_SIZE] * n, pa.int16()),
-        "cam": t.column("cam")})
+    if t is None:
+        return []
+    return [Staged(**json.loads(x)) for x in t.column("cams_file").to_pylist() if x is not None]
+
+
+def _commit_cams(lake, run: str, staged: list) -> None:
+    """Run ``run``'s maps in the ``cams`` table: the ``staged`` files in one commit that removes
+    the run's earlier maps (none staged: those removed). Where the run had maps (a re-scoring),
+    ``Lake.commit`` rewrites the new files' rows in that commit, so only then do the maps pass
+    through this process."""
+    if staged:
+        lake.commit(C.TABLE_CAMS, staged, where={"run_id": run})
+    else:
+        lake.delete(C.TABLE_CAMS, {"run_id": run})
 
 
 # ---------------------------------------------------------------------------------------------

@@ -255,6 +255,22 @@ def _eval_slices_in_lake_order(lake, rec, splits, features: bool):
     return keys, np.concatenate([x for _, x in loaded])
 
 
+def staged_maps(lake, scored):
+    """The maps the scoring actors staged in the lake (not yet committed), as ``_run_ensemble``
+    orders slices: their (split, patient, slice) keys and (N, CAM_SIZE, CAM_SIZE) uint8 maps."""
+    import pyarrow.parquet as pq
+
+    from pipelines.evaluate import CAM_SIZE, EVAL_SPLITS, _cam_files
+
+    t = pa.concat_tables([pq.read_table(lake.path(C.TABLE_CAMS, f.path), filesystem=lake.fs)
+                          for f in _cam_files(scored)])
+    rows = t.to_pylist()
+    order = {s: i for i, s in enumerate(EVAL_SPLITS)}
+    rows.sort(key=lambda r: (order[r[C.COL_SPLIT]], r[C.COL_PATIENT_ID], r["slice_index"]))
+    keys = [(r[C.COL_SPLIT], r[C.COL_PATIENT_ID], r["slice_index"]) for r in rows]
+    return keys, np.stack([np.frombuffer(r["cam"], np.uint8).reshape(CAM_SIZE, CAM_SIZE) for r in rows])
+
+
 def test_ray_data_scoring_gives_exactly_the_probabilities_of_the_ensemble_run_in_process(trained_lake):
     from gbmmet.model.ensemble import FoldEnsemble
     from pipelines.evaluate import (
@@ -287,7 +303,6 @@ def test_one_actor_pool_scores_the_features_and_maps_the_slices_as_the_ensemble_
         CAM_SIZE,
         CAM_SPLITS,
         EVAL_SPLITS,
-        _cams,
         _run_ensemble,
         _score_slices,
         train_run_record,
@@ -298,13 +313,11 @@ def test_one_actor_pool_scores_the_features_and_maps_the_slices_as_the_ensemble_
     rec = train_run_record(lake, "ev")
     scored, plan = _run_ensemble(lake, rec, cams=True, show_progress=False)
     assert plan["cams"] and plan["actors"] >= 1
-    rows = _cams(scored, rec)
+    got_keys, got = staged_maps(lake, scored)
     keys, images = _eval_slices_in_lake_order(lake, rec, CAM_SPLITS, features=False)
     ensemble = FoldEnsemble.from_run_record(rec, load_state)
     want = np.round(ensemble.grad_cam(images, size=CAM_SIZE) * 255).astype(np.uint8)
-    assert list(zip(rows.column(C.COL_SPLIT).to_pylist(), rows.column(C.COL_PATIENT_ID).to_pylist(),
-                    rows.column("slice_index").to_pylist(), strict=True)) == keys
-    got = np.stack([np.frombuffer(b, np.uint8).reshape(CAM_SIZE, CAM_SIZE) for b in rows.column("cam").to_pylist()])
+    assert got_keys == keys
     # Grad-CAM's float sums change in their last bits with the batch a slice runs in (the actors'
     # batches end at file boundaries): a rare pixel rounds to the next of 255 levels, never more.
     diff = np.abs(got.astype(int) - want.astype(int))
@@ -314,6 +327,39 @@ def test_one_actor_pool_scores_the_features_and_maps_the_slices_as_the_ensemble_
     assert n == len(_eval_slices_in_lake_order(lake, rec, EVAL_SPLITS, features=True)[0])
     alone, _ = _score_slices(_run_ensemble(lake, rec, cams=False, show_progress=False)[0], rec)
     assert predictions.equals(alone)
+
+
+def test_the_maps_reach_the_lake_from_the_actors_and_the_driver_gets_only_their_file_records(trained_lake):
+    from pipelines.evaluate import CAM_SIZE, _cam_files, _run_ensemble, train_run_record
+
+    lake = Lake(trained_lake[0]).pinned()
+    rec = train_run_record(lake, "ev")
+    scored, _ = _run_ensemble(lake, rec, cams=True, show_progress=False)
+    mapped = pc.sum(scored.column("mapped")).as_py()
+    files = _cam_files(scored)
+    assert mapped > 0 and sum(f.rows for f in files) == mapped and "cam" not in scored.column_names
+    # what came back to the driver weighs less than a tenth of the maps it stands for
+    assert scored.nbytes < mapped * CAM_SIZE * CAM_SIZE / 10
+
+
+def test_scoring_a_run_again_replaces_its_maps_in_one_commit(trained_lake, tmp_path):
+    from pipelines.evaluate import score_run, train_run_record
+
+    lake = Lake(shutil.copytree(trained_lake[0], tmp_path / "lake"))
+    rec = train_run_record(lake, "ev")
+    score_run(lake, rec, force=True, show_progress=False, echo=lambda *_: None)
+    before = lake.version(C.TABLE_CAMS)
+    first = lake.read(C.TABLE_CAMS, filter=pc.field("run_id") == "ev")
+    score_run(lake, rec, force=True, show_progress=False, echo=lambda *_: None)
+    again = lake.read(C.TABLE_CAMS, filter=pc.field("run_id") == "ev")
+    # the very next version holds the whole new set: the old maps went out as the new came in
+    # (later versions may be compaction's)
+    next_version = lake.at({C.TABLE_CAMS: before + 1}).read(C.TABLE_CAMS, filter=pc.field("run_id") == "ev")
+    assert next_version.num_rows == first.num_rows
+    key = [C.COL_SPLIT, C.COL_PATIENT_ID, "slice_index"]
+    assert again.num_rows == first.num_rows > 0
+    assert again.select(key).sort_by([(k, "ascending") for k in key]).equals(
+        first.select(key).sort_by([(k, "ascending") for k in key]))
 
 
 def test_the_score_record_holds_the_ray_data_plan_it_ran(evaluated_lake):

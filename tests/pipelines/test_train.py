@@ -28,6 +28,7 @@ from pipelines.features import run_features
 from pipelines.train import DONE_FILE, STATE_FILE, fold_room, fold_rows, run_train, worker_device
 from storage import catalog
 from storage.lake import Lake
+from tests.pipelines.test_evaluate import staged_maps
 
 
 @pytest.fixture(scope="module")
@@ -196,7 +197,6 @@ def test_a_finetune_runs_actors_score_every_eval_slice_and_map_the_test_and_exte
         CAM_SIZE,
         CAM_SPLITS,
         EVAL_SPLITS,
-        _cams,
         _run_ensemble,
         _score_slices,
         train_run_record,
@@ -216,10 +216,9 @@ def test_a_finetune_runs_actors_score_every_eval_slice_and_map_the_test_and_exte
     for k in range(len(want)):
         fold = predictions.filter(pc.field("model") == f"fold{k}")
         np.testing.assert_allclose(fold.column("prob_gbm").to_numpy(), want[k], rtol=0, atol=1e-6)
-    maps = _cams(scored, rec)
+    keys, got = staged_maps(lake, scored)
     mapped = np.isin(splits, CAM_SPLITS)
-    assert maps.num_rows == mapped.sum() and set(maps.column(C.COL_SPLIT).to_pylist()) <= set(CAM_SPLITS)
-    got = np.stack([np.frombuffer(b, np.uint8).reshape(CAM_SIZE, CAM_SIZE) for b in maps.column("cam").to_pylist()])
+    assert len(keys) == mapped.sum() and {k[0] for k in keys} <= set(CAM_SPLITS)
     expected = np.round(ensemble.grad_cam(images[mapped], size=CAM_SIZE) * 255).astype(np.uint8)
     assert np.abs(got.astype(int) - expected.astype(int)).max() <= 1
 
