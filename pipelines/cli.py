@@ -34,6 +34,9 @@ AddressOpt = Annotated[str | None, typer.Option(help="Ray cluster address (defau
 VerboseOpt = Annotated[bool, typer.Option("--verbose", help="Show Ray's own logs (its workers', Ray Train's) here; "
                                                              "by default they go to Ray's log folder, named at the end.")]
 
+# Options shared by `features` and `evaluate`, declared once.
+GpusOpt = Annotated[float, typer.Option(help="GPUs per model copy: one Ray Data actor per that many GPUs of the "
+                                             "cluster (0: CPU actors, one per CPU).")]
 # Options shared by `evaluate` and `run`, declared once.
 ResamplesOpt = Annotated[int, typer.Option(help="Resamples per confidence interval (the paper: 1000).")]
 CiOpt = Annotated[str, typer.Option(help="CI shown in the printed table: bootstrap_bca (default: stratified "
@@ -225,7 +228,7 @@ def features(
     address: AddressOpt = None,
     verbose: VerboseOpt = False,
     workers: Annotated[int | None, typer.Option(help="CPUs of the local Ray (default: all); 0 runs in this process.")] = None,
-    gpus: Annotated[float, typer.Option(help="GPUs per task (0 on CPU machines).")] = 0.0,
+    gpus: GpusOpt = 0.0,
     batch_size: Annotated[int, typer.Option(help="Slices per forward pass.")] = 64,
     commit_every: CommitPatientsOpt = 32,
     commit_seconds: CommitSecondsOpt = 30.0,
@@ -294,6 +297,7 @@ def evaluate(
     margin: MarginOpt = DEFAULT_MARGIN,
     force: Annotated[bool, typer.Option("--force", help="Evaluate again even where an evaluation of the same inputs exists.")] = False,
     cams: Annotated[bool, typer.Option("--cams/--no-cams", help="Grad-CAM of every test and external slice into the lake.")] = True,
+    gpus: GpusOpt = 0.0,
     address: AddressOpt = None,
     verbose: VerboseOpt = False,
 ) -> None:
@@ -302,7 +306,8 @@ def evaluate(
     from pipelines.evaluate import run_evaluate
 
     settings = _settings(resamples, seed, primary, margin)
-    s = run_evaluate(lake, run, settings=settings, address=address, force=force, cams=cams, echo=typer.echo)
+    s = run_evaluate(lake, run, settings=settings, address=address, force=force, cams=cams, gpus=gpus,
+                     echo=typer.echo)
     typer.echo(f"evaluate {s.run_id}: {s.patients} patients, {s.slices} slices scored; cutoffs "
                + ", ".join(f"{k} {v:.3f}" for k, v in s.cutoffs.items())
                + f"; {s.metrics_rows} metric rows, {s.differences_rows} paired differences; {s.seconds:.0f} s")

@@ -101,9 +101,10 @@ def _record(lake, run: str, kind: str) -> dict | None:
 # 1. scoring
 # ---------------------------------------------------------------------------------------------
 def score_run(lake, rec: dict, *, cams: bool = True, force: bool = False, show_progress: bool = True,
-              echo=print) -> str:
+              gpus: float = 0.0, echo=print) -> str:
     """Slice predictions (and CAMs) of run ``rec`` into the lake; reused while the run, the slices
-    and ``cams`` are unchanged. Returns the scoring fingerprint.
+    and ``cams`` are unchanged. ``gpus``: GPUs per ensemble actor (0: CPU actors, one per CPU).
+    Returns the scoring fingerprint.
 
     Reads the lake as it is when scoring starts (``lake.pinned()``); the ``score`` record holds
     those versions (``lake_versions``)."""
@@ -119,7 +120,7 @@ def score_run(lake, rec: dict, *, cams: bool = True, force: bool = False, show_p
         echo(f"score {run}: slices already scored by this run; reusing it")
         return fingerprint
     started = dt.datetime.now(dt.UTC)
-    scored, plan = _run_ensemble(snap, rec, cams, show_progress)
+    scored, plan = _run_ensemble(snap, rec, cams, show_progress, gpus)
     predictions, n = _score_slices(scored, rec, lake.uri)
     lake.replace(C.TABLE_SLICE_PREDICTIONS, predictions, {"run_id": run, C.COL_SPLIT: list(EVAL_SPLITS)})
     if cams:
@@ -165,7 +166,7 @@ class EnsembleActor:
     ``cams_file`` (``storage.lake.Staged`` as JSON, on the first row of a batch that made maps)."""
 
     def __init__(self, rec: dict, cams: bool, lake_root: str | None = None):
-        import torch  # noqa: F401 - imported before match_threads_to_task, which limits it only if loaded
+        import torch  # imported before match_threads_to_task, which limits it only if loaded
 
         from gbmmet.model.ensemble import FoldEnsemble
         from pipelines.ray_runtime import match_threads_to_task
@@ -178,6 +179,9 @@ class EnsembleActor:
         self.frozen, self.cams, self.run = rec["mode"] == "frozen", cams, rec["run_id"]
         self.lake = Lake(lake_root) if cams else None
         self.ensemble = FoldEnsemble.from_run_record(rec, load_state, features_only=self.frozen and not cams)
+        # a GPU Ray gave this actor is one torch sees; a "GPU" it cannot see (a node declaring one
+        # it lacks, as in the tests) leaves the actor on the CPU
+        self.ensemble.to("cuda" if torch.cuda.is_available() else "cpu")
 
     def __call__(self, batch):
         import pyarrow as pa
@@ -286,12 +290,15 @@ def _scoring_dataset(lake, rec: dict, cams: bool):
     return ds if images is None else ds.union(images)
 
 
-def _actors(n_rows: int, batch_size: int) -> int:
-    """Ensemble actors for ``n_rows`` slices: one per CPU of the cluster, no more than batches."""
+def _actors(n_rows: int, batch_size: int, gpus: float = 0.0) -> int:
+    """Ensemble actors for ``n_rows`` slices: one per CPU of the cluster, or where ``gpus``, one
+    per ``gpus`` GPUs (none yet, as where an autoscaler is to bring them: one, which waits); no
+    more than there are batches."""
     import ray
 
-    cpus = int(ray.cluster_resources().get("CPU", 1))
-    return max(1, min(cpus, -(-n_rows // batch_size)))
+    resources = ray.cluster_resources()
+    room = int(resources.get("GPU", 0) // gpus) if gpus > 0 else int(resources.get("CPU", 1))
+    return max(1, min(room, -(-n_rows // batch_size)))
 
 
 def _n_slices(lake, splits) -> int:
@@ -302,19 +309,20 @@ def _n_slices(lake, splits) -> int:
     return int(pc.sum(t.column("n_slices")).as_py() or 0)
 
 
-def _run_ensemble(lake, rec: dict, cams: bool, show_progress: bool):
+def _run_ensemble(lake, rec: dict, cams: bool, show_progress: bool, gpus: float = 0.0):
     """One pool of ``EnsembleActor`` over ``_scoring_dataset``: its output rows sorted as the
     lake's reads are (split in ``EVAL_SPLITS`` order, patient, slice; in frozen mode a mapped slice
-    has a row of its own beside its scored features), and the plan (batch size, actors) used."""
+    has a row of its own beside its scored features), and the plan (batch size, actors, the
+    resources each asked for) used. ``gpus``: GPUs per actor (0: CPU actors)."""
     import pyarrow as pa
     import ray
     import ray.data
 
-    plan = {"batch_size": SCORE_BATCH, "actors": 0, "num_cpus": 1, "cams": cams}
+    plan = {"batch_size": SCORE_BATCH, "actors": 0, "num_cpus": 1, "num_gpus": gpus, "cams": cams}
     ds = _scoring_dataset(lake, rec, cams)
     if ds is None:
         return None, plan
-    plan["actors"] = _actors(_n_slices(lake, EVAL_SPLITS), SCORE_BATCH)
+    plan["actors"] = _actors(_n_slices(lake, EVAL_SPLITS), SCORE_BATCH, gpus)
     ray.data.DataContext.get_current().enable_progress_bars = show_progress
     from pipelines.ray_runtime import quiet_ray_data
 
@@ -324,6 +332,7 @@ def _run_ensemble(lake, rec: dict, cams: bool, show_progress: bool):
     # fails the scoring instead, which a re-run does again.
     out = ds.map_batches(EnsembleActor, fn_constructor_args=(rec, cams, lake.uri), batch_size=SCORE_BATCH,
                          batch_format="pyarrow", num_cpus=plan["num_cpus"], max_restarts=0,
+                         **({"num_gpus": gpus} if gpus else {}),
                          compute=ray.data.ActorPoolStrategy(size=plan["actors"], max_tasks_in_flight_per_actor=1))
     try:
         parts = [t for t in ray.get(out.to_arrow_refs()) if t.num_rows]
@@ -569,8 +578,9 @@ def _fingerprint(lake, rec: dict, reads: list[dict], settings: EvaluationSetting
 def run_evaluate(lake_root: str, run: str | None = None, *, settings: EvaluationSettings | None = None,
                  address: str | None = None, workers: int | None = None, show_progress: bool = True,
                  force: bool = False, cams: bool = True, predictions_only: bool = False,
-                 echo=print) -> EvaluateSummary:
+                 gpus: float = 0.0, echo=print) -> EvaluateSummary:
     """Evaluate train run ``run`` (default: the lake's latest) and write the evaluation tables.
+    ``gpus``: GPUs per ensemble actor of the scoring (0: CPU actors).
 
     An evaluation of the same run, reads, slices and settings is reused unless ``force``.
     ``predictions_only``: stop after ``patient_predictions`` (what simulated assisted readers
@@ -583,12 +593,16 @@ def run_evaluate(lake_root: str, run: str | None = None, *, settings: Evaluation
     from storage.lake import Lake
 
     settings = settings or EvaluationSettings()
+    if gpus < 0:
+        from gbmmet.errors import ConfigError
+
+        raise ConfigError(f"The 'gpus' parameter must be >= 0. Got {gpus!r} instead.")
     t0 = time.perf_counter()
     lake = Lake(lake_root)
     rec = train_run_record(lake, run)
     run = rec["run_id"]
     init_ray(address=address, num_cpus=workers, shared=(lake_root,))
-    scoring = score_run(lake, rec, cams=cams, force=force, show_progress=show_progress, echo=echo)
+    scoring = score_run(lake, rec, cams=cams, force=force, show_progress=show_progress, gpus=gpus, echo=echo)
     snap = lake.pinned()  # what the evaluation reads (the slices scored): its record holds these versions
     reads = _reads_for(snap, run)
     fingerprint = _fingerprint(snap, rec, reads, settings, scoring)

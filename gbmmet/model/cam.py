@@ -41,7 +41,7 @@ def _maps_one_backbone(backbone, info, heads, x, class_index):
             maps = []
             for head in heads:
                 logits = head(feats)
-                idx = logits.argmax(1) if class_index is None else torch.full((len(x),), class_index)
+                idx = logits.argmax(1) if class_index is None else torch.full((len(x),), class_index, device=x.device)
                 logit = logits.gather(1, idx[:, None])[:, 0]
                 (grad,) = torch.autograd.grad(logit.sum(), acts["a"], retain_graph=True)
                 weights = grad.mean(dim=(2, 3), keepdim=True)
@@ -58,7 +58,8 @@ def grad_cam(models, info: BackboneInfo, images_uint8, class_name: str | None = 
     ``models``: (backbone, head) per fold; folds sharing one backbone object run it once.
     ``class_name``: the class whose logit is explained (``GBM`` / ``MET``); default: each fold
     model's own call on the slice (the evidence for what it decided). ``batch_size``: slices per
-    forward pass (``backbones.forward_batch``).
+    forward pass (``backbones.forward_batch``). Runs where the models' weights are (a GPU, after
+    ``FoldEnsemble.to``); the maps come back to the CPU.
     """
     images = torch.as_tensor(np.array(images_uint8))  # a copy: arrays from Ray are read-only
     n, _, height, width = images.shape
@@ -68,7 +69,7 @@ def grad_cam(models, info: BackboneInfo, images_uint8, class_name: str | None = 
         groups.setdefault(id(backbone), (backbone, []))[1].append(head.eval())
     out = np.zeros((n, height, width), np.float32)
     for start in range(0, n, batch_size):
-        x = to_network_input(images[start:start + batch_size], info)
+        x = to_network_input(images[start:start + batch_size].to(_device(models)), info)
         total = None
         for backbone, heads in groups.values():
             backbone.eval()
@@ -79,7 +80,14 @@ def grad_cam(models, info: BackboneInfo, images_uint8, class_name: str | None = 
         flat = cam.flatten(1)
         lo, hi = flat.min(1).values[:, None, None], flat.max(1).values[:, None, None]
         cam = torch.where(hi > lo, (cam - lo) / (hi - lo).clamp_min(1e-12), torch.zeros_like(cam))
-        out[start:start + len(x)] = cam.numpy()
+        out[start:start + len(x)] = cam.cpu().numpy()
     return out
+
+
+def _device(models):
+    """Where the first fold's backbone has its weights (the CPU for one without any)."""
+    for p in models[0][0].parameters():
+        return p.device
+    return torch.device("cpu")
 
 

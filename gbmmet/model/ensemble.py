@@ -94,6 +94,15 @@ class FoldEnsemble:
     def n_folds(self) -> int:
         return len(self.models)
 
+    def to(self, device) -> FoldEnsemble:
+        """Move the fold models (and the shared backbone) to ``device`` (``"cuda"``, a
+        ``torch.device``); predictions and maps then run there and come back as numpy arrays.
+        Returns the ensemble."""
+        self.models = [m.to(device) for m in self.models]
+        if self.backbone is not None:
+            self.backbone = self.backbone.to(device)
+        return self
+
     # ------------------------------------------------------------------------------------------
     # construction
     # ------------------------------------------------------------------------------------------
@@ -231,14 +240,16 @@ class FoldEnsemble:
         x = features if features is not None else images
         size = batch_size or (4096 if features is not None else forward_batch(self.device))
         out = []
+        device = self.device
         with torch.inference_mode():
             for xb in _batches(x, size):
+                xb = xb.to(device)
                 if self.mode == FINETUNE:
                     logits = [net(xb) for net in self.models]
                 else:
                     feats = xb.float() if features is not None else self.backbone(to_network_input(xb, self.info))
                     logits = [head(feats) for head in self.models]
-                out.append(torch.stack([torch.softmax(z, 1)[:, 1] for z in logits]).numpy())
+                out.append(torch.stack([torch.softmax(z, 1)[:, 1] for z in logits]).cpu().numpy())
         return np.concatenate(out, axis=1).astype(np.float32) if out else np.zeros((self.n_folds, 0), np.float32)
 
     def vote(self, features=None, *, images=None, batch_size: int | None = None):

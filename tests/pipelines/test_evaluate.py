@@ -369,7 +369,46 @@ def test_the_score_record_holds_the_ray_data_plan_it_ran(evaluated_lake):
     config = json.loads(catalog.query(Lake(lake_dir), "select config from runs where run_id = ? and kind = 'score'",
                                       ["ev"]).to_pylist()[-1]["config"])
     assert config["ray_data"]["batch_size"] == SCORE_BATCH and config["ray_data"]["cams"] is True
-    assert config["ray_data"]["actors"] >= 1
+    assert config["ray_data"]["actors"] >= 1 and config["ray_data"]["num_gpus"] == 0
+
+
+def test_on_a_gpu_node_one_ensemble_actor_per_gpu_scores_and_maps_as_the_cpu_actors_do(trained_lake, tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from pipelines.evaluate import (
+        CAM_SPLITS,
+        EVAL_SPLITS,
+        _run_ensemble,
+        _score_slices,
+        train_run_record,
+    )
+
+    lake_dir = shutil.copytree(trained_lake[0], tmp_path / "lake")
+    root = Path(__file__).resolve().parents[2]
+    proc = subprocess.run([sys.executable, "-m", "tests.gpu_shaped_job", "evaluate", str(lake_dir)], cwd=root,
+                          capture_output=True, text=True, encoding="utf-8", timeout=600, env=os.environ.copy())
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    said = json.loads(proc.stdout.strip().splitlines()[-1])
+    # one GPU in the cluster: one actor asking for it (it waits for the GPU rather than refusing)
+    assert said["cluster_gpus"] == 1 and said["plan"]["actors"] == 1 and said["plan"]["num_gpus"] == 1
+    lake = Lake(lake_dir)
+    got = lake.read(C.TABLE_SLICE_PREDICTIONS, filter=(pc.field("run_id") == said["run"])
+                    & pc.field(C.COL_SPLIT).isin(list(EVAL_SPLITS)))  # not training's out-of-fold rows
+    reference = Lake(trained_lake[0]).pinned()
+    want, n = _score_slices(_run_ensemble(reference, train_run_record(reference, said["run"]), cams=False,
+                                          show_progress=False)[0], train_run_record(reference, said["run"]))
+    key = [("model", "ascending"), (C.COL_SPLIT, "ascending"), (C.COL_PATIENT_ID, "ascending"),
+           ("slice_index", "ascending")]
+    got, want = got.sort_by(key), want.sort_by(key)
+    assert got.num_rows == want.num_rows > 0
+    np.testing.assert_allclose(got.column("prob_gbm").to_numpy(), want.column("prob_gbm").to_numpy(), atol=1e-6)
+    mapped = lake.read(C.TABLE_CAMS, columns=[C.COL_SPLIT], filter=pc.field("run_id") == said["run"])
+    test_external = reference.read(C.TABLE_SLICES, columns=["slice_index"],
+                                   filter=pc.field(C.COL_SPLIT).isin(list(CAM_SPLITS)))
+    assert mapped.num_rows == test_external.num_rows
 
 
 def test_predict_one_real_patient_with_the_lakes_run(evaluated_lake, tmp_path, capsys):
