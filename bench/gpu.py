@@ -21,7 +21,12 @@ values; the values do not change the speed), side by side in one run:
    wall against one fold alone in a process of its own (same threads), so the ratio says how
    well one GPU is shared, or several spread. The project's Ray Train path
    (``gbmmet train --mode finetune --gpus``) makes the same placement on a cluster; this bench
-   measures the arithmetic and the GPU sharing, without Ray (which the GPU machine lacks).
+   measures the arithmetic and the GPU sharing, without Ray (which the GPU machine lacks);
+4. the evaluation's ensemble, as each ``gbmmet evaluate --gpus`` actor runs it: a frozen-mode
+   ``FoldEnsemble`` (ResNet-50, one head per fold) moved to the device by ``FoldEnsemble.to``,
+   ``predict_proba(images=)`` and ``grad_cam`` at ``forward_batch`` of the device: slices/s, and
+   how far the device's probabilities and maps are from the same ensemble's on the CPU (a few
+   slices): the check that the GPU path computes what the CPU path does.
 
 Imports only the standard library, numpy, torch, torchvision and ``gbmmet.model`` /
 ``gbmmet.preprocess.params``. Where the machine has no GPU it says so and exits 0;
@@ -417,6 +422,44 @@ def measure_folds(device, sizes: Sizes, precision: str, echo=print) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------
+# 4. the evaluation's ensemble (what each `gbmmet evaluate --gpus` actor runs)
+# ---------------------------------------------------------------------------------------------
+def _ensemble(folds: int):
+    """A frozen-mode ``FoldEnsemble`` on the CPU: ResNet-50 (random) and ``folds`` seeded heads."""
+    import torch
+
+    from gbmmet.model.ensemble import FoldEnsemble
+    from gbmmet.model.head import Head
+
+    backbone, info = _backbone("resnet50")
+    torch.manual_seed(2)
+    return FoldEnsemble("frozen", [Head(info.feature_dim) for _ in range(folds)], backbone=backbone, info=info)
+
+
+def measure_ensemble(device, sizes: Sizes, echo=print) -> dict:
+    """Scoring and Grad-CAM slices/s of the fold ensemble on ``device``, and the largest
+    difference from the same ensemble on the CPU over a few slices (section 4)."""
+    from gbmmet.model.backbones import forward_batch
+
+    n = max(sizes.batches)
+    images = _images(n, seed=3).numpy()
+    few = images[:min(8, n)]
+    on_cpu = _ensemble(sizes.folds)
+    want_p, want_cam = on_cpu.predict_proba(images=few), on_cpu.grad_cam(few)
+    ens = _ensemble(sizes.folds).to(device)
+    got_p, got_cam = ens.predict_proba(images=few), ens.grad_cam(few)
+    row = {"folds": sizes.folds, "forward_batch": forward_batch(device), "compared_slices": len(few),
+           "max_prob_diff": float(abs(got_p - want_p).max()), "max_cam_diff": float(abs(got_cam - want_cam).max())}
+    for what, step in (("score", lambda: ens.predict_proba(images=images)), ("cam", lambda: ens.grad_cam(images))):
+        cpu0 = time.process_time()
+        times, wall = _time_steps(step, device, sizes.seconds)
+        row[f"{what}_slices_per_s"] = n / statistics.median(times)
+        row[f"{what}_wall_s"], row[f"{what}_cpu_s"] = wall, time.process_time() - cpu0
+        echo(f"  ensemble {what}: {row[f'{what}_slices_per_s']:.0f} slices/s")
+    return row
+
+
+# ---------------------------------------------------------------------------------------------
 # the run
 # ---------------------------------------------------------------------------------------------
 def environment(device) -> dict:
@@ -495,6 +538,11 @@ def print_table(res: dict) -> None:
             continue
         print(f"  {r['fold']:4d} {r['device']:8s} {r['train_wall_s']:8.1f} {r['train_s_per_epoch']:8.2f} "
               f"{r['setup_s']:8.1f} {_gib(r['peak_mem_bytes']):>8s}")
+    e = res["ensemble"]
+    print(f"evaluation ensemble ({e['folds']} folds, resnet50, {e['forward_batch']} slices a pass, fp32): "
+          f"scoring {e['score_slices_per_s']:.0f} slices/s, Grad-CAM {e['cam_slices_per_s']:.0f} slices/s; "
+          f"against the CPU on {e['compared_slices']} slices: probabilities within {e['max_prob_diff']:.1e}, "
+          f"maps within {e['max_cam_diff']:.1e}")
     print(f"total {res['wall_s']:.0f} s wall, {res['cpu_s']:.0f} s CPU (this process) "
           f"+ {f['folds_children_cpu_s'] + f['alone_children_cpu_s']:.0f} s (fold processes)")
 
@@ -527,6 +575,8 @@ def main(argv=None) -> int:
         torch.cuda.empty_cache()  # the fold processes get the whole device
     print(f"{sizes.folds} folds, one process each")
     res["folds"] = measure_folds(device, sizes, "bf16")
+    print("evaluation ensemble")
+    res["ensemble"] = measure_ensemble(device, sizes)
     res["wall_s"], res["cpu_s"] = time.perf_counter() - t0, time.process_time() - cpu0
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

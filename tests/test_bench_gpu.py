@@ -52,4 +52,8 @@ def test_cpu_smoke_run_measures_every_section(tmp_path):
     assert [r["fold"] for r in folds["folds"]] == [0, 1] and folds["errors"] == []
     assert all(r["device"] == "cpu" and r["train_wall_s"] > 0 for r in folds["folds"])
     assert folds["one_fold_train_wall_s"] > 0 and folds["folds_train_wall_s"] > 0
+    ens = res["ensemble"]
+    assert ens["score_slices_per_s"] > 0 and ens["cam_slices_per_s"] > 0 and ens["forward_batch"] == 4
+    # the same ensemble moved to the device (here the CPU again) computes the same numbers
+    assert ens["compared_slices"] == 4 and ens["max_prob_diff"] < 1e-5 and ens["max_cam_diff"] < 1e-4
     assert proc.stdout.rstrip().endswith(f"wrote {out}")
