@@ -121,10 +121,14 @@ def score_run(lake, rec: dict, *, cams: bool = True, force: bool = False, show_p
         return fingerprint
     started = dt.datetime.now(dt.UTC)
     scored, plan = _run_ensemble(snap, rec, cams, show_progress, gpus)
-    predictions, n = _score_slices(scored, rec, lake.uri)
-    lake.replace(C.TABLE_SLICE_PREDICTIONS, predictions, {"run_id": run, C.COL_SPLIT: list(EVAL_SPLITS)})
-    if cams:
-        _commit_cams(lake, run, _cam_files(scored))
+    try:
+        predictions, n = _score_slices(scored, rec, lake.uri)
+        lake.replace(C.TABLE_SLICE_PREDICTIONS, predictions, {"run_id": run, C.COL_SPLIT: list(EVAL_SPLITS)})
+        if cams:
+            _commit_cams(lake, run, _cam_files(scored))
+    except BaseException:
+        _remove_staged(lake, _cam_files(scored))  # uncommitted: nobody reads them; a re-run stages anew
+        raise
     lake.replace(C.TABLE_RUNS, pa.Table.from_pylist([{
         "run_id": run, "kind": "score", "mode": rec["mode"], "backbone_id": rec["backbone_id"],
         "config": json.dumps({"fingerprint": fingerprint, "cams": cams, "ray_data": plan}), "started_at": started,
@@ -163,7 +167,8 @@ class EnsembleActor:
     ``image`` / ``channels`` / ``height`` / ``width`` (slices: scored in fine-tune mode, mapped
     where ``cams``); a batch may hold both kinds (``_scoring_dataset`` unites them). Output: the
     key columns, ``probs`` (null where not scored), ``mapped`` (whether a map was made) and
-    ``cams_file`` (``storage.lake.Staged`` as JSON, on the first row of a batch that made maps)."""
+    ``cams_file`` (``storage.lake.Staged`` as JSON, on one row of each batch that made maps, null on
+    the others)."""
 
     def __init__(self, rec: dict, cams: bool, lake_root: str | None = None):
         import torch  # imported before match_threads_to_task, which limits it only if loaded
@@ -387,6 +392,16 @@ def _cam_files(t) -> list:
     if t is None:
         return []
     return [Staged(**json.loads(x)) for x in t.column("cams_file").to_pylist() if x is not None]
+
+
+def _remove_staged(lake, staged: list) -> None:
+    """Delete staged files that will not be committed (best effort: ``gbmmet lake vacuum`` removes
+    any left, as those of an actor lost half-way)."""
+    for s in staged:
+        try:
+            lake.fs.delete_file(lake.path(s.table, s.path))
+        except OSError:
+            pass
 
 
 def _commit_cams(lake, run: str, staged: list) -> None:

@@ -1,5 +1,6 @@
 """bench/gpu.py run as a user runs it: skips cleanly without a GPU, and its CPU smoke mode
-measures every section (feature throughput, one fine-tune fold, folds in processes of their own)."""
+measures every section (feature throughput, one fine-tune fold, folds in processes of their own,
+the evaluation ensemble; its GPU-against-CPU difference means something only on a GPU)."""
 
 from __future__ import annotations
 

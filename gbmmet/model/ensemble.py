@@ -99,7 +99,7 @@ class FoldEnsemble:
         ``torch.device``); predictions and maps then run there and come back as numpy arrays.
         Returns the ensemble."""
         self.models = [m.to(device) for m in self.models]
-        if self.backbone is not None:
+        if self.backbone is not None and self.mode == FROZEN:  # fine-tune folds have their own
             self.backbone = self.backbone.to(device)
         return self
 

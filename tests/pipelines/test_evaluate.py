@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -297,7 +298,8 @@ def test_ray_data_scoring_gives_exactly_the_probabilities_of_the_ensemble_run_in
         np.testing.assert_array_equal(fold.column("prob_gbm").to_numpy(), want[k])
 
 
-def test_one_actor_pool_scores_the_features_and_maps_the_slices_as_the_ensemble_does_in_process(trained_lake):
+def test_one_actor_pool_scores_the_features_and_maps_the_slices_as_the_ensemble_does_in_process(trained_lake,
+                                                                                                 tmp_path):
     from gbmmet.model.ensemble import FoldEnsemble
     from pipelines.evaluate import (
         CAM_SIZE,
@@ -309,7 +311,7 @@ def test_one_actor_pool_scores_the_features_and_maps_the_slices_as_the_ensemble_
     )
     from pipelines.train import load_state
 
-    lake = Lake(trained_lake[0]).pinned()
+    lake = Lake(shutil.copytree(trained_lake[0], tmp_path / "lake")).pinned()  # the actors stage maps in it
     rec = train_run_record(lake, "ev")
     scored, plan = _run_ensemble(lake, rec, cams=True, show_progress=False)
     assert plan["cams"] and plan["actors"] >= 1
@@ -329,10 +331,11 @@ def test_one_actor_pool_scores_the_features_and_maps_the_slices_as_the_ensemble_
     assert predictions.equals(alone)
 
 
-def test_the_maps_reach_the_lake_from_the_actors_and_the_driver_gets_only_their_file_records(trained_lake):
+def test_the_maps_reach_the_lake_from_the_actors_and_the_driver_gets_only_their_file_records(trained_lake,
+                                                                                             tmp_path):
     from pipelines.evaluate import CAM_SIZE, _cam_files, _run_ensemble, train_run_record
 
-    lake = Lake(trained_lake[0]).pinned()
+    lake = Lake(shutil.copytree(trained_lake[0], tmp_path / "lake")).pinned()
     rec = train_run_record(lake, "ev")
     scored, _ = _run_ensemble(lake, rec, cams=True, show_progress=False)
     mapped = pc.sum(scored.column("mapped")).as_py()
@@ -346,6 +349,7 @@ def test_scoring_a_run_again_replaces_its_maps_in_one_commit(trained_lake, tmp_p
     from pipelines.evaluate import score_run, train_run_record
 
     lake = Lake(shutil.copytree(trained_lake[0], tmp_path / "lake"))
+    lake.delete(C.TABLE_CAMS, {"run_id": "ev"})  # whatever other tests left: the run starts without maps
     rec = train_run_record(lake, "ev")
     score_run(lake, rec, force=True, show_progress=False, echo=lambda *_: None)
     before = lake.version(C.TABLE_CAMS)
@@ -360,6 +364,25 @@ def test_scoring_a_run_again_replaces_its_maps_in_one_commit(trained_lake, tmp_p
     assert again.num_rows == first.num_rows > 0
     assert again.select(key).sort_by([(k, "ascending") for k in key]).equals(
         first.select(key).sort_by([(k, "ascending") for k in key]))
+
+
+def test_maps_staged_for_a_scoring_that_fails_are_removed_and_nothing_is_committed(trained_lake, tmp_path,
+                                                                                  monkeypatch):
+    import pipelines.evaluate as ev
+
+    lake = Lake(shutil.copytree(trained_lake[0], tmp_path / "lake"))
+    folder = Path(lake.path(C.TABLE_CAMS))
+    before = sorted(folder.rglob("*.parquet")) if folder.exists() else []
+    versions = lake.versions()
+
+    def broken(*_args, **_kw):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(ev, "_score_slices", broken)  # fails after the actors staged their maps
+    with pytest.raises(RuntimeError, match="disk full"):
+        ev.score_run(lake, ev.train_run_record(lake, "ev"), force=True, show_progress=False, echo=lambda *_: None)
+    after = sorted(folder.rglob("*.parquet")) if folder.exists() else []
+    assert after == before and lake.versions() == versions
 
 
 def test_the_score_record_holds_the_ray_data_plan_it_ran(evaluated_lake):
@@ -387,6 +410,11 @@ def test_on_a_gpu_node_one_ensemble_actor_per_gpu_scores_and_maps_as_the_cpu_act
     )
 
     lake_dir = shutil.copytree(trained_lake[0], tmp_path / "lake")
+    # the run's earlier predictions and maps out first: what is compared below is what the GPU actor made
+    copy = Lake(lake_dir)
+    run = train_run_record(copy)["run_id"]
+    copy.delete(C.TABLE_CAMS, {"run_id": run})
+    copy.delete(C.TABLE_SLICE_PREDICTIONS, {"run_id": run, C.COL_SPLIT: list(EVAL_SPLITS)})
     root = Path(__file__).resolve().parents[2]
     proc = subprocess.run([sys.executable, "-m", "tests.gpu_shaped_job", "evaluate", str(lake_dir)], cwd=root,
                           capture_output=True, text=True, encoding="utf-8", timeout=600, env=os.environ.copy())

@@ -191,7 +191,8 @@ def test_finetune_mode_trains_the_last_stage_with_ddp(feature_lake, finetune_run
     assert rec["mode"] == "finetune" and "random weights" in rec["backbone_reason"]
 
 
-def test_a_finetune_runs_actors_score_every_eval_slice_and_map_the_test_and_external_ones(feature_lake, finetune_run):
+def test_a_finetune_runs_actors_score_every_eval_slice_and_map_the_test_and_external_ones(feature_lake, finetune_run,
+                                                                                          tmp_path):
     from gbmmet.model.ensemble import FoldEnsemble
     from pipelines.evaluate import (
         CAM_SIZE,
@@ -203,7 +204,7 @@ def test_a_finetune_runs_actors_score_every_eval_slice_and_map_the_test_and_exte
     )
     from pipelines.train import load_slice_images, load_state
 
-    lake = Lake(feature_lake).pinned()
+    lake = Lake(shutil.copytree(feature_lake, tmp_path / "lake")).pinned()  # the actors stage maps in it
     rec = train_run_record(lake, "ft")
     scored, _ = _run_ensemble(lake, rec, cams=True, show_progress=False)
     predictions, n = _score_slices(scored, rec)
