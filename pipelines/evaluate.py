@@ -171,8 +171,9 @@ class EnsembleActor:
     the others)."""
 
     def __init__(self, rec: dict, cams: bool, lake_root: str | None = None):
-        import torch  # imported before match_threads_to_task, which limits it only if loaded
+        import torch  # noqa: F401 - imported before match_threads_to_task, which limits it only if loaded
 
+        from gbmmet.model.backbones import default_device
         from gbmmet.model.ensemble import FoldEnsemble
         from pipelines.ray_runtime import match_threads_to_task
         from pipelines.train import load_state
@@ -184,9 +185,7 @@ class EnsembleActor:
         self.frozen, self.cams, self.run = rec["mode"] == "frozen", cams, rec["run_id"]
         self.lake = Lake(lake_root) if cams else None
         self.ensemble = FoldEnsemble.from_run_record(rec, load_state, features_only=self.frozen and not cams)
-        # a GPU Ray gave this actor is one torch sees; a "GPU" it cannot see (a node declaring one
-        # it lacks, as in the tests) leaves the actor on the CPU
-        self.ensemble.to("cuda" if torch.cuda.is_available() else "cpu")
+        self.ensemble.to(default_device())
 
     def __call__(self, batch):
         import pyarrow as pa
@@ -296,14 +295,11 @@ def _scoring_dataset(lake, rec: dict, cams: bool):
 
 
 def _actors(n_rows: int, batch_size: int, gpus: float = 0.0) -> int:
-    """Ensemble actors for ``n_rows`` slices: one per CPU of the cluster, or where ``gpus``, one
-    per ``gpus`` GPUs (none yet, as where an autoscaler is to bring them: one, which waits); no
-    more than there are batches."""
-    import ray
+    """Ensemble actors for ``n_rows`` slices: ``ray_runtime.pool_size``, no more than there are
+    batches."""
+    from pipelines.ray_runtime import pool_size
 
-    resources = ray.cluster_resources()
-    room = int(resources.get("GPU", 0) // gpus) if gpus > 0 else int(resources.get("CPU", 1))
-    return max(1, min(room, -(-n_rows // batch_size)))
+    return max(1, min(pool_size(gpus), -(-n_rows // batch_size)))
 
 
 def _n_slices(lake, splits) -> int:
@@ -397,11 +393,12 @@ def _cam_files(t) -> list:
 def _remove_staged(lake, staged: list) -> None:
     """Delete staged files that will not be committed (best effort: ``gbmmet lake vacuum`` removes
     any left, as those of an actor lost half-way)."""
-    for s in staged:
-        try:
-            lake.fs.delete_file(lake.path(s.table, s.path))
-        except OSError:
-            pass
+    from contextlib import suppress
+
+    from storage.maintenance import delete_data_files
+
+    with suppress(OSError):
+        delete_data_files(lake, C.TABLE_CAMS, [s.path for s in staged])
 
 
 def _commit_cams(lake, run: str, staged: list) -> None:

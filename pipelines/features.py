@@ -85,9 +85,9 @@ def embed(images, name: str, weights: str | None = None, batch_size: int | None 
     import numpy as np
     import torch
 
-    from gbmmet.model.backbones import forward_batch, to_network_input
+    from gbmmet.model.backbones import default_device, forward_batch, to_network_input
 
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = device or default_device()
     batch_size = batch_size or forward_batch(device)
     model, info = _model(name, weights, device)
     out = []
@@ -125,17 +125,16 @@ class Embedder:
     alone: its row carries the error and the batch goes on."""
 
     def __init__(self, lake_root: str, version: int | None, name: str, weights: str | None):
-        import torch
+        import torch  # noqa: F401 - imported before match_threads_to_task, which limits it only if loaded
 
+        from gbmmet.model.backbones import default_device
         from pipelines.ray_runtime import match_threads_to_task
         from storage.lake import Lake
 
         match_threads_to_task()
         self.lake, self.version = Lake(lake_root), version
         self.name, self.weights = name, weights
-        # a GPU Ray gave this actor is one torch sees; a "GPU" that is not (a node declaring one
-        # it lacks, as in the tests) runs on the CPU
-        self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.device = default_device()
         _, self.info = _model(name, weights, self.device)
         self.worker = "local"
         try:
@@ -310,16 +309,14 @@ def _dataset(snap, todo: dict, skipped: bool, *, lake_uri: str, name: str, weigh
     The read is ``Lake.ray_dataset``: tasks of no CPU (the actors hold the cluster's CPUs, and a
     read is short), one per data file."""
     import pyarrow.compute as pc
-    import ray
     import ray.data
+
+    from pipelines.ray_runtime import pool_size
 
     ds = snap.ray_dataset(C.TABLE_SLICES, columns=READ_COLUMNS,
                           filter=pc.field(C.COL_PATIENT_ID).isin(sorted(todo)) if skipped else None)
-    resources = ray.cluster_resources()
-    if gpus > 0:  # one model copy per `gpus` GPUs; none yet (an autoscaler to bring them): one, waiting
-        actors, remote = max(1, int(resources.get("GPU", 0) // gpus)), {"num_cpus": 1, "num_gpus": gpus}
-    else:
-        actors, remote = max(1, int(resources.get("CPU", 1))), {"num_cpus": 1}
+    actors = pool_size(gpus)
+    remote = {"num_cpus": 1, "num_gpus": gpus} if gpus > 0 else {"num_cpus": 1}
     # max_restarts=0: Ray Data's default (restart for ever) makes Ray log an error line on the
     # console for each actor (its constructor arguments live in the object store); a lost actor's
     # patients fail instead, and a re-run computes them.

@@ -115,6 +115,17 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, shared=())
 _seen_shared: set[tuple[str, frozenset]] = set()
 
 
+def pool_size(gpus: float = 0.0) -> int:
+    """Actors of a model pool (features, ensemble scoring): one per ``gpus`` GPUs of the cluster
+    where ``gpus``, else one per CPU; at least one (where the cluster has no GPU yet, as where an
+    autoscaler is to bring them, it waits for the first)."""
+    import ray
+
+    resources = ray.cluster_resources()
+    room = int(resources.get("GPU", 0) // gpus) if gpus > 0 else int(resources.get("CPU", 1))
+    return max(1, room)
+
+
 def quiet_ray_data() -> None:
     """Ray Data's own console lines off unless ``verbose()``: its INFO logs (each dataset's plan,
     a progress report every 10 s where stdout is not a terminal) and the deprecation warning that

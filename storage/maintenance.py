@@ -255,7 +255,7 @@ def vacuum(lake: Lake, retain_hours: int = DEFAULT_RETAIN_HOURS) -> dict[str, di
         if lake.delta_latest(name) is None:
             stray = [posixpath.relpath(i.path, lake.path(name)) for i in _listing(lake, name, recursive=True)
                      if i.type == pafs.FileType.File and i.mtime.timestamp() < cutoff]
-            out[name] = {"files_removed": _delete_data_files(lake, name, stray), "log_entries_removed": 0}
+            out[name] = {"files_removed": delete_data_files(lake, name, stray), "log_entries_removed": 0}
             continue
 
         def run(name=name, full=False):
@@ -264,7 +264,7 @@ def vacuum(lake: Lake, retain_hours: int = DEFAULT_RETAIN_HOURS) -> dict[str, di
                                                   post_commithook_properties=commit_hooks())
 
         removed = len(lake.with_retries(name, run))
-        removed += _delete_data_files(lake, name, run(full=True))
+        removed += delete_data_files(lake, name, run(full=True))
         out[name] = {"files_removed": removed, "log_entries_removed": _expire_log(lake, name, retain_hours)}
     for backup, born in _backups(lake):
         if born < cutoff and not lake.exists(backup, MIGRATING):
@@ -284,7 +284,7 @@ def _is_data_file(name: str, rel: str) -> bool:
             and all(f.startswith(f"{c}=") for f, c in zip(folders, parts, strict=True)))
 
 
-def _delete_data_files(lake: Lake, name: str, rels: list[str]) -> int:
+def delete_data_files(lake: Lake, name: str, rels: list[str]) -> int:
     """Delete those of ``rels`` (paths inside table ``name``'s folder) that are data files; return
     how many."""
     n = 0

@@ -57,6 +57,20 @@ def forward_batch(device) -> int:
     return GPU_FORWARD_BATCH if str(device).startswith("cuda") else CPU_FORWARD_BATCH
 
 
+def default_device() -> str:
+    """``"cuda"`` where torch sees a GPU, else ``"cpu"``. In a Ray actor: a GPU Ray gave it; an
+    actor given a "GPU" torch cannot see (a node declaring one it lacks, as in the tests) runs on
+    the CPU."""
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def module_device(module) -> torch.device:
+    """Where ``module`` has its weights (the CPU for a module without any)."""
+    for p in module.parameters():
+        return p.device
+    return torch.device("cpu")
+
+
 class MissingWeightsError(GbmmetError, FileNotFoundError):
     """The weights of a backbone cannot be found or do not fit its architecture."""
 

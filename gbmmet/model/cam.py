@@ -16,7 +16,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gbmmet.model.backbones import CPU_FORWARD_BATCH, EFFNET_LITE0, BackboneInfo, to_network_input
+from gbmmet.model.backbones import (
+    CPU_FORWARD_BATCH,
+    EFFNET_LITE0,
+    BackboneInfo,
+    module_device,
+    to_network_input,
+)
 from gbmmet.model.head import CLASS_INDEX
 
 
@@ -69,7 +75,7 @@ def grad_cam(models, info: BackboneInfo, images_uint8, class_name: str | None = 
         groups.setdefault(id(backbone), (backbone, []))[1].append(head.eval())
     out = np.zeros((n, height, width), np.float32)
     for start in range(0, n, batch_size):
-        x = to_network_input(images[start:start + batch_size].to(_device(models)), info)
+        x = to_network_input(images[start:start + batch_size].to(module_device(models[0][0])), info)
         total = None
         for backbone, heads in groups.values():
             backbone.eval()
@@ -82,12 +88,5 @@ def grad_cam(models, info: BackboneInfo, images_uint8, class_name: str | None = 
         cam = torch.where(hi > lo, (cam - lo) / (hi - lo).clamp_min(1e-12), torch.zeros_like(cam))
         out[start:start + len(x)] = cam.cpu().numpy()
     return out
-
-
-def _device(models):
-    """Where the first fold's backbone has its weights (the CPU for one without any)."""
-    for p in models[0][0].parameters():
-        return p.device
-    return torch.device("cpu")
 
 

@@ -84,11 +84,9 @@ class FoldEnsemble:
     @property
     def device(self):
         """Where the fold models' weights are (``torch.device``; the CPU for a model without any)."""
-        import torch
+        from gbmmet.model.backbones import module_device
 
-        for p in self.models[0].parameters():
-            return p.device
-        return torch.device("cpu")
+        return module_device(self.models[0])
 
     @property
     def n_folds(self) -> int:
